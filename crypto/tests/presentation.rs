@@ -1,0 +1,168 @@
+//! The rotating QR payload: encoding, freshness, tampering, and that it really fits a QR code.
+
+// Test code: a panic is how a test fails, and fixtures index known-size data.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+mod common;
+
+use qrcode::{EcLevel, QrCode, Version};
+use ticketing_crypto::CryptoError;
+use ticketing_crypto::presentation::{self, Presentation, epoch_at};
+use ticketing_crypto::ticket::{HolderSecret, Ticket};
+
+const EPOCH: u32 = 58_909_000;
+
+fn ticket() -> (common::Setup, Ticket) {
+    let s = common::setup(21, 3, 5);
+    let t = s.ticket_from(&s.partials[..3]).unwrap();
+    (s, t)
+}
+
+#[test]
+fn a_fresh_presentation_verifies_within_one_epoch_of_the_clock() {
+    let (s, t) = ticket();
+    let pk = s.keyset.public_key().unwrap();
+    let shown = Presentation::sign(&t, &s.holder, EPOCH);
+    for now in [EPOCH - 1, EPOCH, EPOCH + 1] {
+        shown.verify(&pk, now, 1).unwrap();
+    }
+    let decoded = Presentation::decode(&shown.encode()).unwrap();
+    assert_eq!(decoded, shown);
+    assert_eq!(Presentation::from_text(&shown.to_text()).unwrap(), shown);
+    assert_eq!(shown.encode().len(), presentation::LEN);
+    assert_eq!(presentation::LEN, 157);
+}
+
+#[test]
+fn a_screenshot_goes_stale() {
+    let (s, t) = ticket();
+    let pk = s.keyset.public_key().unwrap();
+    // Taken at 12:00:00, shown again two rotations later.
+    let taken = epoch_at(1_767_268_800, presentation::DEFAULT_ROTATION_SECONDS);
+    let shown = Presentation::sign(&t, &s.holder, taken);
+    let later = epoch_at(1_767_268_800 + 60, presentation::DEFAULT_ROTATION_SECONDS);
+    assert_eq!(later, taken + 2);
+    assert_eq!(
+        shown.verify(&pk, later, 1),
+        Err(CryptoError::StaleEpoch {
+            epoch: taken,
+            now: later
+        })
+    );
+    // Re-dating the screenshot breaks the holder signature.
+    let redated = Presentation::from_parts(t, later, shown.holder_signature);
+    assert_eq!(
+        redated.verify(&pk, later, 1),
+        Err(CryptoError::InvalidHolderSignature)
+    );
+}
+
+#[test]
+fn someone_else_cannot_present_the_ticket() {
+    let (s, t) = ticket();
+    let pk = s.keyset.public_key().unwrap();
+    let thief = HolderSecret::generate(&mut common::rng(99));
+    let shown = Presentation::sign(&t, &thief, EPOCH);
+    assert_eq!(
+        shown.verify(&pk, EPOCH, 1),
+        Err(CryptoError::InvalidHolderSignature)
+    );
+    // A thief who swaps in their own holder key breaks the BLS signature instead.
+    let mut swapped = t;
+    swapped.holder = thief.public_key();
+    let shown = Presentation::sign(&swapped, &thief, EPOCH);
+    assert_eq!(
+        shown.verify(&pk, EPOCH, 1),
+        Err(CryptoError::InvalidSignature)
+    );
+}
+
+#[test]
+fn every_single_byte_change_is_rejected() {
+    let (s, t) = ticket();
+    let pk = s.keyset.public_key().unwrap();
+    let bytes = Presentation::sign(&t, &s.holder, EPOCH).encode();
+    for i in 0..bytes.len() {
+        for flip in [0x01u8, 0x80] {
+            let mut b = bytes;
+            b[i] ^= flip;
+            let outcome = Presentation::decode(&b).and_then(|p| p.verify(&pk, EPOCH, 1));
+            assert!(outcome.is_err(), "byte {i} ^ {flip:#x} accepted");
+        }
+    }
+    assert_eq!(
+        Presentation::decode(&bytes[..156]),
+        Err(CryptoError::WrongLength {
+            what: "presentation",
+            expected: 157,
+            got: 156
+        })
+    );
+    let mut v2 = bytes;
+    v2[0] = 2;
+    assert_eq!(
+        Presentation::decode(&v2),
+        Err(CryptoError::UnsupportedVersion(2))
+    );
+}
+
+fn render(code: &QrCode, scale: usize) -> (usize, Vec<u8>) {
+    let quiet = 4;
+    let w = code.width();
+    let size = (w + 2 * quiet) * scale;
+    let colors = code.to_colors();
+    let mut px = vec![255u8; size * size];
+    for y in 0..size {
+        for x in 0..size {
+            let (mx, my) = (
+                (x / scale) as isize - quiet as isize,
+                (y / scale) as isize - quiet as isize,
+            );
+            let inside = mx >= 0 && my >= 0 && (mx as usize) < w && (my as usize) < w;
+            if inside && colors[my as usize * w + mx as usize] == qrcode::Color::Dark {
+                px[y * size + x] = 0;
+            }
+        }
+    }
+    (size, px)
+}
+
+fn decode_qr(size: usize, px: &[u8]) -> String {
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(size, size, |x, y| px[y * size + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "expected one QR code in the render");
+    grids[0].decode().unwrap().1
+}
+
+/// The payload fits a version 11 QR code at error correction M, rendered and read back.
+#[test]
+fn the_payload_fits_qr_version_11_at_ecc_m_and_reads_back() {
+    let (s, t) = ticket();
+    let pk = s.keyset.public_key().unwrap();
+    let text = Presentation::sign(&t, &s.holder, EPOCH).to_text();
+
+    let v11 = QrCode::with_version(text.as_bytes(), Version::Normal(11), EcLevel::M).unwrap();
+    let (size, px) = render(&v11, 4);
+    let read = decode_qr(size, &px);
+    assert_eq!(read, text);
+    Presentation::from_text(&read)
+        .unwrap()
+        .verify(&pk, EPOCH, 1)
+        .unwrap();
+
+    // The smallest code the encoder picks at M is no bigger than version 11 (it is 9).
+    let auto = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M).unwrap();
+    let Version::Normal(v) = auto.version() else {
+        panic!("micro QR chosen")
+    };
+    assert!(v <= 11, "needs version {v}");
+    let (size, px) = render(&auto, 4);
+    assert_eq!(decode_qr(size, &px), text);
+}
