@@ -1,1 +1,217 @@
-fn main() {}
+//! Criterion benches of the operations on the hot paths, next to the `blst` crate's `min_sig`
+//! sign and verify measured in the same run, then the ratios.
+//!
+//! `cargo bench -p ticketing-crypto` (add `-- --quick` for a fast pass).
+//!
+//! What is compared, so the ratios mean something:
+//! - node partial sign = decode the blinded point (curve + subgroup check) + `sk_i*B` + encode,
+//!   against blst `sign` = hash to G1 + `sk*H` (+ encode, which blst does lazily; we add it).
+//! - ticket verify = decode sigma (subgroup check) + hash + 2-pairing check with a prepared PK,
+//!   against blst `verify(sig_groupcheck = true, pk_validate = false)` with a validated key.
+
+// Bench code: a panic is how a broken fixture shows.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::indexing_slicing
+)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::Criterion;
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+use ticketing_crypto::issuance::{self, BlindedPoint, Signature};
+use ticketing_crypto::keyset::{self, KeysetId, KeysetParams};
+use ticketing_crypto::presentation::Presentation;
+use ticketing_crypto::ticket::{HolderSecret, Ticket};
+
+const DST: &[u8] = b"BLS_SIG_BLS12381G1_XMD:SHA-256_SSWU_RO_POP_";
+
+fn benches(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let dealt = keyset::deal(3, 5, &mut rng).unwrap();
+    let pk = dealt.public_key().unwrap();
+    let params = KeysetParams {
+        product: "day".into(),
+        valid_from: 0,
+        valid_until: u64::MAX,
+    };
+    let keyset_id = KeysetId::derive(&pk, &params);
+    let holder = HolderSecret::generate(&mut rng);
+    let (blinded, factor) = issuance::blind(&keyset_id, &holder.public_key(), &mut rng);
+    let blinded_bytes = blinded.to_bytes();
+    let partials: Vec<_> = dealt
+        .shares
+        .iter()
+        .map(|s| issuance::partial_sign(s, &blinded))
+        .collect();
+    let signature = issuance::unblind(&issuance::combine(3, &partials[..3]).unwrap(), &factor);
+    let ticket = Ticket {
+        keyset_id,
+        holder: holder.public_key(),
+        signature,
+    };
+    ticket.verify(&pk).unwrap();
+    let sig_bytes = signature.to_bytes();
+    let msg = issuance::ticket_message(&keyset_id, &holder.public_key());
+    let shown = Presentation::sign(&ticket, &holder, 1000).encode();
+
+    let mut g = c.benchmark_group("ticketing");
+    g.bench_function("partial_sign", |b| {
+        b.iter(|| {
+            let p = BlindedPoint::from_bytes(black_box(&blinded_bytes)).unwrap();
+            issuance::partial_sign(&dealt.shares[0], &p).to_bytes()
+        });
+    });
+    g.bench_function("combine_unblind_3_of_5", |b| {
+        b.iter(|| {
+            issuance::unblind(
+                &issuance::combine(3, black_box(&partials[..3])).unwrap(),
+                &factor,
+            )
+        });
+    });
+    g.bench_function("ticket_verify", |b| {
+        b.iter(|| {
+            let s = Signature::from_bytes(black_box(&sig_bytes)).unwrap();
+            issuance::verify(&pk, &keyset_id, &ticket.holder, &s).unwrap();
+        });
+    });
+    g.bench_function("presentation_verify", |b| {
+        b.iter(|| {
+            Presentation::decode(black_box(&shown))
+                .unwrap()
+                .verify(&pk, 1000, 1)
+                .unwrap();
+        });
+    });
+    g.bench_function("blind", |b| {
+        b.iter(|| issuance::blind(&keyset_id, &ticket.holder, &mut rng));
+    });
+    g.bench_function("verify_partial", |b| {
+        let pk1 = dealt.shares[0].public_key();
+        b.iter(|| issuance::verify_partial(&pk1, &blinded, black_box(&partials[0])).unwrap());
+    });
+    g.finish();
+
+    let sk = blst::min_sig::SecretKey::key_gen(&[7u8; 32], &[]).unwrap();
+    let bpk = blst::min_sig::PublicKey::key_validate(&sk.sk_to_pk().to_bytes()).unwrap();
+    let bsig = sk.sign(&msg, DST, &[]).to_bytes();
+    let mut g = c.benchmark_group("blst_min_sig");
+    g.bench_function("sign", |b| {
+        b.iter(|| sk.sign(black_box(&msg), DST, &[]).to_bytes());
+    });
+    g.bench_function("verify", |b| {
+        b.iter(|| {
+            let s = blst::min_sig::Signature::from_bytes(black_box(&bsig)).unwrap();
+            assert_eq!(
+                s.verify(true, &msg, DST, &[], &bpk, false),
+                blst::BLST_ERROR::BLST_SUCCESS
+            );
+        });
+    });
+    g.finish();
+
+    portable(c, &blinded_bytes, &msg);
+}
+
+/// The pure-Rust backend (what the browser runs), for reference.
+fn portable(c: &mut Criterion, blinded: &[u8; 48], msg: &[u8]) {
+    use ticketing_crypto::backend::{Backend, Portable};
+    let s = <Portable as Backend>::scalar_from_u64(0x1234_5678_9abc_def1);
+    let mut g = c.benchmark_group("portable");
+    g.bench_function("partial_sign", |b| {
+        b.iter(|| {
+            let p = Portable::g1_decode(black_box(blinded)).unwrap();
+            Portable::g1_encode(&Portable::g1_mul(&p, &s))
+        });
+    });
+    let pk = Portable::g2_prepare(&Portable::g2_mul_generator(&s));
+    let sig = Portable::g1_encode(&Portable::g1_mul(&Portable::hash_to_g1(msg, DST), &s));
+    g.bench_function("ticket_verify", |b| {
+        b.iter(|| {
+            let sigma = Portable::g1_decode(black_box(&sig)).unwrap();
+            let h = Portable::hash_to_g1(msg, DST);
+            assert!(Portable::pairing_product_is_one(&[
+                (&sigma, Portable::neg_g2_generator_prepared()),
+                (&h, &pk)
+            ]));
+        });
+    });
+    g.finish();
+}
+
+/// Mean time in microseconds of a finished bench, from criterion's own estimates.
+fn mean_us(dir: &std::path::Path, id: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64().map(|ns| ns / 1000.0)
+}
+
+fn print_ratios() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = std::env::var_os("CRITERION_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(target.join("criterion"));
+    let rows = [
+        (
+            "node partial sign",
+            "ticketing/partial_sign",
+            "blst_min_sig/sign",
+        ),
+        (
+            "ticket verify",
+            "ticketing/ticket_verify",
+            "blst_min_sig/verify",
+        ),
+        (
+            "presentation verify",
+            "ticketing/presentation_verify",
+            "blst_min_sig/verify",
+        ),
+        (
+            "portable partial sign",
+            "portable/partial_sign",
+            "blst_min_sig/sign",
+        ),
+        (
+            "portable ticket verify",
+            "portable/ticket_verify",
+            "blst_min_sig/verify",
+        ),
+    ];
+    println!(
+        "\n{:<24} {:>10} {:>10} {:>8}",
+        "operation", "ours µs", "blst µs", "ratio"
+    );
+    for (name, ours, base) in rows {
+        match (mean_us(&dir, ours), mean_us(&dir, base)) {
+            (Some(a), Some(b)) => println!("{name:<24} {a:>10.1} {b:>10.1} {:>7.2}x", a / b),
+            _ => println!("{name:<24} (not measured in this run: filtered out?)"),
+        }
+    }
+    for id in [
+        "ticketing/combine_unblind_3_of_5",
+        "ticketing/blind",
+        "ticketing/verify_partial",
+    ] {
+        if let Some(a) = mean_us(&dir, id) {
+            println!("{id:<34} {a:>10.1} µs");
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    print_ratios();
+}
