@@ -1,4 +1,393 @@
-//! Layered configuration for every service: defaults, then a TOML file, then `TICKETING_*`
-//! environment variables (figment), then a `validate()` step with clear errors.
+//! Layered configuration for every service: built-in defaults, then a TOML file, then
+//! `TICKETING_*` environment variables (nested keys with `__`, e.g.
+//! `TICKETING_NODE__LISTEN=0.0.0.0:8080`), then [`Settings::validate`].
 //!
-//! Skeleton: filled in by the nodes/payments issue.
+//! `ticketing config example` prints [`EXAMPLE`], a commented file whose values are the
+//! defaults; a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub mod cluster;
+pub mod products;
+
+/// A configuration that could not be loaded or does not make sense.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// Figment could not read or parse a layer; the message names the key and the source.
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A cluster file is not what `ticketing setup` writes.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Setup would overwrite an existing cluster.
+    #[error("{0} already holds a cluster; pass --force to replace it (the old keys are lost)")]
+    AlreadyExists(PathBuf),
+    /// Key generation failed.
+    #[error(transparent)]
+    Crypto(#[from] ticketing_crypto::CryptoError),
+    /// A value is out of range; `key` is its dotted path.
+    #[error("invalid `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `http.body_limit_bytes`.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        Self::Load(Box::new(e))
+    }
+}
+
+/// Everything the `ticketing` services read. Each process uses the sections it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Directory holding `ticketing setup`'s output and the SQLite databases.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogSettings,
+    /// HTTP limits shared by every service.
+    pub http: HttpSettings,
+    /// An issuer node.
+    pub node: NodeSettings,
+    /// The payments service.
+    pub payments: PaymentsSettings,
+    /// `ticketing demo`.
+    pub demo: DemoSettings,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter directive, e.g. `info` or `ticketing_node=debug,info`.
+    pub filter: String,
+}
+
+/// HTTP limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Browser origins allowed by CORS (the wallet and validator PWAs).
+    pub cors_origins: Vec<String>,
+    /// Client-side timeout for one request to a service, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// An issuer node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Which node this process is (its share index), for `ticketing node`.
+    pub index: u16,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// `sqlite://...` or `postgres://...`; empty: SQLite file `node-<index>.db` in `data_dir`.
+    pub database_url: String,
+    /// Largest number of tickets in one issue request.
+    pub max_tickets_per_request: u32,
+    /// Sign a log checkpoint after this many new entries.
+    pub checkpoint_every: u64,
+}
+
+/// The payments service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// `sqlite://...` or `postgres://...`; empty: SQLite file `payments.db` in `data_dir`.
+    pub database_url: String,
+    /// How long a receipt can be redeemed at the nodes, in seconds.
+    pub receipt_ttl_seconds: u64,
+    /// Largest number of tickets in one checkout.
+    pub max_tickets_per_checkout: u32,
+}
+
+/// `ticketing demo`: the whole cluster in one process on loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Number of issuer nodes n.
+    pub nodes: u16,
+    /// Threshold t.
+    pub threshold: u16,
+    /// First port: payments on it, the coordinator on +1, node i on +10+i.
+    pub base_port: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("ticketing-data"),
+            log: LogSettings::default(),
+            http: HttpSettings::default(),
+            node: NodeSettings::default(),
+            payments: PaymentsSettings::default(),
+            demo: DemoSettings::default(),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 64 * 1024,
+            cors_origins: Vec::new(),
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            index: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7611)),
+            database_url: String::new(),
+            max_tickets_per_request: 50,
+            checkpoint_every: 100,
+        }
+    }
+}
+
+impl Default for PaymentsSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            database_url: String::new(),
+            receipt_ttl_seconds: 600,
+            max_tickets_per_checkout: 50,
+        }
+    }
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        Self {
+            nodes: 5,
+            threshold: 3,
+            base_port: 7600,
+        }
+    }
+}
+
+/// The commented example printed by `ticketing config example`. Every value is the default.
+pub const EXAMPLE: &str = include_str!("example.toml");
+
+impl Settings {
+    /// Defaults, then `file` (if given; it must exist), then `TICKETING_*` variables, validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("file {} does not exist", path.display()),
+                });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let settings: Self = fig
+            .merge(Env::prefixed("TICKETING_").split("__"))
+            .extract()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Check ranges and formats; errors name the key and say what would be accepted.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !(1024..=16 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
+            return invalid("http.body_limit_bytes", "must be between 1024 and 16777216");
+        }
+        if self.http.request_timeout_ms == 0 {
+            return invalid("http.request_timeout_ms", "must be positive");
+        }
+        for origin in &self.http.cors_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.trim_end_matches('/').contains(['?', '#'])
+                && origin.matches('/').count() == 2;
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "http.cors_origins",
+                    reason: format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+                });
+            }
+        }
+        check_database_url("node.database_url", &self.node.database_url)?;
+        check_database_url("payments.database_url", &self.payments.database_url)?;
+        if self.node.index == 0 {
+            return invalid("node.index", "node indices start at 1");
+        }
+        if !(1..=1000).contains(&self.node.max_tickets_per_request) {
+            return invalid("node.max_tickets_per_request", "must be between 1 and 1000");
+        }
+        if self.node.checkpoint_every == 0 {
+            return invalid("node.checkpoint_every", "must be positive");
+        }
+        if self.payments.receipt_ttl_seconds < 10 {
+            return invalid("payments.receipt_ttl_seconds", "must be at least 10");
+        }
+        if !(1..=1000).contains(&self.payments.max_tickets_per_checkout) {
+            return invalid(
+                "payments.max_tickets_per_checkout",
+                "must be between 1 and 1000",
+            );
+        }
+        if self.demo.threshold < 1 || self.demo.threshold > self.demo.nodes {
+            return invalid("demo.threshold", "must be between 1 and demo.nodes");
+        }
+        if usize::from(self.demo.base_port) + 10 + usize::from(self.demo.nodes) > 65535 {
+            return invalid("demo.base_port", "the node ports would exceed 65535");
+        }
+        Ok(())
+    }
+
+    /// The database URL for a node: the configured one, or a SQLite file in `data_dir`.
+    pub fn node_database_url(&self, index: u16) -> String {
+        or_sqlite(
+            &self.node.database_url,
+            &self.data_dir,
+            &format!("node-{index}.db"),
+        )
+    }
+
+    /// The database URL for the payments service.
+    pub fn payments_database_url(&self) -> String {
+        or_sqlite(&self.payments.database_url, &self.data_dir, "payments.db")
+    }
+}
+
+fn or_sqlite(configured: &str, dir: &Path, file: &str) -> String {
+    if configured.is_empty() {
+        format!("sqlite://{}?mode=rwc", dir.join(file).display())
+    } else {
+        configured.to_owned()
+    }
+}
+
+fn check_database_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.is_empty()
+        || url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            reason: "must start with sqlite:, postgres:// or postgresql://".to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+// figment's Jail API returns its (large) error type by value; not ours to change.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn the_example_parses_to_the_defaults() {
+        let parsed: Settings = Figment::from(Toml::string(EXAMPLE)).extract().unwrap();
+        assert_eq!(parsed, Settings::default());
+        Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "data_dir = \"/srv/t\"\n[node]\nindex = 3\n[demo]\nnodes = 7\n",
+            )?;
+            jail.set_env("TICKETING_NODE__INDEX", "4");
+            jail.set_env("TICKETING_HTTP__BODY_LIMIT_BYTES", "2048");
+            let s = Settings::load(Some(Path::new("t.toml"))).unwrap();
+            assert_eq!(s.data_dir, PathBuf::from("/srv/t"));
+            assert_eq!(s.node.index, 4);
+            assert_eq!(s.demo.nodes, 7);
+            assert_eq!(s.http.body_limit_bytes, 2048);
+            assert_eq!(s.payments, PaymentsSettings::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_get_errors_naming_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TICKETING_DEMO__THRESHOLD", "6");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("demo.threshold"), "{err}");
+            jail.set_env("TICKETING_DEMO__THRESHOLD", "3");
+            jail.set_env("TICKETING_NODE__DATABASE_URL", "mysql://x");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("node.database_url"), "{err}");
+            jail.set_env("TICKETING_NODE__DATABASE_URL", "");
+            jail.set_env("TICKETING_HTTP__CORS_ORIGINS", "[\"http://x.test/app\"]");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("cors_origins"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_reported() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[node]\nlisten = \"not an address\"\n")?;
+            let err = Settings::load(Some(Path::new("t.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listen"), "{err}");
+            jail.create_file("u.toml", "[nodes]\nindex = 1\n")?;
+            let err = Settings::load(Some(Path::new("u.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nodes"), "{err}");
+            let err = Settings::load(Some(Path::new("missing.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("does not exist"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,577 @@
+//! `ticketing setup` and `ticketing keys extend`: deal keysets, write the public manifest and
+//! one secret bundle per service.
+//!
+//! Layout of a cluster directory:
+//!
+//! ```text
+//! manifest.json            public: the trust root (clients pin its digest)
+//! manifest.digest          public: hex SHA-256 digest of the manifest
+//! products.toml            the products and their keyset windows (for `keys extend`)
+//! secrets/                 0700
+//!   node-<i>.json          0600: node i's identity key and its share of every keyset
+//!   payments.json          0600: the receipt signing key
+//!   coordinator.json       0600: the publication key
+//! ```
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use ticketing_crypto::keyset::{self, KeysetId, KeysetParams, SecretKeyShare, ShareIndex};
+use ticketing_protocol::keys::SignKey;
+use ticketing_protocol::manifest::{
+    KeysetInfo, Manifest, NodeInfo, PublicKeyShareInfo, ServiceInfo,
+};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::ConfigError;
+use crate::products::{ProductsFile, windows};
+
+/// 32 secret bytes, hex in the bundle files. Redacted in Debug, zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, Serialize, Deserialize)]
+pub struct Secret32(#[serde(with = "hex::serde")] [u8; 32]);
+
+impl Secret32 {
+    /// The bytes.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&SignKey> for Secret32 {
+    fn from(k: &SignKey) -> Self {
+        Self(*k.to_bytes())
+    }
+}
+
+/// One node's secrets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeBundle {
+    /// The node's share index.
+    pub index: ShareIndex,
+    /// Ed25519 identity key seed.
+    pub identity_key: Secret32,
+    /// Its share of every keyset.
+    pub shares: Vec<KeysetShare>,
+}
+
+/// A node's share of one keyset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeysetShare {
+    /// Which keyset.
+    pub keyset_id: KeysetId,
+    /// sk_i, big-endian.
+    pub secret: Secret32,
+}
+
+impl NodeBundle {
+    /// The identity signing key.
+    pub fn identity(&self) -> Result<SignKey, ConfigError> {
+        SignKey::from_bytes(self.identity_key.expose()).map_err(|e| ConfigError::BadFile {
+            path: PathBuf::from("node bundle"),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decode every share and check each against this node's PK_i in the manifest (Feldman:
+    /// the manifest's PK_i are derived from the dealer's commitments).
+    pub fn verified_shares(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Vec<(KeysetId, SecretKeyShare)>, ConfigError> {
+        self.shares
+            .iter()
+            .map(|s| {
+                let share = SecretKeyShare::from_bytes(self.index, s.secret.expose())?;
+                let expected = manifest
+                    .keyset(&s.keyset_id)
+                    .and_then(|k| k.public_key_share(self.index))
+                    .ok_or_else(|| ConfigError::BadFile {
+                        path: PathBuf::from("node bundle"),
+                        reason: format!("keyset {} is not in the manifest", s.keyset_id),
+                    })?;
+                if &share.public_key() != expected {
+                    return Err(
+                        ticketing_crypto::CryptoError::ShareVerification(self.index.get()).into(),
+                    );
+                }
+                Ok((s.keyset_id, share))
+            })
+            .collect()
+    }
+}
+
+/// A service's signing key (payments receipts, coordinator publications).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceBundle {
+    /// Ed25519 seed.
+    pub key: Secret32,
+}
+
+impl ServiceBundle {
+    /// The signing key.
+    pub fn sign_key(&self) -> Result<SignKey, ConfigError> {
+        SignKey::from_bytes(self.key.expose()).map_err(|e| ConfigError::BadFile {
+            path: PathBuf::from("service bundle"),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A whole cluster, as `ticketing setup` makes it.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The public manifest.
+    pub manifest: Manifest,
+    /// The products with their windows.
+    pub products: ProductsFile,
+    /// One bundle per node, index order.
+    pub nodes: Vec<NodeBundle>,
+    /// The payments service's receipt key.
+    pub payments: ServiceBundle,
+    /// The coordinator's publication key.
+    pub coordinator: ServiceBundle,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct SetupSpec {
+    /// Node base URLs; n = their number.
+    pub node_urls: Vec<String>,
+    /// Threshold t.
+    pub threshold: u16,
+    /// Payments base URL.
+    pub payments_url: String,
+    /// Coordinator base URL.
+    pub coordinator_url: String,
+    /// Products.
+    pub products: ProductsFile,
+    /// Keysets are created for windows overlapping the next `horizon_days` days.
+    pub horizon_days: u32,
+    /// Presentation epoch length.
+    pub rotation_seconds: u64,
+    /// Current unix time.
+    pub now: u64,
+}
+
+/// Progress callback: (done, total) keysets.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// Deal a new cluster.
+pub fn generate(
+    spec: &SetupSpec,
+    rng: &mut impl rand_core::CryptoRng,
+    progress: Progress<'_>,
+) -> Result<Cluster, ConfigError> {
+    let n = spec.node_urls.len();
+    if n == 0 || n > 1000 {
+        return Err(ConfigError::Invalid {
+            key: "--nodes",
+            reason: format!("need between 1 and 1000 nodes, got {n}"),
+        });
+    }
+    let t = usize::from(spec.threshold);
+    if t < 1 || t > n {
+        return Err(ConfigError::Invalid {
+            key: "--threshold",
+            reason: format!(
+                "the threshold must be between 1 and the number of nodes ({n}), got {t}"
+            ),
+        });
+    }
+    let identities: Vec<SignKey> = (0..n).map(|_| SignKey::generate(rng)).collect();
+    let payments = SignKey::generate(rng);
+    let coordinator = SignKey::generate(rng);
+    let nodes_total = u16::try_from(n).map_err(|_| ConfigError::Invalid {
+        key: "--nodes",
+        reason: "too many nodes".into(),
+    })?;
+    let mut cluster = Cluster {
+        manifest: Manifest {
+            // extend() below makes it 1.
+            version: 0,
+            nodes_total,
+            threshold: spec.threshold,
+            rotation_seconds: spec.rotation_seconds,
+            nodes: identities
+                .iter()
+                .zip(&spec.node_urls)
+                .zip(1u16..)
+                .map(|((k, url), i)| {
+                    Ok(NodeInfo {
+                        index: ShareIndex::new(i)?,
+                        url: url.trim_end_matches('/').to_owned(),
+                        identity_key: k.verify_key(),
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?,
+            keysets: Vec::new(),
+            products: spec
+                .products
+                .product
+                .iter()
+                .map(crate::products::ProductSpec::to_manifest)
+                .collect(),
+            coordinator: ServiceInfo {
+                url: spec.coordinator_url.trim_end_matches('/').to_owned(),
+                key: coordinator.verify_key(),
+            },
+            payments: ServiceInfo {
+                url: spec.payments_url.trim_end_matches('/').to_owned(),
+                key: payments.verify_key(),
+            },
+        },
+        products: spec.products.clone(),
+        nodes: identities
+            .iter()
+            .zip(1u16..)
+            .map(|(k, i)| {
+                Ok(NodeBundle {
+                    index: ShareIndex::new(i)?,
+                    identity_key: k.into(),
+                    shares: Vec::new(),
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?,
+        payments: ServiceBundle {
+            key: (&payments).into(),
+        },
+        coordinator: ServiceBundle {
+            key: (&coordinator).into(),
+        },
+    };
+    extend(&mut cluster, spec.horizon_days, spec.now, rng, progress)?;
+    Ok(cluster)
+}
+
+/// Add keysets for every product window overlapping `[now, now + horizon_days)` that the
+/// cluster does not have yet. Existing keysets and shares are left exactly as they are.
+/// Returns the number of keysets added; bumps the manifest version when any were.
+pub fn extend(
+    cluster: &mut Cluster,
+    horizon_days: u32,
+    now: u64,
+    rng: &mut impl rand_core::CryptoRng,
+    progress: Progress<'_>,
+) -> Result<usize, ConfigError> {
+    let mut todo = Vec::new();
+    for p in &cluster.products.product {
+        for (from, until) in windows(p.window, now, horizon_days) {
+            let exists = cluster.manifest.keysets.iter().any(|k| {
+                k.params.product == p.name
+                    && k.params.valid_from == from
+                    && k.params.valid_until == until
+            });
+            if !exists {
+                todo.push(KeysetParams {
+                    product: p.name.clone(),
+                    valid_from: from,
+                    valid_until: until,
+                });
+            }
+        }
+    }
+    let n = cluster.nodes.len();
+    let t = usize::from(cluster.manifest.threshold);
+    let total = todo.len();
+    for (done, params) in todo.into_iter().enumerate() {
+        let dealt = keyset::deal(t, n, rng)?;
+        let public_key = dealt.public_key()?;
+        let id = KeysetId::derive(&public_key, &params);
+        let mut shares_info = Vec::with_capacity(n);
+        for (share, bundle) in dealt.shares.iter().zip(cluster.nodes.iter_mut()) {
+            // deal() verified every share against the commitments already.
+            shares_info.push(PublicKeyShareInfo {
+                index: share.index(),
+                public_key: dealt.commitments.public_key_share(share.index()),
+            });
+            bundle.shares.push(KeysetShare {
+                keyset_id: id,
+                secret: Secret32(*share.to_bytes()),
+            });
+        }
+        cluster.manifest.keysets.push(KeysetInfo {
+            id,
+            params,
+            public_key,
+            public_key_shares: shares_info,
+        });
+        progress(done + 1, total);
+    }
+    if total > 0 {
+        cluster.manifest.version += 1;
+    }
+    Ok(total)
+}
+
+const MANIFEST: &str = "manifest.json";
+const DIGEST: &str = "manifest.digest";
+const PRODUCTS: &str = "products.toml";
+const SECRETS: &str = "secrets";
+
+/// Path of node i's bundle in a cluster directory.
+pub fn node_bundle_path(dir: &Path, index: u16) -> PathBuf {
+    dir.join(SECRETS).join(format!("node-{index}.json"))
+}
+
+/// Path of the manifest in a cluster directory.
+pub fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join(MANIFEST)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
+    move |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Write a file readable only by its owner (0600), replacing any old one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        let mut f = opts.open(path).map_err(io(path))?;
+        // `mode` applies only at creation; tighten a pre-existing file too.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io(path))?;
+        f.write_all(bytes).map_err(io(path))?;
+        f.sync_all().map_err(io(path))
+    }
+    #[cfg(not(unix))]
+    {
+        let mut f = opts.open(path).map_err(io(path))?;
+        f.write_all(bytes).map_err(io(path))?;
+        f.sync_all().map_err(io(path))
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+impl Cluster {
+    /// Write to `dir`. Refuses a non-empty `dir` unless `force`.
+    pub fn write(&self, dir: &Path, force: bool) -> Result<(), ConfigError> {
+        let non_empty = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+        if non_empty && !force {
+            return Err(ConfigError::AlreadyExists(dir.to_owned()));
+        }
+        self.save(dir)
+    }
+
+    /// Write (or rewrite) every file of the cluster in `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
+        let secrets = dir.join(SECRETS);
+        fs::create_dir_all(&secrets).map_err(io(&secrets))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&secrets, fs::Permissions::from_mode(0o700))
+                .map_err(io(&secrets))?;
+        }
+        for node in &self.nodes {
+            write_private(&node_bundle_path(dir, node.index.get()), &to_json(node))?;
+        }
+        write_private(&secrets.join("payments.json"), &to_json(&self.payments))?;
+        write_private(
+            &secrets.join("coordinator.json"),
+            &to_json(&self.coordinator),
+        )?;
+        let products = toml::to_string(&self.products).unwrap_or_default();
+        let path = dir.join(PRODUCTS);
+        fs::write(&path, products).map_err(io(&path))?;
+        let path = dir.join(MANIFEST);
+        fs::write(&path, to_json(&self.manifest)).map_err(io(&path))?;
+        let path = dir.join(DIGEST);
+        fs::write(&path, format!("{}\n", self.manifest.digest())).map_err(io(&path))
+    }
+
+    /// Read a cluster written by [`Cluster::write`] (all secrets: the setup machine only).
+    pub fn read(dir: &Path) -> Result<Self, ConfigError> {
+        let manifest = read_manifest(&dir.join(MANIFEST))?;
+        let path = dir.join(PRODUCTS);
+        let products = ProductsFile::parse(&fs::read_to_string(&path).map_err(io(&path))?)?;
+        let nodes = manifest
+            .nodes
+            .iter()
+            .map(|n| read_json(&node_bundle_path(dir, n.index.get())))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            payments: read_json(&dir.join(SECRETS).join("payments.json"))?,
+            coordinator: read_json(&dir.join(SECRETS).join("coordinator.json"))?,
+            manifest,
+            products,
+            nodes,
+        })
+    }
+}
+
+/// Read a JSON file into `T`, with the file named in any error.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| ConfigError::BadFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Read and check a manifest: every keyset id must match its key and parameters.
+pub fn read_manifest(path: &Path) -> Result<Manifest, ConfigError> {
+    let manifest: Manifest = read_json(path)?;
+    if let Some(k) = manifest.keysets.iter().find(|k| !k.check_id()) {
+        return Err(ConfigError::BadFile {
+            path: path.to_owned(),
+            reason: format!("keyset {} does not match its key and window", k.id),
+        });
+    }
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn spec(n: usize, t: u16) -> SetupSpec {
+        SetupSpec {
+            node_urls: (1..=n)
+                .map(|i| format!("http://127.0.0.1:{}", 7610 + i))
+                .collect(),
+            threshold: t,
+            payments_url: "http://127.0.0.1:7600".into(),
+            coordinator_url: "http://127.0.0.1:7601".into(),
+            products: ProductsFile::builtin(),
+            horizon_days: 7,
+            rotation_seconds: 30,
+            now: 1_795_266_000,
+        }
+    }
+
+    #[test]
+    fn setup_writes_a_verifiable_cluster_with_private_secrets() {
+        let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(1);
+        let mut calls = Vec::new();
+        let cluster = generate(&spec(5, 3), &mut rng, &mut |d, t| calls.push((d, t))).unwrap();
+        // 1 month of singles + 7 days + 2 weeks (Sat: this week and next).
+        assert_eq!(cluster.manifest.keysets.len(), 1 + 7 + 2);
+        assert_eq!(calls.last(), Some(&(10, 10)));
+        let dir = tempfile::tempdir().unwrap();
+        cluster.write(dir.path(), false).unwrap();
+
+        let back = Cluster::read(dir.path()).unwrap();
+        assert_eq!(back.manifest, cluster.manifest);
+        for node in &back.nodes {
+            assert_eq!(node.verified_shares(&back.manifest).unwrap().len(), 10);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [
+                "node-1.json",
+                "node-5.json",
+                "payments.json",
+                "coordinator.json",
+            ] {
+                let mode = fs::metadata(dir.path().join("secrets").join(f))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600, "{f}");
+            }
+        }
+        let digest = fs::read_to_string(dir.path().join("manifest.digest")).unwrap();
+        assert_eq!(digest.trim(), cluster.manifest.digest().to_string());
+        // Secrets do not leak through Debug.
+        let dbg = format!("{:?}", back.nodes[0]);
+        assert!(
+            !dbg.contains(&hex::encode(back.nodes[0].identity_key.expose())),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn setup_refuses_bad_thresholds_and_existing_clusters() {
+        let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(2);
+        let e = generate(&spec(3, 4), &mut rng, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("between 1 and the number of nodes (3), got 4"),
+            "{e}"
+        );
+        let e = generate(&spec(3, 0), &mut rng, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("got 0"), "{e}");
+        let c = generate(&spec(2, 2), &mut rng, &mut |_, _| {}).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        c.write(dir.path(), false).unwrap();
+        let e = c.write(dir.path(), false).unwrap_err().to_string();
+        assert!(e.contains("--force"), "{e}");
+        c.write(dir.path(), true).unwrap();
+    }
+
+    #[test]
+    fn a_share_that_does_not_match_the_manifest_is_refused() {
+        let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(3);
+        let mut c = generate(&spec(3, 2), &mut rng, &mut |_, _| {}).unwrap();
+        let other = c.nodes[1].shares[0].secret.clone();
+        c.nodes[0].shares[0].secret = other;
+        let e = c.nodes[0]
+            .verified_shares(&c.manifest)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("share 1 does not match"), "{e}");
+    }
+
+    #[test]
+    fn extend_adds_future_keysets_and_keeps_the_old_ones() {
+        let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(4);
+        let s = spec(3, 2);
+        let mut c = generate(&s, &mut rng, &mut |_, _| {}).unwrap();
+        let before = c.manifest.clone();
+        let old_shares: Vec<_> = c
+            .nodes
+            .iter()
+            .map(|n| serde_json::to_string(n).unwrap())
+            .collect();
+        let added = extend(&mut c, 40, s.now, &mut rng, &mut |_, _| {}).unwrap();
+        assert!(added > 0);
+        assert_eq!(c.manifest.version, before.version + 1);
+        assert_eq!(
+            &c.manifest.keysets[..before.keysets.len()],
+            &before.keysets[..]
+        );
+        for (node, old) in c.nodes.iter().zip(old_shares) {
+            let old: NodeBundle = serde_json::from_str(&old).unwrap();
+            for (a, b) in old.shares.iter().zip(&node.shares) {
+                assert_eq!(a.keyset_id, b.keyset_id);
+                assert_eq!(a.secret.expose(), b.secret.expose());
+            }
+            assert_eq!(
+                node.verified_shares(&c.manifest).unwrap().len(),
+                c.manifest.keysets.len()
+            );
+        }
+        // Extending again to the same horizon adds nothing and keeps the version.
+        assert_eq!(
+            extend(&mut c, 40, s.now, &mut rng, &mut |_, _| {}).unwrap(),
+            0
+        );
+        assert_eq!(c.manifest.version, before.version + 1);
+    }
+}
