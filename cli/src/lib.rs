@@ -1,17 +1,147 @@
 //! The `ticketing` command. Thin: every subcommand parses its arguments and calls a library
-//! crate. Subcommands arrive with the issues that build them (`setup`, `demo`, `wallet`, ...).
+//! crate; the modules here only compose services (`demo`, `bench`) and keep the CLI wallet's
+//! file.
 
+// Printing results is what a command-line tool is for.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ticketing_config::Settings;
+
+pub mod bench;
+pub mod demo;
+mod setup;
+pub mod wallet;
 
 /// Anonymous public-transit tickets issued by a threshold cluster.
 #[derive(Debug, Parser)]
 #[command(name = "ticketing", version, about)]
-struct Cli {}
+struct Cli {
+    /// Configuration file (TOML); `TICKETING_*` variables override it.
+    #[arg(long, global = true, env = "TICKETING_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
 
-/// Parse the command line and run it.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole cluster on this machine (payments + n nodes, SQLite), setting it up first
+    /// if needed, and print where everything is.
+    Demo,
+    /// Deal a new cluster: keysets per product window, node bundles, the public manifest.
+    Setup(setup::SetupArgs),
+    /// Manage keysets of an existing cluster.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run one issuer node.
+    Node(NodeArgs),
+    /// Run the payments service.
+    Payments,
+    /// Cash vouchers.
+    #[command(subcommand)]
+    Voucher(VoucherCommand),
+    /// The passenger's command-line wallet.
+    #[command(subcommand)]
+    Wallet(wallet::WalletCommand),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add keysets for future windows (rotation ahead of use); issued ones are untouched.
+    Extend(setup::ExtendArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a commented example configuration (every value is the default).
+    Example,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Which node (share index); default from the configuration (`node.index`).
+    #[arg(long)]
+    index: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum VoucherCommand {
+    /// Create cash vouchers for a product; prints one code per line.
+    Create {
+        /// Product name, e.g. `single`.
+        #[arg(long)]
+        product: String,
+        /// How many (each pays for one ticket).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+/// Parse the command line and run it. Errors are printed with their causes; exit code 1.
 pub fn main() -> ExitCode {
-    let Cli {} = Cli::parse();
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let settings = || Settings::load(cli.config.as_deref()).context("loading the configuration");
+    match cli.command {
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", ticketing_config::EXAMPLE);
+        }
+        Command::Setup(args) => setup::setup(&settings()?, &args)?,
+        Command::Keys(KeysCommand::Extend(args)) => setup::extend(&settings()?, &args)?,
+        Command::Demo => {
+            let s = settings()?;
+            ticketing_service::init_tracing(&s.log.filter);
+            demo::run(&s).await?;
+        }
+        Command::Node(args) => {
+            let mut s = settings()?;
+            ticketing_service::init_tracing(&s.log.filter);
+            if let Some(i) = args.index {
+                s.node.index = i;
+            }
+            demo::run_node(&s).await?;
+        }
+        Command::Payments => {
+            let s = settings()?;
+            ticketing_service::init_tracing(&s.log.filter);
+            demo::run_payments(&s).await?;
+        }
+        Command::Voucher(VoucherCommand::Create { product, count }) => {
+            let codes =
+                ticketing_payments::vouchers::create_vouchers_with(&settings()?, &product, count)
+                    .await
+                    .context("creating vouchers")?;
+            for code in codes {
+                println!("{code}");
+            }
+        }
+        Command::Wallet(cmd) => return wallet::run(&settings()?, cmd).await,
+        Command::Bench(cmd) => bench::run(&settings()?, cmd).await?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,523 @@
-//! The one implementation of "talk to the cluster", native and wasm32: buy (query all nodes
-//! concurrently, combine the first t partials, blame a bad node), redeem, sync, audit fetches.
+//! The one implementation of "talk to the cluster", native and wasm32 (reqwest on both).
 //!
-//! Skeleton: filled in by the nodes/payments issue. Depends on `crypto` and `protocol` only.
+//! Buying ([`Client::buy`]): pick the product's current keyset from the manifest, blind one
+//! ticket message per holder key, pay (a receipt bound to the digest of the blinded points),
+//! then ask **all** nodes at once. As responses arrive (each checked against the node's
+//! identity key), the first t are combined, unblinded and verified; only if a ticket fails to
+//! verify are the partials checked one by one, the bad node blamed with its signed response
+//! as evidence, and another node's answer used. A purchase that cannot reach t nodes returns
+//! its [`PendingPurchase`] (receipt + blinding factors) so the same receipt can be retried
+//! later ([`Client::complete`]): nothing paid is lost.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use ticketing_crypto::issuance::{self, BlindedPoint, BlindingFactor, PartialSignature};
+use ticketing_crypto::keyset::{KeysetId, ShareIndex};
+use ticketing_crypto::ticket::{HolderPublicKey, Ticket};
+use ticketing_protocol::issue::{IssueRequest, IssueResponse};
+use ticketing_protocol::manifest::{KeysetInfo, Manifest, NodeInfo};
+use ticketing_protocol::receipt::{CheckoutRequest, PaymentMethod, SignedReceipt, blinded_digest};
+use ticketing_protocol::{ErrorBody, ErrorCode};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The manifest has no keyset of this product valid now.
+    #[error("no keyset of product `{product}` is valid at {now}")]
+    NoKeyset {
+        /// Product asked for.
+        product: String,
+        /// Time asked at.
+        now: u64,
+    },
+    /// A service answered with an error body.
+    #[error("{service} refused: {} ({})", .body.detail, .body.code)]
+    Refused {
+        /// Which service.
+        service: String,
+        /// Its answer.
+        body: ErrorBody,
+    },
+    /// A service could not be reached or answered nonsense.
+    #[error("{service}: {reason}")]
+    Unreachable {
+        /// Which service.
+        service: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The payments service returned a receipt that does not match what was asked.
+    #[error("the receipt does not match the request: {0}")]
+    BadReceipt(String),
+    /// Fewer than t nodes gave good answers. `pending` can be retried with
+    /// [`Client::complete`].
+    #[error("only {good} of the {needed} nodes needed answered correctly; unreachable or refusing: {}", describe(.failures))]
+    NotEnoughNodes {
+        /// Threshold.
+        needed: usize,
+        /// Good answers.
+        good: usize,
+        /// Per failing node: index, URL and what went wrong.
+        failures: Vec<NodeFailure>,
+        /// Everything needed to retry with the same receipt.
+        pending: Box<PendingPurchase>,
+    },
+}
+
+fn describe(failures: &[NodeFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("node {} at {} ({})", f.node, f.url, f.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A node that did not contribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// Index.
+    pub node: u16,
+    /// Base URL.
+    pub url: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Evidence that a node signed wrong partials: its own signed response, which any auditor can
+/// check against the manifest (identity key, PK_i) and the blinded points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blame {
+    /// The node.
+    pub node: ShareIndex,
+    /// Its signed response.
+    pub response: IssueResponse,
+    /// The points it was asked to sign.
+    pub blinded: Vec<BlindedPoint>,
+}
+
+/// A purchase blinded but not yet paid. Holds secrets (blinding factors).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreparedPurchase {
+    /// Product name.
+    pub product: String,
+    /// The keyset the points are blinded for.
+    pub keyset_id: KeysetId,
+    /// The holder keys, in order.
+    pub holders: Vec<HolderPublicKey>,
+    /// The blinded points, in order.
+    pub blinded: Vec<BlindedPoint>,
+    /// The blinding factors, in order.
+    pub factors: Vec<FactorHex>,
+}
+
+/// A paid purchase not yet turned into tickets. Holds secrets (blinding factors): keep it
+/// where the wallet keeps tickets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingPurchase {
+    /// The payment receipt.
+    pub receipt: SignedReceipt,
+    /// The holder keys, in order.
+    pub holders: Vec<HolderPublicKey>,
+    /// The blinded points, in order.
+    pub blinded: Vec<BlindedPoint>,
+    /// The blinding factors (hex), in order.
+    pub factors: Vec<FactorHex>,
+}
+
+/// A blinding factor as stored in a pending purchase.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FactorHex(#[serde(with = "hex::serde")] Vec<u8>);
+
+impl std::fmt::Debug for FactorHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The result of a purchase.
+#[derive(Debug, Clone)]
+pub struct Purchase {
+    /// One verified ticket per holder key, in order.
+    pub tickets: Vec<Ticket>,
+    /// Nodes caught signing wrong partials, with evidence.
+    pub blamed: Vec<Blame>,
+    /// Nodes that could not be reached or refused (not needed in the end).
+    pub failures: Vec<NodeFailure>,
+}
+
+/// A client bound to one manifest.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    manifest: Manifest,
+}
+
+impl Client {
+    /// A client with a per-request timeout (native; browsers use their own fetch limits).
+    pub fn new(manifest: Manifest, timeout: Duration) -> Result<Self, ClientError> {
+        let builder = reqwest::Client::builder();
+        #[cfg(not(target_arch = "wasm32"))]
+        let builder = builder.timeout(timeout).connect_timeout(timeout);
+        #[cfg(target_arch = "wasm32")]
+        let _ = timeout;
+        let http = builder.build().map_err(|e| ClientError::Unreachable {
+            service: "http client".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { http, manifest })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The keyset of `product` whose window contains `now`.
+    pub fn current_keyset(&self, product: &str, now: u64) -> Result<&KeysetInfo, ClientError> {
+        self.manifest
+            .keysets
+            .iter()
+            .filter(|k| k.params.product == product && k.is_valid_at(now))
+            .min_by_key(|k| k.params.valid_until)
+            .ok_or_else(|| ClientError::NoKeyset {
+                product: product.to_owned(),
+                now,
+            })
+    }
+
+    /// Buy one ticket per holder key: prepare, pay, then issue. See the crate docs.
+    pub async fn buy(
+        &self,
+        product: &str,
+        holders: &[HolderPublicKey],
+        payment: PaymentMethod,
+        now: u64,
+        rng: &mut impl rand_core::CryptoRng,
+    ) -> Result<Purchase, ClientError> {
+        let prepared = self.prepare(product, holders, now, rng)?;
+        let pending = self.checkout(&prepared, payment).await?;
+        self.complete(&pending).await
+    }
+
+    /// Pick the keyset and blind one message per holder key. Local only: a wallet stores the
+    /// result before paying, so a crash after payment can redo [`Client::checkout`] with the
+    /// same points (the payments service answers the same digest with the same receipt).
+    pub fn prepare(
+        &self,
+        product: &str,
+        holders: &[HolderPublicKey],
+        now: u64,
+        rng: &mut impl rand_core::CryptoRng,
+    ) -> Result<PreparedPurchase, ClientError> {
+        let keyset_id = self.current_keyset(product, now)?.id;
+        let (blinded, factors): (Vec<_>, Vec<_>) = holders
+            .iter()
+            .map(|h| issuance::blind(&keyset_id, h, rng))
+            .unzip();
+        Ok(PreparedPurchase {
+            product: product.to_owned(),
+            keyset_id,
+            holders: holders.to_vec(),
+            blinded,
+            factors: factors
+                .iter()
+                .map(|f| FactorHex(f.to_bytes().to_vec()))
+                .collect(),
+        })
+    }
+
+    /// Pay for a prepared purchase; returns it with the receipt, ready for the nodes.
+    pub async fn checkout(
+        &self,
+        prepared: &PreparedPurchase,
+        payment: PaymentMethod,
+    ) -> Result<PendingPurchase, ClientError> {
+        let digest = blinded_digest(&prepared.blinded);
+        let count = u32::try_from(prepared.holders.len())
+            .map_err(|_| ClientError::BadReceipt("too many tickets".into()))?;
+        let request = CheckoutRequest {
+            product: prepared.product.clone(),
+            keyset_id: prepared.keyset_id,
+            count,
+            digest,
+            payment,
+        };
+        let url = format!("{}/v1/checkout", self.manifest.payments.url);
+        let receipt: SignedReceipt = self.post_json("payments", &url, &request).await?;
+        receipt
+            .verify(&self.manifest.payments.key)
+            .map_err(|e| ClientError::BadReceipt(e.to_string()))?;
+        let r = &receipt.receipt;
+        if r.digest != digest || r.count != count || r.keyset_id != prepared.keyset_id {
+            return Err(ClientError::BadReceipt(
+                "digest, count or keyset differ".into(),
+            ));
+        }
+        Ok(PendingPurchase {
+            receipt,
+            holders: prepared.holders.clone(),
+            blinded: prepared.blinded.clone(),
+            factors: prepared.factors.clone(),
+        })
+    }
+
+    /// Ask one node only (benchmarks, diagnostics). The answer is checked like in
+    /// [`Client::complete`].
+    pub async fn issue_at(
+        &self,
+        index: ShareIndex,
+        pending: &PendingPurchase,
+    ) -> Result<IssueResponse, ClientError> {
+        let node = self
+            .manifest
+            .nodes
+            .iter()
+            .find(|n| n.index == index)
+            .ok_or_else(|| ClientError::Unreachable {
+                service: format!("node {index}"),
+                reason: "not in the manifest".into(),
+            })?;
+        let request = IssueRequest {
+            receipt: pending.receipt.clone(),
+            blinded: pending.blinded.clone(),
+        };
+        let (_, outcome) = self.ask_node(node, &request).await;
+        outcome
+            .map(|(response, _)| response)
+            .map_err(|reason| ClientError::Unreachable {
+                service: format!("node {index}"),
+                reason,
+            })
+    }
+
+    /// Turn a paid purchase into tickets: ask every node, combine the first t good answers.
+    /// Safe to call again with the same pending purchase (nodes are idempotent per receipt).
+    pub async fn complete(&self, pending: &PendingPurchase) -> Result<Purchase, ClientError> {
+        let t = usize::from(self.manifest.threshold);
+        let keyset = self
+            .manifest
+            .keyset(&pending.receipt.receipt.keyset_id)
+            .ok_or_else(|| ClientError::BadReceipt("keyset not in the manifest".into()))?;
+        let factors = pending
+            .factors
+            .iter()
+            .map(|f| BlindingFactor::from_bytes(&f.0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::BadReceipt(format!("stored blinding factor: {e}")))?;
+        let request = IssueRequest {
+            receipt: pending.receipt.clone(),
+            blinded: pending.blinded.clone(),
+        };
+
+        let mut inflight: FuturesUnordered<_> = self
+            .manifest
+            .nodes
+            .iter()
+            .map(|node| self.ask_node(node, &request))
+            .collect();
+        let mut good: Vec<(ShareIndex, IssueResponse, Vec<PartialSignature>)> = Vec::new();
+        let mut failures = Vec::new();
+        let mut blamed = Vec::new();
+
+        while let Some((node, outcome)) = inflight.next().await {
+            match outcome {
+                Ok((response, partials)) => good.push((node.index, response, partials)),
+                Err(reason) => failures.push(NodeFailure {
+                    node: node.index.get(),
+                    url: node.url.clone(),
+                    reason,
+                }),
+            }
+            if good.len() < t {
+                continue;
+            }
+            match combine_all(t, keyset, pending, &factors, &good) {
+                Ok(tickets) => {
+                    return Ok(Purchase {
+                        tickets,
+                        blamed,
+                        failures,
+                    });
+                }
+                Err(()) => {
+                    // Optimism failed: check each partial of the nodes used, drop the bad ones.
+                    let (bad, kept): (Vec<_>, Vec<_>) = good.into_iter().partition(|(i, _, p)| {
+                        let Some(pk) = keyset.public_key_share(*i) else {
+                            return true;
+                        };
+                        p.iter()
+                            .zip(&pending.blinded)
+                            .any(|(p, b)| issuance::verify_partial(pk, b, p).is_err())
+                    });
+                    good = kept;
+                    for (node, response, _) in bad {
+                        tracing::warn!(node = node.get(), "node signed wrong partials; blamed");
+                        failures.push(NodeFailure {
+                            node: node.get(),
+                            url: self.node_url(node),
+                            reason: "signed wrong partials (blamed)".into(),
+                        });
+                        blamed.push(Blame {
+                            node,
+                            response,
+                            blinded: pending.blinded.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        failures.sort_by_key(|f| f.node);
+        Err(ClientError::NotEnoughNodes {
+            needed: t,
+            good: good.len(),
+            failures,
+            pending: Box::new(pending.clone()),
+        })
+    }
+
+    fn node_url(&self, index: ShareIndex) -> String {
+        self.manifest
+            .nodes
+            .iter()
+            .find(|n| n.index == index)
+            .map(|n| n.url.clone())
+            .unwrap_or_default()
+    }
+
+    async fn ask_node<'a>(
+        &self,
+        node: &'a NodeInfo,
+        request: &IssueRequest,
+    ) -> (
+        &'a NodeInfo,
+        Result<(IssueResponse, Vec<PartialSignature>), String>,
+    ) {
+        let url = format!("{}/v1/issue", node.url);
+        let service = format!("node {}", node.index);
+        let outcome = match self
+            .post_json::<_, IssueResponse>(&service, &url, request)
+            .await
+        {
+            Err(ClientError::Refused { body, .. }) => {
+                Err(format!("refused: {} ({})", body.detail, body.code))
+            }
+            Err(e) => Err(e.to_string()),
+            Ok(response) => check_response(node, request, response),
+        };
+        (node, outcome)
+    }
+
+    async fn post_json<Q: Serialize + ?Sized, R: for<'de> Deserialize<'de>>(
+        &self,
+        service: &str,
+        url: &str,
+        body: &Q,
+    ) -> Result<R, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            service: service.to_owned(),
+            reason,
+        };
+        let response = self
+            .http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(without_url(e)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unreachable(without_url(e)))?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|e| unreachable(format!("bad answer: {e}")))
+        } else {
+            let body = serde_json::from_slice::<ErrorBody>(&bytes)
+                .unwrap_or_else(|_| ErrorBody::new(ErrorCode::Internal, format!("HTTP {status}")));
+            Err(ClientError::Refused {
+                service: service.to_owned(),
+                body,
+            })
+        }
+    }
+}
+
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if is_connect(&e) {
+        "connection refused"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {}", e.without_url())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn is_connect(e: &reqwest::Error) -> bool {
+    e.is_connect()
+}
+
+// The browser's fetch does not tell connection failures apart.
+#[cfg(target_arch = "wasm32")]
+fn is_connect(_: &reqwest::Error) -> bool {
+    false
+}
+
+/// Check a node's answer before using it: signed by its identity key, about this request.
+fn check_response(
+    node: &NodeInfo,
+    request: &IssueRequest,
+    response: IssueResponse,
+) -> Result<(IssueResponse, Vec<PartialSignature>), String> {
+    response
+        .verify(&node.identity_key)
+        .map_err(|_| "response not signed by the node's identity key".to_owned())?;
+    let r = &request.receipt.receipt;
+    if response.node != node.index
+        || response.receipt_id != r.receipt_id
+        || response.keyset_id != r.keyset_id
+        || response.digest != r.digest
+        || response.partials.len() != request.blinded.len()
+    {
+        return Err("response is not about this request".into());
+    }
+    let partials = response
+        .partial_signatures()
+        .map_err(|e| format!("invalid partial: {e}"))?;
+    Ok((response, partials))
+}
+
+/// Combine the first t good answers for every ticket; `Err` if any ticket fails to verify.
+fn combine_all(
+    t: usize,
+    keyset: &KeysetInfo,
+    pending: &PendingPurchase,
+    factors: &[BlindingFactor],
+    good: &[(ShareIndex, IssueResponse, Vec<PartialSignature>)],
+) -> Result<Vec<Ticket>, ()> {
+    let used = good.get(..t).ok_or(())?;
+    pending
+        .holders
+        .iter()
+        .zip(factors)
+        .enumerate()
+        .map(|(j, (holder, factor))| {
+            let partials: Vec<PartialSignature> = used
+                .iter()
+                .map(|(_, _, p)| p.get(j).copied().ok_or(()))
+                .collect::<Result<_, _>>()?;
+            let blind = issuance::combine(t, &partials).map_err(|_| ())?;
+            let ticket = Ticket {
+                keyset_id: keyset.id,
+                holder: *holder,
+                signature: issuance::unblind(&blind, factor),
+            };
+            ticket.verify(&keyset.public_key).map_err(|_| ())?;
+            Ok(ticket)
+        })
+        .collect()
+}

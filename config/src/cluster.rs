@@ -322,6 +322,16 @@ pub fn node_bundle_path(dir: &Path, index: u16) -> PathBuf {
     dir.join(SECRETS).join(format!("node-{index}.json"))
 }
 
+/// Path of the payments service's bundle in a cluster directory.
+pub fn payments_bundle_path(dir: &Path) -> PathBuf {
+    dir.join(SECRETS).join("payments.json")
+}
+
+/// Path of the coordinator's bundle in a cluster directory.
+pub fn coordinator_bundle_path(dir: &Path) -> PathBuf {
+    dir.join(SECRETS).join("coordinator.json")
+}
+
 /// Path of the manifest in a cluster directory.
 pub fn manifest_path(dir: &Path) -> PathBuf {
     dir.join(MANIFEST)
@@ -411,8 +421,8 @@ impl Cluster {
             .map(|n| read_json(&node_bundle_path(dir, n.index.get())))
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            payments: read_json(&dir.join(SECRETS).join("payments.json"))?,
-            coordinator: read_json(&dir.join(SECRETS).join("coordinator.json"))?,
+            payments: read_json(&payments_bundle_path(dir))?,
+            coordinator: read_json(&coordinator_bundle_path(dir))?,
             manifest,
             products,
             nodes,

@@ -204,6 +204,9 @@ impl Default for DemoSettings {
     }
 }
 
+/// Top-level keys, the only ones the environment layer reads.
+const SECTIONS: [&str; 6] = ["data_dir", "log", "http", "node", "payments", "demo"];
+
 /// The commented example printed by `ticketing config example`. Every value is the default.
 pub const EXAMPLE: &str = include_str!("example.toml");
 
@@ -220,9 +223,16 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(path));
         }
-        let settings: Self = fig
-            .merge(Env::prefixed("TICKETING_").split("__"))
-            .extract()?;
+        // Only variables that name a setting: TICKETING_CONFIG (the --config flag) and the
+        // test harness's TICKETING_TEST_* are not settings and must not be refused as unknown.
+        let env = Env::prefixed("TICKETING_").split("__").filter(|key| {
+            // Keys keep the variable's case here.
+            let key = key.as_str().to_ascii_lowercase();
+            let top = key.split(['.', '_']).next().unwrap_or_default();
+            let top = if top == "data" { "data_dir" } else { top };
+            SECTIONS.contains(&top)
+        });
+        let settings: Self = fig.merge(env).extract()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -348,6 +358,19 @@ mod tests {
             assert_eq!(s.demo.nodes, 7);
             assert_eq!(s.http.body_limit_bytes, 2048);
             assert_eq!(s.payments, PaymentsSettings::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_ticketing_variables_are_not_settings() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TICKETING_CONFIG", "/etc/ticketing.toml");
+            jail.set_env("TICKETING_TEST_POSTGRES_URL", "postgres://x");
+            jail.set_env("TICKETING_REQUIRE_POSTGRES", "1");
+            jail.set_env("TICKETING_DATA_DIR", "/srv/d");
+            let s = Settings::load(None).unwrap();
+            assert_eq!(s.data_dir, PathBuf::from("/srv/d"));
             Ok(())
         });
     }

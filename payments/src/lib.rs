@@ -1,4 +1,24 @@
 //! Payments: turns a test-card payment or a cash voucher into an Ed25519-signed receipt bound
-//! to the digest of the blinded points. Stores no card number.
+//! to the digest of the blinded points. Stores no card number and no voucher code.
 //!
-//! Skeleton: filled in by the nodes/payments issue.
+//! - [`card`]: the stub processor (documented test numbers) and the self-redacting
+//!   [`card::CardNumber`].
+//! - [`store`]: the [`PaymentsStore`] trait with SQLite and Postgres backends: voucher hashes,
+//!   receipts (nothing about the payer), atomic idempotent checkout, totals per keyset.
+//! - [`service`]: the [`Payments`] state, [`router`] and [`serve`] for `POST /v1/checkout`.
+//! - [`vouchers`]: creating voucher codes for `ticketing voucher create`.
+//!
+//! Checkout is idempotent per digest: a wallet whose connection dropped retries with the same
+//! blinded points and gets the same receipt, without paying or burning a voucher twice.
+//! Logs carry product, count and outcome only.
+
+pub mod card;
+mod error;
+pub mod service;
+pub mod store;
+pub mod vouchers;
+
+pub use error::PaymentsError;
+pub use service::{Payments, router, serve};
+pub use store::{PaymentsStore, open_store};
+pub use vouchers::{create_vouchers, create_vouchers_with, generate_vouchers};

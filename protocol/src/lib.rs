@@ -11,10 +11,12 @@ mod error;
 mod ids;
 pub mod issue;
 pub mod keys;
+pub mod log;
 pub mod manifest;
 pub mod publication;
 pub mod receipt;
 pub mod redeem;
+pub mod voucher;
 
 pub use error::{ErrorBody, ErrorCode, ProtocolError};
 pub use ids::{Digest32, Id16};

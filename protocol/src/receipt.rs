@@ -83,8 +83,8 @@ impl SignedReceipt {
     }
 }
 
-/// How the passenger pays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How the passenger pays. Debug shows the method only: no card number or voucher code.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "method")]
 pub enum PaymentMethod {
     /// A test card number (stub processor; documented numbers succeed or decline).
@@ -97,6 +97,15 @@ pub enum PaymentMethod {
         /// The code.
         code: String,
     },
+}
+
+impl std::fmt::Debug for PaymentMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Card { .. } => f.write_str("Card(<redacted>)"),
+            Self::Voucher { .. } => f.write_str("Voucher(<redacted>)"),
+        }
+    }
 }
 
 /// `POST /v1/checkout` on the payments service.

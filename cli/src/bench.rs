@@ -1,0 +1,221 @@
+//! `ticketing bench`: figures printed from a real run on loopback, never asserted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use ticketing_client::Client;
+use ticketing_config::Settings;
+use ticketing_crypto::issuance::{self, BlindedPoint};
+use ticketing_crypto::keyset::ShareIndex;
+use ticketing_crypto::ticket::HolderSecret;
+use ticketing_protocol::receipt::PaymentMethod;
+
+use crate::demo::{Databases, LocalCluster};
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Issue tickets through an in-process 3-of-5 cluster on loopback (SQLite by default).
+    Issue(IssueArgs),
+}
+
+/// `bench issue`.
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// Tickets bought end to end (one per purchase).
+    #[arg(long, default_value_t = 300)]
+    tickets: usize,
+    /// Concurrent buyers.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Batch sizes (tickets per request) for the node-side overhead table.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    batches: Vec<usize>,
+    /// Requests per batch size in the overhead table.
+    #[arg(long, default_value_t = 20)]
+    requests: usize,
+}
+
+/// Run a benchmark.
+pub async fn run(settings: &Settings, cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Issue(args) => issue(settings, &args).await,
+    }
+}
+
+fn card() -> PaymentMethod {
+    PaymentMethod::Card {
+        number: "4242424242424242".into(),
+    }
+}
+
+/// Nearest-rank percentile, `per_mille` in 0..=1000 (500 = median).
+fn percentile(sorted: &[Duration], per_mille: u64) -> Duration {
+    let n = sorted.len() as u64;
+    let rank = (per_mille.min(1000) * n).div_ceil(1000).saturating_sub(1);
+    sorted
+        .get(usize::try_from(rank).unwrap_or(0))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// `sum` and `count` of the node's server-side `/v1/issue` latency histogram.
+async fn server_time(http: &reqwest::Client, node_url: &str) -> Result<(f64, f64)> {
+    let text = http
+        .get(format!("{node_url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut sum = 0.0;
+    let mut count = 0.0;
+    for line in text.lines() {
+        let value = |l: &str| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if line.starts_with(
+            "ticketing_node_http_request_duration_seconds_sum{route=\"/v1/issue\",status=\"200\"}",
+        ) {
+            sum = value(line);
+        }
+        if line.starts_with("ticketing_node_http_request_duration_seconds_count{route=\"/v1/issue\",status=\"200\"}") {
+            count = value(line);
+        }
+    }
+    Ok((sum, count))
+}
+
+async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let mut settings = settings.clone();
+    settings.node.max_tickets_per_request =
+        u32::try_from(args.batches.iter().copied().max().unwrap_or(50).max(1)).unwrap_or(1000);
+    settings.payments.max_tickets_per_checkout = settings.node.max_tickets_per_request;
+    // Quiet by default (per-request info lines would drown the figures); a configured filter
+    // other than the default wins, e.g. TICKETING_LOG__FILTER=warn,ticketing_node=debug.
+    let default_filter = ticketing_config::LogSettings::default().filter;
+    ticketing_service::init_tracing(if settings.log.filter == default_filter {
+        "warn"
+    } else {
+        &settings.log.filter
+    });
+    println!(
+        "starting a 3-of-5 cluster (SQLite) in {} ...",
+        dir.path().display()
+    );
+    let cluster =
+        LocalCluster::start(dir.path(), 5, 3, settings.clone(), Databases::default()).await?;
+    let manifest = cluster.cluster.manifest.clone();
+    let client = Arc::new(Client::new(manifest.clone(), Duration::from_secs(30))?);
+    let http = reqwest::Client::new();
+
+    // 1. Raw partial signing, as a node does it per point: decode (subgroup check), sign, encode.
+    let share = cluster
+        .cluster
+        .nodes
+        .first()
+        .context("no node")?
+        .verified_shares(&manifest)?
+        .into_iter()
+        .next()
+        .context("no keyset")?;
+    let keyset_id = share.0;
+    let holder = HolderSecret::generate(&mut rand::rng()).public_key();
+    let point = issuance::blind(&keyset_id, &holder, &mut rand::rng())
+        .0
+        .to_bytes();
+    let rounds = 2000;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let b = BlindedPoint::from_bytes(std::hint::black_box(&point))?;
+        std::hint::black_box(issuance::partial_sign(&share.1, &b).to_bytes());
+    }
+    let raw = start.elapsed() / rounds;
+    println!(
+        "\nraw partial sign (decode + sign + encode): {:.1} µs/point",
+        raw.as_secs_f64() * 1e6
+    );
+
+    // 2. Node-side cost per ticket at several batch sizes, server-side time from the node's
+    //    own latency histogram (HTTP handler: JSON + point checks + DB + log + signing).
+    let node1 = manifest.nodes.first().context("no node")?;
+    println!(
+        "\n{:>6} {:>14} {:>16} {:>10}",
+        "batch", "node µs/ticket", "client µs/ticket", "overhead"
+    );
+    for &k in &args.batches {
+        let mut pendings = Vec::new();
+        for _ in 0..args.requests {
+            let holders: Vec<_> = (0..k)
+                .map(|_| HolderSecret::generate(&mut rand::rng()).public_key())
+                .collect();
+            let prepared =
+                client.prepare("day", &holders, ticketing_service::now(), &mut rand::rng())?;
+            pendings.push(client.checkout(&prepared, card()).await?);
+        }
+        let (sum0, n0) = server_time(&http, &node1.url).await?;
+        let start = Instant::now();
+        for p in &pendings {
+            client.issue_at(ShareIndex::new(1)?, p).await?;
+        }
+        let client_side = start.elapsed();
+        let (sum1, n1) = server_time(&http, &node1.url).await?;
+        let tickets = (args.requests * k) as f64;
+        let node_us = (sum1 - sum0) / tickets * 1e6;
+        let client_us = client_side.as_secs_f64() / tickets * 1e6;
+        let overhead = node_us / (raw.as_secs_f64() * 1e6) - 1.0;
+        debug_assert!((n1 - n0 - args.requests as f64).abs() < 0.5);
+        println!(
+            "{k:>6} {node_us:>14.1} {client_us:>16.1} {:>9.0}%",
+            overhead * 100.0
+        );
+    }
+
+    // 3. End to end: concurrent buyers, one ticket per purchase, all five nodes asked.
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let per_worker = args.tickets.div_ceil(args.concurrency.max(1));
+    for _ in 0..args.concurrency.max(1) {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                let holders = vec![HolderSecret::generate(&mut rand::rng()).public_key()];
+                let t0 = Instant::now();
+                let prepared = client.prepare(
+                    "single",
+                    &holders,
+                    ticketing_service::now(),
+                    &mut rand::rng(),
+                )?;
+                let pending = client.checkout(&prepared, card()).await?;
+                client.complete(&pending).await?;
+                latencies.push(t0.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    println!(
+        "\nend to end ({} purchases of 1 ticket, {} concurrent, pay + 5 nodes + combine + verify):",
+        latencies.len(),
+        args.concurrency
+    );
+    println!(
+        "  {:.1} tickets/s, p50 {:.1} ms, p99 {:.1} ms",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 500).as_secs_f64() * 1e3,
+        percentile(&latencies, 990).as_secs_f64() * 1e3
+    );
+    cluster.stop().await
+}

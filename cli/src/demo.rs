@@ -1,0 +1,321 @@
+//! Composing services in one process: `ticketing demo`, `ticketing node`, `ticketing payments`,
+//! and the in-process clusters the integration tests and `ticketing bench` start.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use ticketing_config::Settings;
+use ticketing_config::cluster::{self, Cluster};
+use ticketing_config::products::ProductsFile;
+use ticketing_node::Node;
+use ticketing_payments::service::Payments;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A service running in this process.
+#[derive(Debug)]
+pub struct Running {
+    /// e.g. `node 3`.
+    pub name: String,
+    /// Its base URL.
+    pub url: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    fn spawn<F>(
+        name: String,
+        listener: TcpListener,
+        serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
+    ) -> Result<Self>
+    where
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, stopped));
+        Ok(Self {
+            name,
+            url: format!("http://{addr}"),
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Stop accepting, finish in-flight requests, and wait for the task.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await??;
+        Ok(())
+    }
+}
+
+async fn on_stop(rx: oneshot::Receiver<()>) {
+    let _ = rx.await;
+}
+
+/// Start node `index` of the cluster in `settings.data_dir` on `listener`.
+pub async fn spawn_node(settings: &Settings, index: u16, listener: TcpListener) -> Result<Running> {
+    let node = Node::open(settings, &settings.data_dir, index)
+        .await
+        .with_context(|| format!("opening node {index}"))?;
+    Running::spawn(format!("node {index}"), listener, move |l, rx| {
+        node.serve(l, on_stop(rx))
+    })
+}
+
+/// Start the payments service of the cluster in `settings.data_dir` on `listener`.
+pub async fn spawn_payments(settings: &Settings, listener: TcpListener) -> Result<Running> {
+    let payments = Payments::load(settings).await.context("opening payments")?;
+    Running::spawn("payments".into(), listener, move |l, rx| {
+        ticketing_payments::service::serve(l, payments, on_stop(rx))
+    })
+}
+
+/// `host:port` of an `http://host:port` URL.
+pub fn socket_addr(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("{url}: only http:// URLs can be served locally"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .parse()
+        .with_context(|| format!("{url}: expected http://IP:PORT"))
+}
+
+async fn bind(url: &str) -> Result<TcpListener> {
+    let addr = socket_addr(url)?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (is another demo running? change demo.base_port)"))
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `ticketing demo`: set the cluster up in `data_dir` if it is not there, start payments and
+/// every node on loopback, print where everything is, run until Ctrl-C.
+pub async fn run(settings: &Settings) -> Result<()> {
+    let dir = &settings.data_dir;
+    if !cluster::manifest_path(dir).exists() {
+        println!(
+            "setting up a {}-of-{} cluster in {} ...",
+            settings.demo.threshold,
+            settings.demo.nodes,
+            dir.display()
+        );
+        let spec = crate::setup::spec(
+            settings,
+            settings.demo.nodes,
+            settings.demo.threshold,
+            ProductsFile::builtin(),
+            31,
+        );
+        let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |_, _| {})?;
+        cluster.write(dir, false)?;
+    }
+    let cluster =
+        Cluster::read(dir).with_context(|| format!("reading the cluster in {}", dir.display()))?;
+    let manifest = &cluster.manifest;
+
+    let mut running = vec![spawn_payments(settings, bind(&manifest.payments.url).await?).await?];
+    for node in &manifest.nodes {
+        running.push(spawn_node(settings, node.index.get(), bind(&node.url).await?).await?);
+    }
+
+    println!();
+    println!(
+        "ticketing demo: {} of {} nodes, data in {}",
+        manifest.threshold,
+        manifest.nodes_total,
+        dir.display()
+    );
+    for r in &running {
+        println!("  {:<10} {}", r.name, r.url);
+    }
+    println!(
+        "  manifest   {} (digest {})",
+        cluster::manifest_path(dir).display(),
+        manifest.digest()
+    );
+    println!("  wallet PWA and validator PWA: not built yet (later issues); use the CLI wallet:");
+    println!("    ticketing wallet buy --product day --card 4242424242424242");
+    println!("    ticketing wallet show");
+    println!("  vouchers:  ticketing voucher create --product single --count 3");
+    println!("Ctrl-C stops everything.");
+
+    shutdown_signal().await;
+    println!("stopping ...");
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+/// `ticketing node`: one node on `node.listen`.
+pub async fn run_node(settings: &Settings) -> Result<()> {
+    let listener = TcpListener::bind(settings.node.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.node.listen))?;
+    let running = spawn_node(settings, settings.node.index, listener).await?;
+    tracing::info!(url = %running.url, "node {} listening", settings.node.index);
+    shutdown_signal().await;
+    running.stop().await
+}
+
+/// `ticketing payments`: the payments service on `payments.listen`.
+pub async fn run_payments(settings: &Settings) -> Result<()> {
+    let listener = TcpListener::bind(settings.payments.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.payments.listen))?;
+    let running = spawn_payments(settings, listener).await?;
+    tracing::info!(url = %running.url, "payments listening");
+    shutdown_signal().await;
+    running.stop().await
+}
+
+/// Database URLs for an in-process cluster (default: SQLite files in the cluster directory).
+#[derive(Debug, Clone, Default)]
+pub struct Databases {
+    /// Payments database URL.
+    pub payments: Option<String>,
+    /// Node i's database URL at position i-1.
+    pub nodes: Vec<String>,
+}
+
+/// An in-process cluster on 127.0.0.1 ports chosen by the OS (tests, benchmarks).
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// Settings pointing at the cluster directory.
+    pub settings: Settings,
+    /// Node i's settings at position i-1 (its own database).
+    pub node_settings: Vec<Settings>,
+    /// The cluster (with secrets).
+    pub cluster: Cluster,
+    /// Payments.
+    pub payments: Option<Running>,
+    /// Node i at position i-1; `None` while stopped.
+    pub nodes: Vec<Option<Running>>,
+}
+
+impl LocalCluster {
+    /// Set up an n-node, threshold-t cluster in `dir` and start payments and every node.
+    pub async fn start(
+        dir: &Path,
+        nodes: u16,
+        threshold: u16,
+        mut settings: Settings,
+        databases: Databases,
+    ) -> Result<Self> {
+        settings.data_dir = dir.to_owned();
+        if let Some(url) = &databases.payments {
+            settings.payments.database_url.clone_from(url);
+        }
+        let node_settings: Vec<Settings> = (0..usize::from(nodes))
+            .map(|i| {
+                let mut s = settings.clone();
+                if let Some(url) = databases.nodes.get(i) {
+                    s.node.database_url.clone_from(url);
+                }
+                s
+            })
+            .collect();
+        let payments_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut node_listeners = Vec::new();
+        for _ in 0..nodes {
+            node_listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+        }
+        let mut spec = crate::setup::spec(&settings, nodes, threshold, ProductsFile::builtin(), 31);
+        spec.payments_url = format!("http://{}", payments_listener.local_addr()?);
+        spec.node_urls = node_listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| format!("http://{a}")))
+            .collect::<std::io::Result<_>>()?;
+        let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |_, _| {})?;
+        cluster.write(dir, false)?;
+        let payments = Some(spawn_payments(&settings, payments_listener).await?);
+        let mut running = Vec::new();
+        for ((listener, i), s) in node_listeners.into_iter().zip(1u16..).zip(&node_settings) {
+            running.push(Some(spawn_node(s, i, listener).await?));
+        }
+        Ok(Self {
+            settings,
+            node_settings,
+            cluster,
+            payments,
+            nodes: running,
+        })
+    }
+
+    /// Replace node `index` with a service of the caller's making on the same address (e.g. a
+    /// misbehaving node in tests).
+    pub async fn replace_node(&mut self, index: u16, node: Node) -> Result<()> {
+        self.stop_node(index).await?;
+        let url = self.node_url(index)?;
+        let running = Running::spawn(format!("node {index}"), bind(&url).await?, move |l, rx| {
+            node.serve(l, on_stop(rx))
+        })?;
+        if let Some(slot) = self.nodes.get_mut(usize::from(index).saturating_sub(1)) {
+            *slot = Some(running);
+        }
+        Ok(())
+    }
+
+    fn node_url(&self, index: u16) -> Result<String> {
+        self.cluster
+            .manifest
+            .nodes
+            .iter()
+            .find(|n| n.index.get() == index)
+            .map(|n| n.url.clone())
+            .ok_or_else(|| anyhow!("no node {index}"))
+    }
+
+    /// Stop node `index`; [`LocalCluster::start_node`] binds its manifest address again.
+    pub async fn stop_node(&mut self, index: u16) -> Result<()> {
+        let slot = self
+            .nodes
+            .get_mut(usize::from(index).saturating_sub(1))
+            .ok_or_else(|| anyhow!("no node {index}"))?;
+        if let Some(r) = slot.take() {
+            r.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Start node `index` again on its manifest address.
+    pub async fn start_node(&mut self, index: u16) -> Result<()> {
+        let url = self.node_url(index)?;
+        let settings = self
+            .node_settings
+            .get(usize::from(index).saturating_sub(1))
+            .ok_or_else(|| anyhow!("no node {index}"))?;
+        let running = spawn_node(settings, index, bind(&url).await?).await?;
+        if let Some(slot) = self.nodes.get_mut(usize::from(index).saturating_sub(1)) {
+            *slot = Some(running);
+        }
+        Ok(())
+    }
+
+    /// Stop everything.
+    pub async fn stop(mut self) -> Result<()> {
+        for slot in &mut self.nodes {
+            if let Some(r) = slot.take() {
+                r.stop().await?;
+            }
+        }
+        if let Some(p) = self.payments.take() {
+            p.stop().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! `ticketing setup` and `ticketing keys extend`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use ticketing_config::Settings;
+use ticketing_config::cluster::{self, Cluster, SetupSpec};
+use ticketing_config::products::ProductsFile;
+
+#[derive(Debug, Args)]
+pub(crate) struct SetupArgs {
+    /// Number of issuer nodes n.
+    #[arg(long)]
+    nodes: u16,
+    /// Signatures needed to issue, t (1 <= t <= n).
+    #[arg(long)]
+    threshold: u16,
+    /// Products file (TOML, `[[product]]` tables); default: single, day and week.
+    #[arg(long)]
+    products: Option<PathBuf>,
+    /// Output directory; default: `data_dir` from the configuration.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace an existing cluster in the output directory (its keys are lost).
+    #[arg(long)]
+    force: bool,
+    /// Create keysets for windows overlapping the next this many days.
+    #[arg(long, default_value_t = 31)]
+    horizon_days: u32,
+    /// Node URLs, comma-separated (n of them); default: http://127.0.0.1:<demo.base_port+10+i>.
+    #[arg(long, value_delimiter = ',')]
+    node_urls: Vec<String>,
+    /// Payments URL; default: http://127.0.0.1:<demo.base_port>.
+    #[arg(long)]
+    payments_url: Option<String>,
+    /// Coordinator URL; default: http://127.0.0.1:<demo.base_port+1>.
+    #[arg(long)]
+    coordinator_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExtendArgs {
+    /// Cluster directory; default: `data_dir`.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Make sure keysets exist for windows overlapping the next this many days.
+    #[arg(long, default_value_t = 62)]
+    horizon_days: u32,
+}
+
+fn progress(total_hint: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} keysets")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(total_hint.to_owned());
+    bar
+}
+
+/// The spec `ticketing setup` and `ticketing demo` use, URLs defaulting to the demo ports.
+pub(crate) fn spec(
+    settings: &Settings,
+    nodes: u16,
+    threshold: u16,
+    products: ProductsFile,
+    horizon_days: u32,
+) -> SetupSpec {
+    let base = settings.demo.base_port;
+    SetupSpec {
+        node_urls: (1..=nodes)
+            .map(|i| format!("http://127.0.0.1:{}", u32::from(base) + 10 + u32::from(i)))
+            .collect(),
+        threshold,
+        payments_url: format!("http://127.0.0.1:{base}"),
+        coordinator_url: format!("http://127.0.0.1:{}", u32::from(base) + 1),
+        products,
+        horizon_days,
+        rotation_seconds: ticketing_crypto::presentation::DEFAULT_ROTATION_SECONDS,
+        now: ticketing_service::now(),
+    }
+}
+
+pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
+    let products = match &args.products {
+        Some(path) => ProductsFile::parse(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        None => ProductsFile::builtin(),
+    };
+    if args.threshold < 1 || args.threshold > args.nodes {
+        anyhow::bail!(
+            "--threshold must be between 1 and --nodes ({}), got {}",
+            args.nodes,
+            args.threshold
+        );
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| settings.data_dir.clone());
+    // Refuse before spending time on keys.
+    if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) && !args.force {
+        return Err(ticketing_config::ConfigError::AlreadyExists(out).into());
+    }
+    let mut spec = spec(
+        settings,
+        args.nodes,
+        args.threshold,
+        products,
+        args.horizon_days,
+    );
+    if !args.node_urls.is_empty() {
+        if args.node_urls.len() != usize::from(args.nodes) {
+            anyhow::bail!(
+                "--node-urls lists {} URLs for --nodes {}",
+                args.node_urls.len(),
+                args.nodes
+            );
+        }
+        spec.node_urls.clone_from(&args.node_urls);
+    }
+    if let Some(u) = &args.payments_url {
+        spec.payments_url.clone_from(u);
+    }
+    if let Some(u) = &args.coordinator_url {
+        spec.coordinator_url.clone_from(u);
+    }
+    let bar = progress("dealing");
+    let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish();
+    cluster.write(&out, args.force)?;
+    print_summary(&cluster, &out);
+    Ok(())
+}
+
+fn print_summary(cluster: &Cluster, out: &std::path::Path) {
+    let m = &cluster.manifest;
+    println!(
+        "cluster: {} of {} nodes, {} keysets, manifest version {}",
+        m.threshold,
+        m.nodes_total,
+        m.keysets.len(),
+        m.version
+    );
+    println!(
+        "manifest: {} (digest {})",
+        cluster::manifest_path(out).display(),
+        m.digest()
+    );
+    println!(
+        "secrets:  {} (mode 0600; give each node only its own bundle)",
+        out.join("secrets").display()
+    );
+}
+
+pub(crate) fn extend(settings: &Settings, args: &ExtendArgs) -> Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| settings.data_dir.clone());
+    let mut cluster =
+        Cluster::read(&dir).with_context(|| format!("reading the cluster in {}", dir.display()))?;
+    let bar = progress("dealing");
+    let added = cluster::extend(
+        &mut cluster,
+        args.horizon_days,
+        ticketing_service::now(),
+        &mut rand::rng(),
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish();
+    if added == 0 {
+        println!(
+            "nothing to add: keysets already cover the next {} days",
+            args.horizon_days
+        );
+        return Ok(());
+    }
+    cluster.save(&dir)?;
+    println!("added {added} keysets; restart the nodes and publish the new manifest");
+    print_summary(&cluster, &dir);
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The node's storage: the issuance log (which doubles as the set of honoured receipts) and
+//! its checkpoints. One trait, a SQLite and a Postgres backend, one conformance suite
+//! (`tests/store.rs`) run against both.
+
+use async_trait::async_trait;
+use ticketing_protocol::log::{Checkpoint, LogEntry};
+use ticketing_protocol::receipt::SignedReceipt;
+use ticketing_protocol::{Digest32, ProtocolError};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Storage failures. None of them means "recorded": the caller answers `unavailable` and the
+/// wallet retries with the same receipt.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not decode (tampering or a bug): reported, never papered over.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<ProtocolError> for StoreError {
+    fn from(e: ProtocolError) -> Self {
+        Self::Corrupt(e.to_string())
+    }
+}
+
+/// What recording a receipt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// First use: appended as this entry.
+    Fresh(Box<LogEntry>),
+    /// The same receipt (same digest) was recorded before at `seq`: a retry; sign again.
+    Repeat {
+        /// The earlier entry.
+        seq: u64,
+    },
+    /// The receipt id was recorded with another digest: refuse.
+    Conflict,
+}
+
+/// The node's storage.
+#[async_trait]
+pub trait NodeStore: Send + Sync + 'static {
+    /// Atomically: if `receipt` was never recorded, append a log entry for it at the head.
+    async fn record(&self, receipt: &SignedReceipt, time: u64) -> Result<Recorded, StoreError>;
+    /// Entries with `seq > after`, ascending, at most `limit`.
+    async fn entries(&self, after: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError>;
+    /// `(seq, hash)` of the newest entry; `(0, GENESIS)` when empty.
+    async fn head(&self) -> Result<(u64, Digest32), StoreError>;
+    /// Keep a signed checkpoint (idempotent per seq).
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    /// Stored checkpoints, ascending by seq.
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+}
+
+/// Open the store a database URL names, running its migrations.
+pub async fn open(url: &str) -> Result<Box<dyn NodeStore>, StoreError> {
+    match ticketing_service::db::backend_of(url) {
+        Some(ticketing_service::db::Backend::Postgres) => {
+            Ok(Box::new(PostgresStore::open(url).await?))
+        }
+        _ => Ok(Box::new(SqliteStore::open(url).await?)),
+    }
+}
+
+pub(crate) fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit the database")))
+}
+
+pub(crate) fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
+}
+
+pub(crate) fn digest(bytes: &[u8]) -> Result<Digest32, StoreError> {
+    bytes
+        .try_into()
+        .map(Digest32)
+        .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))
+}
+
+pub(crate) fn entry_from_row(
+    seq: i64,
+    time: i64,
+    receipt: &str,
+    prev_hash: &[u8],
+    hash: &[u8],
+) -> Result<LogEntry, StoreError> {
+    Ok(LogEntry {
+        seq: to_u64(seq)?,
+        time: to_u64(time)?,
+        receipt: serde_json::from_str(receipt)
+            .map_err(|e| StoreError::Corrupt(format!("receipt of entry {seq}: {e}")))?,
+        prev_hash: digest(prev_hash)?,
+        hash: digest(hash)?,
+    })
+}

@@ -1,0 +1,232 @@
+//! One conformance suite for the node store, run against SQLite and against a real Postgres
+//! (`TICKETING_TEST_POSTGRES_URL`; `.ci/run` starts one and sets `TICKETING_REQUIRE_POSTGRES=1`
+//! so the Postgres half cannot be skipped there).
+
+// Test code: a panic is how a test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+use ticketing_crypto::keyset::{KeysetId, ShareIndex};
+use ticketing_node::store::{NodeStore, PostgresStore, Recorded, SqliteStore};
+use ticketing_protocol::keys::SignKey;
+use ticketing_protocol::log::{Checkpoint, GENESIS};
+use ticketing_protocol::receipt::{Receipt, SignedReceipt};
+use ticketing_protocol::{Digest32, Id16};
+
+fn receipt(key: &SignKey, id: u8, digest: u8) -> SignedReceipt {
+    Receipt {
+        receipt_id: Id16([id; 16]),
+        keyset_id: KeysetId([7; 8]),
+        count: 2,
+        digest: Digest32([digest; 32]),
+        amount: 500,
+        currency: "EUR".into(),
+        issued_at: 1000,
+        expires_at: 2000,
+    }
+    .sign(key)
+}
+
+fn key() -> SignKey {
+    SignKey::generate(&mut ChaCha20Rng::seed_from_u64(9))
+}
+
+mod cases {
+    use super::*;
+
+    pub(crate) async fn empty(store: Arc<dyn NodeStore>) {
+        assert_eq!(store.head().await.unwrap(), (0, GENESIS));
+        assert!(store.entries(0, 10).await.unwrap().is_empty());
+        assert!(store.checkpoints().await.unwrap().is_empty());
+    }
+
+    pub(crate) async fn fresh_repeat_conflict(store: Arc<dyn NodeStore>) {
+        let k = key();
+        let r = receipt(&k, 1, 1);
+        let Recorded::Fresh(e) = store.record(&r, 1500).await.unwrap() else {
+            panic!("first record must be fresh")
+        };
+        assert_eq!((e.seq, e.prev_hash, e.time), (1, GENESIS, 1500));
+        assert!(e.hash_is_valid());
+        assert_eq!(store.head().await.unwrap(), (1, e.hash));
+        // A retry is a repeat and appends nothing.
+        assert_eq!(
+            store.record(&r, 1600).await.unwrap(),
+            Recorded::Repeat { seq: 1 }
+        );
+        // The same receipt id with other points is a conflict and appends nothing.
+        assert_eq!(
+            store.record(&receipt(&k, 1, 2), 1600).await.unwrap(),
+            Recorded::Conflict
+        );
+        assert_eq!(store.head().await.unwrap(), (1, e.hash));
+        let entries = store.entries(0, 10).await.unwrap();
+        assert_eq!(entries, vec![*e]);
+        assert_eq!(entries[0].receipt, r);
+    }
+
+    pub(crate) async fn chain_and_paging(store: Arc<dyn NodeStore>) {
+        let k = key();
+        for i in 0..10u8 {
+            assert!(matches!(
+                store
+                    .record(&receipt(&k, i, i), 1000 + u64::from(i))
+                    .await
+                    .unwrap(),
+                Recorded::Fresh(_)
+            ));
+        }
+        let all = store.entries(0, 100).await.unwrap();
+        assert_eq!(all.len(), 10);
+        let mut prev = GENESIS;
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            assert_eq!(e.prev_hash, prev);
+            assert!(e.hash_is_valid());
+            prev = e.hash;
+        }
+        assert_eq!(store.head().await.unwrap(), (10, prev));
+        let page = store.entries(4, 3).await.unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
+        assert!(store.entries(10, 5).await.unwrap().is_empty());
+    }
+
+    pub(crate) async fn concurrent_appends_keep_the_chain(store: Arc<dyn NodeStore>) {
+        let k = Arc::new(key());
+        let mut tasks = Vec::new();
+        for i in 0..40u8 {
+            let (store, k) = (store.clone(), k.clone());
+            tasks.push(tokio::spawn(async move {
+                store.record(&receipt(&k, i, i), 1000).await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await.unwrap().unwrap(), Recorded::Fresh(_)));
+        }
+        let all = store.entries(0, 100).await.unwrap();
+        assert_eq!(all.len(), 40);
+        let mut prev = GENESIS;
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!((e.seq, e.prev_hash), (i as u64 + 1, prev));
+            assert!(e.hash_is_valid());
+            prev = e.hash;
+        }
+    }
+
+    pub(crate) async fn concurrent_retries_record_once(store: Arc<dyn NodeStore>) {
+        let k = Arc::new(key());
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (store, k) = (store.clone(), k.clone());
+            tasks.push(tokio::spawn(async move {
+                store.record(&receipt(&k, 42, 42), 1000).await
+            }));
+        }
+        let mut fresh = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                Recorded::Fresh(_) => fresh += 1,
+                Recorded::Repeat { seq } => assert_eq!(seq, 1),
+                Recorded::Conflict => panic!("same receipt is not a conflict"),
+            }
+        }
+        assert_eq!(fresh, 1);
+        assert_eq!(store.head().await.unwrap().0, 1);
+    }
+
+    pub(crate) async fn cancelled_appends_keep_the_chain(store: Arc<dyn NodeStore>) {
+        // Requests get cancelled when the wallet has its t answers; an append must complete
+        // or not happen, never leave the head behind the table.
+        let k = Arc::new(key());
+        for i in 0..30u8 {
+            let (s, k2) = (store.clone(), k.clone());
+            let fut = async move { s.record(&receipt(&k2, i, i), 1000).await };
+            // Cancel after a varying, tiny delay.
+            let _ = tokio::time::timeout(std::time::Duration::from_micros(u64::from(i) * 50), fut)
+                .await;
+        }
+        // Whatever was cancelled, new appends work and the chain is whole.
+        for i in 100..105u8 {
+            assert!(matches!(
+                store.record(&receipt(&k, i, i), 1000).await.unwrap(),
+                Recorded::Fresh(_)
+            ));
+        }
+        let all = store.entries(0, 1000).await.unwrap();
+        let mut prev = GENESIS;
+        for (n, e) in all.iter().enumerate() {
+            assert_eq!((e.seq, e.prev_hash), (n as u64 + 1, prev));
+            assert!(e.hash_is_valid());
+            prev = e.hash;
+        }
+        assert_eq!(store.head().await.unwrap(), (all.len() as u64, prev));
+    }
+
+    pub(crate) async fn checkpoints(store: Arc<dyn NodeStore>) {
+        let k = key();
+        let node = ShareIndex::new(3).unwrap();
+        let a = Checkpoint::unsigned(node, 5, Digest32([5; 32]), 100).sign(&k);
+        let b = Checkpoint::unsigned(node, 9, Digest32([9; 32]), 200).sign(&k);
+        store.save_checkpoint(&b).await.unwrap();
+        store.save_checkpoint(&a).await.unwrap();
+        // The first checkpoint of a seq is kept.
+        store
+            .save_checkpoint(&Checkpoint::unsigned(node, 5, Digest32([1; 32]), 300).sign(&k))
+            .await
+            .unwrap();
+        let all = store.checkpoints().await.unwrap();
+        assert_eq!(all, vec![a, b]);
+        all[0].verify(&k.verify_key()).unwrap();
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite://{}/node.db", dir.path().display());
+                    let store: Arc<dyn NodeStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
+                    cases::$case(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(url) = ticketing_service::db::fresh_test_postgres(stringify!($case)).await.unwrap() else {
+                        return;
+                    };
+                    let store: Arc<dyn NodeStore> = Arc::new(PostgresStore::open(&url).await.unwrap());
+                    cases::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    empty,
+    fresh_repeat_conflict,
+    chain_and_paging,
+    concurrent_appends_keep_the_chain,
+    concurrent_retries_record_once,
+    cancelled_appends_keep_the_chain,
+    checkpoints,
+);

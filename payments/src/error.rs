@@ -1,0 +1,125 @@
+//! The crate's one error type and its mapping to wire errors.
+
+use thiserror::Error;
+use ticketing_crypto::keyset::KeysetId;
+use ticketing_protocol::ErrorCode;
+use ticketing_protocol::voucher::VoucherError;
+use ticketing_service::ApiError;
+
+use crate::card::{CardError, Decline};
+
+/// Everything that can go wrong in the payments service, its store and its admin functions.
+///
+/// Display texts are safe to show and to log: they never contain a card number, a voucher
+/// code or a digest (product names only when they come from the manifest).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PaymentsError {
+    /// The product is not in the manifest.
+    #[error("no product with that name")]
+    UnknownProduct,
+    /// The keyset is not in the manifest.
+    #[error("keyset {0} is not in the manifest")]
+    UnknownKeyset(KeysetId),
+    /// The keyset belongs to another product.
+    #[error("keyset {keyset} is for product `{keyset_product}`, not the one requested")]
+    KeysetWrongProduct {
+        /// The keyset.
+        keyset: KeysetId,
+        /// Its product.
+        keyset_product: String,
+    },
+    /// The keyset's validity window has ended.
+    #[error("keyset {0} has ended; buy from a current keyset")]
+    KeysetEnded(KeysetId),
+    /// A request field is out of range (detail says which and what would be accepted).
+    #[error("{0}")]
+    Malformed(String),
+    /// The card number is not well-formed.
+    #[error(transparent)]
+    Card(#[from] CardError),
+    /// The (stub) processor declined the card.
+    #[error("card declined: {0}")]
+    Declined(#[from] Decline),
+    /// The voucher code was mistyped (caught by its check character or format).
+    #[error("invalid voucher code: {0}")]
+    VoucherTypo(#[from] VoucherError),
+    /// A well-formed voucher code that was never issued.
+    #[error("unknown voucher code")]
+    UnknownVoucher,
+    /// The voucher pays for another product.
+    #[error("this voucher is for product `{0}`")]
+    VoucherWrongProduct(String),
+    /// The voucher was already used.
+    #[error("this voucher was already used")]
+    VoucherUsed,
+    /// A receipt for the same blinded points exists with another keyset or count.
+    #[error("these blinded points were already paid for with another keyset or count")]
+    DigestConflict,
+    /// `add_vouchers` was given a hash that is already stored.
+    #[error("a voucher with this code already exists")]
+    DuplicateVoucher,
+    /// The receipt key does not match the manifest's payments key.
+    #[error("the receipt key does not match the manifest's payments key")]
+    KeyMismatch,
+    /// The database URL names no supported backend.
+    #[error("unsupported database URL (expected sqlite:, postgres:// or postgresql://)")]
+    UnsupportedDatabase,
+    /// A stored row does not decode (wrong length, out of range).
+    #[error("corrupt stored {0}")]
+    Corrupt(&'static str),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the migrations failed.
+    #[error("database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Reading the manifest or the key bundle failed.
+    #[error(transparent)]
+    Config(#[from] ticketing_config::ConfigError),
+}
+
+impl PaymentsError {
+    /// The stable wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownProduct => ErrorCode::NotFound,
+            Self::UnknownKeyset(_) => ErrorCode::UnknownKeyset,
+            Self::KeysetWrongProduct { .. } | Self::KeysetEnded(_) => ErrorCode::KeysetNotActive,
+            Self::Malformed(_) | Self::Card(_) => ErrorCode::Malformed,
+            Self::Declined(_) => ErrorCode::CardDeclined,
+            Self::VoucherTypo(_) | Self::UnknownVoucher | Self::VoucherWrongProduct(_) => {
+                ErrorCode::InvalidVoucher
+            }
+            Self::VoucherUsed => ErrorCode::VoucherUsed,
+            Self::DigestConflict => ErrorCode::ReceiptReused,
+            Self::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+            ) => ErrorCode::Unavailable,
+            Self::DuplicateVoucher
+            | Self::KeyMismatch
+            | Self::UnsupportedDatabase
+            | Self::Corrupt(_)
+            | Self::Database(_)
+            | Self::Migrate(_)
+            | Self::Config(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Whether this is the server's fault (logged as an error, detail hidden from clients).
+    pub fn is_internal(&self) -> bool {
+        matches!(self.code(), ErrorCode::Internal | ErrorCode::Unavailable)
+    }
+}
+
+/// The one place payments errors become wire errors.
+impl From<PaymentsError> for ApiError {
+    fn from(e: PaymentsError) -> Self {
+        let code = e.code();
+        match code {
+            ErrorCode::Internal => Self::new(code, "internal error"),
+            ErrorCode::Unavailable => Self::new(code, "database unavailable; retry later"),
+            _ => Self::new(code, e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Shared fixtures for the HTTP tests: a dealt cluster, a payments service on 127.0.0.1:0 with
+//! a SQLite file, and a JSON client.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use ticketing_config::Settings;
+use ticketing_config::cluster::{self, Cluster, SetupSpec};
+use ticketing_config::products::ProductsFile;
+use ticketing_crypto::issuance;
+use ticketing_crypto::keyset::KeysetId;
+use ticketing_crypto::ticket::HolderSecret;
+use ticketing_payments::store::open_store;
+use ticketing_payments::{Payments, PaymentsStore};
+use ticketing_protocol::Digest32;
+use ticketing_protocol::manifest::Manifest;
+use ticketing_protocol::receipt::blinded_digest;
+use tokio::sync::oneshot;
+
+pub const DAY: u64 = 86_400;
+
+/// A 1-of-1 cluster with the built-in products (single 250, day 700, week 2500 EUR) for the
+/// next two days, plus keysets whose windows ended weeks ago.
+pub fn test_cluster(seed: u64) -> Cluster {
+    let now = ticketing_service::now();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let spec = SetupSpec {
+        node_urls: vec!["http://127.0.0.1:7611".into()],
+        threshold: 1,
+        payments_url: "http://127.0.0.1:7600".into(),
+        coordinator_url: "http://127.0.0.1:7601".into(),
+        products: ProductsFile::builtin(),
+        horizon_days: 2,
+        rotation_seconds: 30,
+        now,
+    };
+    let mut c = cluster::generate(&spec, &mut rng, &mut |_, _| {}).unwrap();
+    cluster::extend(&mut c, 1, now - 70 * DAY, &mut rng, &mut |_, _| {}).unwrap();
+    c
+}
+
+/// A keyset of `product` that is valid now.
+pub fn current_keyset(manifest: &Manifest, product: &str) -> KeysetId {
+    let now = ticketing_service::now();
+    manifest
+        .keysets
+        .iter()
+        .find(|k| k.params.product == product && k.is_valid_at(now))
+        .unwrap()
+        .id
+}
+
+/// A keyset of `product` whose window has ended.
+pub fn ended_keyset(manifest: &Manifest, product: &str) -> KeysetId {
+    let now = ticketing_service::now();
+    manifest
+        .keysets
+        .iter()
+        .find(|k| k.params.product == product && k.params.valid_until <= now)
+        .unwrap()
+        .id
+}
+
+/// The digest of `count` real blinded points for `keyset`, as a wallet computes it.
+pub fn digest(rng: &mut ChaCha20Rng, keyset: &KeysetId, count: u32) -> Digest32 {
+    let points: Vec<_> = (0..count)
+        .map(|_| {
+            let holder = HolderSecret::generate(rng).public_key();
+            issuance::blind(keyset, &holder, rng).0
+        })
+        .collect();
+    blinded_digest(&points)
+}
+
+/// A running payments service.
+pub struct Server {
+    pub url: String,
+    pub payments: Payments,
+    pub cluster: Cluster,
+    pub settings: Settings,
+    pub rng: ChaCha20Rng,
+    pub client: reqwest::Client,
+    /// Holds the SQLite database (and its WAL files).
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Deal a cluster, open a SQLite store in a temp dir, serve on 127.0.0.1:0.
+    pub async fn start(seed: u64) -> Self {
+        Self::start_on(seed, String::new()).await
+    }
+
+    /// [`Server::start`] with the store at `database_url` (empty: SQLite in the temp dir).
+    pub async fn start_on(seed: u64, database_url: String) -> Self {
+        let cluster = test_cluster(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings {
+            data_dir: dir.path().to_owned(),
+            ..Settings::default()
+        };
+        settings.payments.max_tickets_per_checkout = 10;
+        settings.payments.database_url = database_url;
+        let store: Arc<dyn PaymentsStore> =
+            open_store(&settings.payments_database_url()).await.unwrap();
+        let payments = Payments::new(
+            cluster.manifest.clone(),
+            cluster.payments.sign_key().unwrap(),
+            store,
+            &settings,
+        )
+        .unwrap();
+        Self::serve(payments, cluster, settings, dir, seed).await
+    }
+
+    /// Serve an already built [`Payments`].
+    pub async fn serve(
+        payments: Payments,
+        cluster: Cluster,
+        settings: Settings,
+        dir: tempfile::TempDir,
+        seed: u64,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(ticketing_payments::serve(
+            listener,
+            payments.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            url,
+            payments,
+            cluster,
+            settings,
+            rng: ChaCha20Rng::seed_from_u64(seed + 1000),
+            client: reqwest::Client::new(),
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.cluster.manifest
+    }
+
+    /// A fresh digest of `count` blinded points for `keyset`.
+    pub fn digest(&mut self, keyset: &KeysetId, count: u32) -> Digest32 {
+        digest(&mut self.rng, keyset, count)
+    }
+
+    /// POST a JSON value to /v1/checkout.
+    pub async fn checkout(&self, body: &Value) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/v1/checkout", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.json().await.unwrap();
+        (status, body)
+    }
+
+    /// POST raw bytes as JSON to /v1/checkout.
+    pub async fn checkout_raw(&self, bytes: Vec<u8>) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/v1/checkout", self.url))
+            .header("content-type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.json().await.unwrap();
+        (status, body)
+    }
+
+    /// The Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stop serving and wait for the server task.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A checkout body paying by card.
+pub fn card_body(
+    product: &str,
+    keyset: &KeysetId,
+    count: u32,
+    digest: &Digest32,
+    number: &str,
+) -> Value {
+    json!({
+        "product": product,
+        "keyset_id": keyset,
+        "count": count,
+        "digest": digest,
+        "payment": {"method": "card", "number": number},
+    })
+}
+
+/// A checkout body paying by voucher.
+pub fn voucher_body(
+    product: &str,
+    keyset: &KeysetId,
+    count: u32,
+    digest: &Digest32,
+    code: &str,
+) -> Value {
+    json!({
+        "product": product,
+        "keyset_id": keyset,
+        "count": count,
+        "digest": digest,
+        "payment": {"method": "voucher", "code": code},
+    })
+}
+
+/// Assert an error answer's status and code; returns the detail.
+#[track_caller]
+pub fn assert_error(answer: &(StatusCode, Value), status: u16, code: &str) -> String {
+    assert_eq!(answer.0.as_u16(), status, "{}", answer.1);
+    assert_eq!(answer.1["code"], code, "{}", answer.1);
+    answer.1["detail"].as_str().unwrap().to_owned()
+}

@@ -1,0 +1,397 @@
+//! The storage conformance suite: every case runs against SQLite (a temp file) and Postgres (a
+//! fresh database on `TICKETING_TEST_POSTGRES_URL`; skipped with a note when unset, an error
+//! when `TICKETING_REQUIRE_POSTGRES=1`).
+
+// Test code: a panic is how a test fails, and fixtures index known-size data.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+use ticketing_crypto::keyset::KeysetId;
+use ticketing_payments::PaymentsError;
+use ticketing_payments::store::{
+    CheckoutOutcome, KeysetTotals, NewVoucher, PaymentsStore, VoucherInfo, VoucherPayment,
+    open_store,
+};
+use ticketing_protocol::keys::SignKey;
+use ticketing_protocol::receipt::{Receipt, SignedReceipt};
+use ticketing_protocol::voucher::VoucherCode;
+use ticketing_protocol::{Digest32, Id16};
+
+/// Where a case's database lives; dropping it removes a SQLite file.
+struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sqlite_db() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("payments.db").display());
+    Db {
+        url,
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres_db(tag: &str) -> Option<Db> {
+    let url = ticketing_service::db::fresh_test_postgres(tag)
+        .await
+        .unwrap()?;
+    Some(Db { url, _dir: None })
+}
+
+/// One `#[tokio::test]` per case and backend.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = super::sqlite_db();
+                    super::$case(&db.url).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(db) = super::postgres_db(concat!("pay_", stringify!($case))).await
+                    else {
+                        return;
+                    };
+                    super::$case(&db.url).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    vouchers_are_added_all_or_none,
+    receipts_are_stored_and_totalled_per_keyset,
+    a_repeated_digest_returns_the_stored_receipt,
+    a_voucher_burns_once_and_only_for_its_product,
+    concurrent_checkouts_with_one_voucher_burn_it_once,
+    concurrent_retries_of_one_digest_store_one_receipt,
+    extreme_values_round_trip_or_are_refused,
+    reopening_keeps_the_data,
+);
+
+const KS_A: KeysetId = KeysetId([1; 8]);
+const KS_B: KeysetId = KeysetId([2; 8]);
+
+struct Maker {
+    rng: ChaCha20Rng,
+    key: SignKey,
+}
+
+impl Maker {
+    fn new(seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let key = SignKey::generate(&mut rng);
+        Self { rng, key }
+    }
+
+    fn digest(&mut self) -> Digest32 {
+        Digest32(Id16::random(&mut self.rng).0.repeat(2).try_into().unwrap())
+    }
+
+    fn receipt(
+        &mut self,
+        keyset_id: KeysetId,
+        count: u32,
+        digest: Digest32,
+        amount: u64,
+    ) -> SignedReceipt {
+        Receipt {
+            receipt_id: Id16::random(&mut self.rng),
+            keyset_id,
+            count,
+            digest,
+            amount,
+            currency: "EUR".into(),
+            issued_at: 1_795_266_000,
+            expires_at: 1_795_266_600,
+        }
+        .sign(&self.key)
+    }
+
+    fn voucher(&mut self, product: &str) -> (VoucherCode, NewVoucher) {
+        let code = VoucherCode::generate(&mut self.rng);
+        let row = NewVoucher {
+            hash: code.hash(),
+            product: product.into(),
+        };
+        (code, row)
+    }
+}
+
+fn pay(code: &VoucherCode, product: &str) -> VoucherPayment {
+    VoucherPayment {
+        hash: code.hash(),
+        product: product.into(),
+    }
+}
+
+async fn open(url: &str) -> Arc<dyn PaymentsStore> {
+    open_store(url).await.unwrap()
+}
+
+async fn vouchers_are_added_all_or_none(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(1);
+    let (a, row_a) = m.voucher("single");
+    let (b, row_b) = m.voucher("day");
+    store.add_vouchers(&[row_a.clone(), row_b]).await.unwrap();
+    assert_eq!(
+        store.voucher(&a.hash()).await.unwrap(),
+        Some(VoucherInfo {
+            product: "single".into(),
+            used: false
+        })
+    );
+    assert_eq!(
+        store.voucher(&b.hash()).await.unwrap().unwrap().product,
+        "day"
+    );
+    // A batch with one existing hash stores nothing.
+    let (c, row_c) = m.voucher("single");
+    let err = store.add_vouchers(&[row_c, row_a]).await.unwrap_err();
+    assert!(matches!(err, PaymentsError::DuplicateVoucher), "{err:?}");
+    assert_eq!(store.voucher(&c.hash()).await.unwrap(), None);
+    store.add_vouchers(&[]).await.unwrap();
+}
+
+async fn receipts_are_stored_and_totalled_per_keyset(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(2);
+    assert_eq!(store.totals().await.unwrap(), vec![]);
+    let mut stored = Vec::new();
+    for (ks, count, amount) in [(KS_B, 3, 750), (KS_A, 1, 250), (KS_B, 2, 500)] {
+        let d = m.digest();
+        let r = m.receipt(ks, count, d, amount);
+        assert_eq!(
+            store.checkout(&r, None).await.unwrap(),
+            CheckoutOutcome::Issued(r.clone())
+        );
+        stored.push(r);
+    }
+    for r in &stored {
+        let back = store
+            .receipt_by_digest(&r.receipt.digest)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, r);
+        back.verify(&m.key.verify_key()).unwrap();
+    }
+    assert_eq!(store.receipt_by_digest(&m.digest()).await.unwrap(), None);
+    assert_eq!(
+        store.totals().await.unwrap(),
+        vec![
+            KeysetTotals {
+                keyset_id: KS_A,
+                receipts: 1,
+                tickets: 1,
+                amount: 250
+            },
+            KeysetTotals {
+                keyset_id: KS_B,
+                receipts: 2,
+                tickets: 5,
+                amount: 1250
+            },
+        ]
+    );
+}
+
+async fn a_repeated_digest_returns_the_stored_receipt(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(3);
+    let d = m.digest();
+    let first = m.receipt(KS_A, 2, d, 500);
+    let second = m.receipt(KS_A, 2, d, 500);
+    assert_ne!(first, second);
+    store.checkout(&first, None).await.unwrap();
+    assert_eq!(
+        store.checkout(&second, None).await.unwrap(),
+        CheckoutOutcome::Existing(first.clone())
+    );
+    // Even with a voucher attached, a known digest burns nothing.
+    let (v, row) = m.voucher("single");
+    store.add_vouchers(&[row]).await.unwrap();
+    assert_eq!(
+        store
+            .checkout(&second, Some(&pay(&v, "single")))
+            .await
+            .unwrap(),
+        CheckoutOutcome::Existing(first)
+    );
+    assert!(!store.voucher(&v.hash()).await.unwrap().unwrap().used);
+    assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
+}
+
+async fn a_voucher_burns_once_and_only_for_its_product(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(4);
+    let (v, row) = m.voucher("single");
+    store.add_vouchers(&[row]).await.unwrap();
+
+    // Wrong product: refused, nothing stored, voucher intact.
+    let d = m.digest();
+    let r = m.receipt(KS_A, 1, d, 700);
+    let err = store.checkout(&r, Some(&pay(&v, "day"))).await.unwrap_err();
+    assert!(
+        matches!(&err, PaymentsError::VoucherWrongProduct(p) if p == "single"),
+        "{err:?}"
+    );
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), None);
+
+    // Unknown voucher.
+    let unknown = VoucherCode::generate(&mut m.rng);
+    let err = store
+        .checkout(&r, Some(&pay(&unknown, "single")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PaymentsError::UnknownVoucher), "{err:?}");
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), None);
+
+    // The right product: burned.
+    let r = m.receipt(KS_A, 1, d, 250);
+    assert_eq!(
+        store.checkout(&r, Some(&pay(&v, "single"))).await.unwrap(),
+        CheckoutOutcome::Issued(r.clone())
+    );
+    assert!(store.voucher(&v.hash()).await.unwrap().unwrap().used);
+
+    // Again for other points: used, nothing stored.
+    let d2 = m.digest();
+    let r2 = m.receipt(KS_A, 1, d2, 250);
+    let err = store
+        .checkout(&r2, Some(&pay(&v, "single")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PaymentsError::VoucherUsed), "{err:?}");
+    assert_eq!(store.receipt_by_digest(&d2).await.unwrap(), None);
+
+    // A retry of the paid-for points gets the original receipt.
+    let retry = m.receipt(KS_A, 1, d, 250);
+    assert_eq!(
+        store
+            .checkout(&retry, Some(&pay(&v, "single")))
+            .await
+            .unwrap(),
+        CheckoutOutcome::Existing(r)
+    );
+    assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
+}
+
+async fn concurrent_checkouts_with_one_voucher_burn_it_once(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(5);
+    let (v, row) = m.voucher("single");
+    store.add_vouchers(&[row]).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let d = m.digest();
+        let r = m.receipt(KS_A, 1, d, 250);
+        let store = Arc::clone(&store);
+        let p = pay(&v, "single");
+        tasks.spawn(async move { store.checkout(&r, Some(&p)).await });
+    }
+    let (mut issued, mut used) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(CheckoutOutcome::Issued(_)) => issued += 1,
+            Err(PaymentsError::VoucherUsed) => used += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((issued, used), (1, 19));
+    let totals = store.totals().await.unwrap();
+    assert_eq!((totals[0].receipts, totals[0].tickets), (1, 1));
+}
+
+async fn concurrent_retries_of_one_digest_store_one_receipt(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(6);
+    let (v, row) = m.voucher("single");
+    store.add_vouchers(&[row]).await.unwrap();
+    let d = m.digest();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        // Each retry signs a fresh receipt (new id); only one may be stored.
+        let r = m.receipt(KS_A, 1, d, 250);
+        let store = Arc::clone(&store);
+        let p = pay(&v, "single");
+        tasks.spawn(async move { store.checkout(&r, Some(&p)).await });
+    }
+    let mut issued = Vec::new();
+    let mut existing = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap().unwrap() {
+            CheckoutOutcome::Issued(r) => issued.push(r),
+            CheckoutOutcome::Existing(r) => existing.push(r),
+        }
+    }
+    assert_eq!(issued.len(), 1);
+    assert_eq!(existing.len(), 9);
+    assert!(existing.iter().all(|r| r == &issued[0]));
+    assert_eq!(
+        store.receipt_by_digest(&d).await.unwrap().as_ref(),
+        Some(&issued[0])
+    );
+    assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
+}
+
+async fn extreme_values_round_trip_or_are_refused(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(7);
+    let d = m.digest();
+    let mut r = m.receipt(KS_A, u32::MAX, d, i64::MAX as u64);
+    r.receipt.issued_at = 0;
+    r.receipt.expires_at = i64::MAX as u64;
+    r.receipt.currency = "X".repeat(300);
+    let r = r.receipt.sign(&m.key);
+    store.checkout(&r, None).await.unwrap();
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), Some(r));
+    // Beyond the database's signed 64-bit range: a typed error, nothing stored.
+    let d2 = m.digest();
+    let too_big = m.receipt(KS_A, 1, d2, u64::MAX);
+    let err = store.checkout(&too_big, None).await.unwrap_err();
+    assert!(matches!(err, PaymentsError::Malformed(_)), "{err:?}");
+    assert_eq!(store.receipt_by_digest(&d2).await.unwrap(), None);
+}
+
+async fn reopening_keeps_the_data(url: &str) {
+    let mut m = Maker::new(8);
+    let d = m.digest();
+    let r = m.receipt(KS_B, 4, d, 1000);
+    let (v, row) = m.voucher("week");
+    {
+        let store = open(url).await;
+        store.add_vouchers(&[row]).await.unwrap();
+        store.checkout(&r, None).await.unwrap();
+    }
+    // Migrations run again as a no-op.
+    let store = open(url).await;
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), Some(r));
+    assert_eq!(
+        store.voucher(&v.hash()).await.unwrap().unwrap().product,
+        "week"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    let err = open_store("mysql://localhost/x").await.unwrap_err();
+    assert!(matches!(err, PaymentsError::UnsupportedDatabase), "{err:?}");
+}

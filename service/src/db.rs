@@ -1,0 +1,117 @@
+//! Database connections shared by the services' stores, and real-Postgres test databases.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Executor, PgPool, SqlitePool};
+
+/// Which backend a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:...`
+    Sqlite,
+    /// `postgres://...` or `postgresql://...`
+    Postgres,
+}
+
+/// The backend a database URL names, if any.
+pub fn backend_of(url: &str) -> Option<Backend> {
+    if url.starts_with("sqlite:") {
+        Some(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(Backend::Postgres)
+    } else {
+        None
+    }
+}
+
+/// Open a SQLite pool: WAL, `synchronous = FULL` (an answered write survives a power cut),
+/// foreign keys on, and a busy timeout so concurrent writers queue instead of failing.
+pub async fn sqlite(url: &str) -> Result<SqlitePool, sqlx::Error> {
+    let opts = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await
+}
+
+/// Open a Postgres pool.
+pub async fn postgres(url: &str) -> Result<PgPool, sqlx::Error> {
+    let opts = PgConnectOptions::from_str(url)?;
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+}
+
+/// Environment variable naming a Postgres server for tests (`.ci/run` sets it; the role must
+/// be allowed to create databases).
+pub const TEST_POSTGRES_ENV: &str = "TICKETING_TEST_POSTGRES_URL";
+
+/// For tests: a fresh, empty database on the server named by [`TEST_POSTGRES_ENV`], or `None`
+/// when the variable is unset. When `TICKETING_REQUIRE_POSTGRES=1` (CI), an unset variable is
+/// an error instead, so the Postgres suites cannot be skipped silently.
+pub async fn fresh_test_postgres(tag: &str) -> Result<Option<String>, String> {
+    let Ok(base) = std::env::var(TEST_POSTGRES_ENV) else {
+        if std::env::var("TICKETING_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+            return Err(format!(
+                "TICKETING_REQUIRE_POSTGRES=1 but {TEST_POSTGRES_ENV} is not set"
+            ));
+        }
+        eprintln!("note: {TEST_POSTGRES_ENV} unset, the Postgres run of `{tag}` did not happen");
+        return Ok(None);
+    };
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .map_err(|e| format!("connect {base}: {e}"))?;
+    let suffix: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs());
+    let name = format!(
+        "t_{}_{}_{suffix:x}",
+        tag.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>(),
+        std::process::id()
+    );
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
+        .await
+        .map_err(|e| format!("create database {name}: {e}"))?;
+    Ok(Some(with_database(&base, &name)))
+}
+
+/// `postgres://user:pw@host:port/old?x=y` with the database replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let (head, rest) = match base[authority_start..].find('/') {
+        Some(i) => base.split_at(authority_start + i),
+        None => (base, ""),
+    };
+    let query = rest.find('?').map_or("", |q| &rest[q..]);
+    format!("{head}/{name}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_names_are_replaced() {
+        use super::with_database;
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres", "t1"),
+            "postgres://u:p@h:5432/t1"
+        );
+        assert_eq!(with_database("postgres://h", "t1"), "postgres://h/t1");
+        assert_eq!(
+            with_database("postgresql://h/db?sslmode=disable", "t"),
+            "postgresql://h/t?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! HTTP plumbing shared by the node, payments and coordinator services, so each of them is
+//! only its own handlers: the error body with stable codes and their HTTP statuses, a JSON
+//! extractor whose rejections use those codes, body limits, CORS for the PWAs, tracing that
+//! records no client address, Prometheus metrics, and `serve(listener, router, shutdown)`.
+//!
+//! `node` and `coordinator` both depend on this crate and never on each other.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, extract::DefaultBodyLimit};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use ticketing_config::HttpSettings;
+use ticketing_protocol::{ErrorBody, ErrorCode};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub mod db;
+
+/// An error answer: a stable code, a human detail, and the HTTP status the code maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError(pub ErrorBody);
+
+impl ApiError {
+    /// Build from a code and a detail (never personal data).
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self(ErrorBody::new(code, detail))
+    }
+
+    /// The HTTP status for the code.
+    pub fn status(&self) -> StatusCode {
+        status_for(self.0.code)
+    }
+}
+
+/// The HTTP status each stable code is served with.
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Malformed | ErrorCode::DigestMismatch => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::CardDeclined => StatusCode::PAYMENT_REQUIRED,
+        ErrorCode::InvalidReceipt | ErrorCode::ReceiptExpired => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound | ErrorCode::UnknownKeyset => StatusCode::NOT_FOUND,
+        ErrorCode::ReceiptReused
+        | ErrorCode::VoucherUsed
+        | ErrorCode::Spent
+        | ErrorCode::ReplayedEpoch => StatusCode::CONFLICT,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::KeysetNotActive
+        | ErrorCode::InvalidVoucher
+        | ErrorCode::InvalidSignature
+        | ErrorCode::Expired
+        | ErrorCode::NotYetValid
+        | ErrorCode::StaleEpoch
+        | ErrorCode::Revoked => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), axum::Json(self.0)).into_response()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.code, self.0.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(
+                ErrorCode::PayloadTooLarge,
+                "request body exceeds the size limit",
+            )
+        } else {
+            Self::new(ErrorCode::Malformed, r.body_text())
+        }
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError`]s with stable codes.
+#[derive(Debug, Clone, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Per-route request counts and latencies, plus whatever the service registers itself.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    requests: Family<RouteLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    status: u16,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    /// A registry with the HTTP metrics, names prefixed by `service` (e.g. `ticketing_node`).
+    pub fn new(service: &str) -> Self {
+        let mut registry = Registry::with_prefix(service);
+        let requests = Family::<RouteLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            latency.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            requests,
+            latency,
+        }
+    }
+
+    /// Register a service-specific counter.
+    pub fn counter(&self, name: &str, help: &str) -> Counter {
+        let c = Counter::default();
+        if let Ok(mut r) = self.registry.lock() {
+            r.register(name, help, c.clone());
+        }
+        c
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+}
+
+async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+    // The route template (`/v1/log`), never the raw URI: no ids or query strings in labels.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let elapsed = start.elapsed();
+    let labels = RouteLabels {
+        route: route.clone(),
+        status: response.status().as_u16(),
+    };
+    metrics.requests.get_or_create(&labels).inc();
+    metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    // No client address, no headers, no body: method, route, status and time only.
+    tracing::debug!(%method, %route, status = labels.status, ms = elapsed.as_millis(), "request");
+    response
+}
+
+fn metrics_response(metrics: &Metrics) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+async fn fallback() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+/// Wrap a service's routes with `/health`, `/metrics`, the body limit, CORS, request metrics
+/// and a JSON 404.
+pub fn finish(routes: Router, http: &HttpSettings, metrics: Metrics) -> Router {
+    let origins: Vec<HeaderValue> = http
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([header::ETAG]);
+    routes
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", {
+            let m = metrics.clone();
+            get(move || async move { metrics_response(&m) })
+        })
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(metrics, track))
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(cors)
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Install the global tracing subscriber (first call wins). Plain lines to stderr without
+/// process ids or client addresses.
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // axum logs each accepted connection with the peer address at trace level: never wanted.
+    let filter = match "axum::serve=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Current unix time in seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,109 @@
+//! Shared by the end-to-end tests: clusters on loopback, captured logs.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ticketing_cli::demo::{Databases, LocalCluster};
+use ticketing_client::Client;
+use ticketing_config::Settings;
+
+/// Which database the services use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A running cluster and the directory it lives in (removed on drop).
+pub(crate) struct TestCluster {
+    pub(crate) cluster: LocalCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
+}
+
+impl TestCluster {
+    pub(crate) fn client(&self) -> Client {
+        Client::new(
+            self.cluster.cluster.manifest.clone(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    }
+}
+
+/// Start an n-node threshold-t cluster; `None` when the Postgres run is not configured here
+/// (an error instead under `TICKETING_REQUIRE_POSTGRES=1`, as in CI).
+pub(crate) async fn start(db: Db, nodes: u16, threshold: u16) -> Option<TestCluster> {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let databases = match db {
+        Db::Sqlite => Databases::default(),
+        Db::Postgres => {
+            let fresh = |tag: String| async move {
+                ticketing_service::db::fresh_test_postgres(&tag)
+                    .await
+                    .unwrap()
+            };
+            let payments = fresh("payments".into()).await?;
+            let mut node_dbs = Vec::new();
+            for i in 1..=nodes {
+                node_dbs.push(fresh(format!("node{i}")).await?);
+            }
+            Databases {
+                payments: Some(payments),
+                nodes: node_dbs,
+            }
+        }
+    };
+    let cluster = LocalCluster::start(dir.path(), nodes, threshold, Settings::default(), databases)
+        .await
+        .unwrap();
+    Some(TestCluster { cluster, _dir: dir })
+}
+
+/// Everything every service logged in this test binary (all tests share one subscriber).
+pub(crate) fn logs() -> String {
+    let buf = LOGS.get_or_init(Default::default).lock().unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Send every service's logs, at debug level, into a buffer the tests can search.
+pub(crate) fn capture_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let buf = LOGS.get_or_init(Default::default).clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,sqlx=warn,hyper=warn,reqwest=warn,h2=warn")
+            .with_ansi(false)
+            .with_writer(move || Capture(buf.clone()))
+            .try_init();
+    });
+}
