@@ -1,5 +1,5 @@
 # The `ticketing` binary on a slim Debian. Build: docker build -t ticketing .
-FROM rust:1.85-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release -p ticketing-cli --bin ticketing

@@ -77,7 +77,7 @@ pub struct ShowArgs {
 }
 
 /// A ticket in the wallet.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct StoredTicket {
     /// Product name.
     pub product: String,
@@ -91,8 +91,19 @@ pub struct StoredTicket {
     pub holder_secret: String,
 }
 
-/// A purchase in progress, with its holder secrets.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl std::fmt::Debug for StoredTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredTicket")
+            .field("product", &self.product)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A purchase in progress, with its holder secrets. `pending` is `None` until the receipt is
+/// known: a purchase whose payment outcome is unknown is kept, never dropped, and `wallet
+/// retry` asks the payments service for its receipt by digest.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct StoredPurchase {
     /// Blinded, maybe not yet paid.
     pub prepared: PreparedPurchase,
@@ -102,6 +113,21 @@ pub struct StoredPurchase {
     pub holder_secrets: Vec<String>,
 }
 
+impl std::fmt::Debug for StoredPurchase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredPurchase")
+            .field("product", &self.prepared.product)
+            .field("paid", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredPurchase {
+    fn digest(&self) -> ticketing_protocol::Digest32 {
+        ticketing_protocol::receipt::blinded_digest(&self.prepared.blinded)
+    }
+}
+
 /// The wallet file.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Wallet {
@@ -109,6 +135,9 @@ pub struct Wallet {
     pub tickets: Vec<StoredTicket>,
     /// Purchases not finished.
     pub purchases: Vec<StoredPurchase>,
+    /// Signed answers of nodes caught signing wrong partials, for the auditors.
+    #[serde(default)]
+    pub evidence: Vec<ticketing_client::Blame>,
 }
 
 impl Wallet {
@@ -122,14 +151,33 @@ impl Wallet {
         }
     }
 
-    /// Write with mode 0600.
+    /// Write with mode 0600, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
         let bytes = serde_json::to_vec_pretty(self)?;
         write_private(path, &bytes)?;
         Ok(())
+    }
+
+    /// Load, change and save under an exclusive lock, so two wallet commands running at once
+    /// cannot overwrite each other's purchases.
+    pub fn update<T>(path: &Path, change: impl FnOnce(&mut Self) -> T) -> Result<T> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+        let mut wallet = Self::load(path)?;
+        let out = change(&mut wallet);
+        wallet.save(path)?;
+        drop(lock);
+        Ok(out)
     }
 }
 
@@ -188,74 +236,132 @@ async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
     let holders: Vec<_> = secrets.iter().map(HolderSecret::public_key).collect();
     let prepared = client.prepare(&args.product, &holders, ticketing_service::now(), &mut rng)?;
 
-    // Saved before paying: a crash after payment can pay again with the same points and get
-    // the same receipt back.
-    let mut wallet = Wallet::load(&wallet_path)?;
-    wallet.purchases.push(StoredPurchase {
+    // Saved before paying: if the answer to the payment is lost, `wallet retry` finds the
+    // receipt by the points' digest and nothing paid is lost.
+    let stored = StoredPurchase {
         prepared: prepared.clone(),
         pending: None,
         holder_secrets: secrets
             .iter()
             .map(|s| hex::encode(s.to_bytes().as_ref()))
             .collect(),
-    });
-    wallet.save(&wallet_path)?;
-    let at = wallet.purchases.len() - 1;
-
-    let pending = match client.checkout(&prepared, payment).await {
-        Ok(p) => p,
-        Err(e) => {
-            // Not paid: forget the purchase.
-            wallet.purchases.remove(at);
-            wallet.save(&wallet_path)?;
-            return Err(e).context("payment");
-        }
     };
-    if let Some(p) = wallet.purchases.get_mut(at) {
-        p.pending = Some(pending);
+    let digest = stored.digest();
+    Wallet::update(&wallet_path, |w| w.purchases.push(stored))?;
+
+    match client.checkout(&prepared, payment).await {
+        Ok(pending) => {
+            Wallet::update(&wallet_path, |w| {
+                if let Some(p) = w.purchases.iter_mut().find(|p| p.digest() == digest) {
+                    p.pending = Some(pending);
+                }
+            })?;
+        }
+        Err(ClientError::Refused { body, .. }) if not_charged(body.code) => {
+            // A definite refusal: nothing was paid, forget the purchase.
+            Wallet::update(&wallet_path, |w| {
+                w.purchases.retain(|p| p.digest() != digest);
+            })?;
+            bail!("payment refused: {} ({})", body.detail, body.code);
+        }
+        Err(e) => {
+            eprintln!("error: payment: {e}");
+            eprintln!(
+                "the payment may or may not have gone through; the purchase is kept: run `ticketing wallet retry`"
+            );
+            return Ok(ExitCode::from(2));
+        }
     }
-    wallet.save(&wallet_path)?;
-    finish(&client, &mut wallet, &wallet_path).await
+    finish(&client, &wallet_path).await
+}
+
+/// Refusals after which the payments service guarantees nothing was charged.
+fn not_charged(code: ticketing_protocol::ErrorCode) -> bool {
+    use ticketing_protocol::ErrorCode as C;
+    matches!(
+        code,
+        C::CardDeclined
+            | C::InvalidVoucher
+            | C::VoucherUsed
+            | C::Malformed
+            | C::NotFound
+            | C::UnknownKeyset
+            | C::KeysetNotActive
+            | C::PayloadTooLarge
+    )
 }
 
 async fn retry(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
     let (wallet_path, manifest_file) = paths(settings, f);
     let client = client(settings, read_manifest(&manifest_file)?)?;
-    let mut wallet = Wallet::load(&wallet_path)?;
-    if wallet.purchases.iter().all(|p| p.pending.is_none()) {
-        println!("no paid purchase is waiting");
+    let purchases = Wallet::load(&wallet_path)?.purchases;
+    if purchases.is_empty() {
+        println!("no purchase is waiting");
         return Ok(ExitCode::SUCCESS);
     }
-    finish(&client, &mut wallet, &wallet_path).await
+    // Ask payments for each purchase's receipt: it confirms unknown payments (or shows they
+    // never happened) and renews receipts that expired while the nodes were away.
+    for p in purchases {
+        let digest = p.digest();
+        match client.find_receipt(&p.prepared).await {
+            Ok(Some(pending)) => Wallet::update(&wallet_path, |w| {
+                if let Some(p) = w.purchases.iter_mut().find(|p| p.digest() == digest) {
+                    p.pending = Some(pending);
+                }
+            })?,
+            Ok(None) if p.pending.is_none() => {
+                println!("a {} purchase was never paid; removed", p.prepared.product);
+                Wallet::update(&wallet_path, |w| {
+                    w.purchases.retain(|p| p.digest() != digest);
+                })?;
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: could not ask the payments service: {e}"),
+        }
+    }
+    finish(&client, &wallet_path).await
 }
 
 /// Complete every paid purchase; keep the ones that still cannot reach t nodes.
-async fn finish(client: &Client, wallet: &mut Wallet, path: &Path) -> Result<ExitCode> {
+async fn finish(client: &Client, path: &Path) -> Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
-    let mut keep = Vec::new();
-    for purchase in std::mem::take(&mut wallet.purchases) {
+    let purchases = Wallet::load(path)?.purchases;
+    for purchase in purchases {
         let Some(pending) = &purchase.pending else {
-            // Prepared but never confirmed paid: dropped (the payment failed or never happened).
+            eprintln!(
+                "a {} purchase awaits confirmation of its payment: run `ticketing wallet retry`",
+                purchase.prepared.product
+            );
+            code = ExitCode::from(2);
             continue;
         };
+        let digest = purchase.digest();
         match client.complete(pending).await {
             Ok(done) => {
                 let keyset = client.manifest().keyset(&purchase.prepared.keyset_id);
-                for (ticket, secret) in done.tickets.iter().zip(&purchase.holder_secrets) {
-                    wallet.tickets.push(StoredTicket {
+                let tickets: Vec<StoredTicket> = done
+                    .tickets
+                    .iter()
+                    .zip(&purchase.holder_secrets)
+                    .map(|(ticket, secret)| StoredTicket {
                         product: purchase.prepared.product.clone(),
                         valid_from: keyset.map_or(0, |k| k.params.valid_from),
                         valid_until: keyset.map_or(0, |k| k.params.valid_until),
                         ticket: *ticket,
                         holder_secret: secret.clone(),
-                    });
-                }
+                    })
+                    .collect();
+                let blamed = done.blamed.clone();
+                Wallet::update(path, |w| {
+                    w.purchases.retain(|p| p.digest() != digest);
+                    w.tickets.extend(tickets);
+                    w.evidence.extend(blamed);
+                })?;
                 for b in &done.blamed {
                     eprintln!(
-                        "warning: node {} signed wrong partials; evidence kept in the log",
+                        "warning: node {} signed wrong partials; its signed answer is kept in the wallet as evidence",
                         b.node
                     );
-                    tracing::warn!(evidence = %serde_json::to_string(b).unwrap_or_default(), "blame");
                 }
                 println!(
                     "bought {} {} ticket(s)",
@@ -268,18 +374,14 @@ async fn finish(client: &Client, wallet: &mut Wallet, path: &Path) -> Result<Exi
                 eprintln!(
                     "the purchase is paid and kept in the wallet; run `ticketing wallet retry` later"
                 );
-                keep.push(purchase);
                 code = ExitCode::from(2);
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                keep.push(purchase);
                 code = ExitCode::FAILURE;
             }
         }
     }
-    wallet.purchases = keep;
-    wallet.save(path)?;
     Ok(code)
 }
 
@@ -303,13 +405,10 @@ fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
             t.valid_until
         );
     }
-    let waiting = wallet
-        .purchases
-        .iter()
-        .filter(|p| p.pending.is_some())
-        .count();
+    // Paid ones and ones whose payment outcome is still unknown alike.
+    let waiting = wallet.purchases.len();
     if waiting > 0 {
-        println!("{waiting} paid purchase(s) waiting: run `ticketing wallet retry`");
+        println!("{waiting} purchase(s) waiting: run `ticketing wallet retry`");
     }
     if wallet.tickets.is_empty() && waiting == 0 {
         println!("no tickets yet: ticketing wallet buy --product day --card 4242424242424242");

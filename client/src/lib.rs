@@ -264,6 +264,42 @@ impl Client {
         })
     }
 
+    /// Ask the payments service for the receipt of a prepared purchase (by its digest, which
+    /// only this wallet knows). `None`: it was never paid. An expired receipt comes back
+    /// renewed, so a purchase interrupted by a long outage can still be completed.
+    pub async fn find_receipt(
+        &self,
+        prepared: &PreparedPurchase,
+    ) -> Result<Option<PendingPurchase>, ClientError> {
+        let digest = blinded_digest(&prepared.blinded);
+        let url = format!("{}/v1/receipts/{digest}", self.manifest.payments.url);
+        let receipt: SignedReceipt = match self.get_json("payments", &url).await {
+            Ok(r) => r,
+            Err(ClientError::Refused { body, .. }) if body.code == ErrorCode::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        receipt
+            .verify(&self.manifest.payments.key)
+            .map_err(|e| ClientError::BadReceipt(e.to_string()))?;
+        let r = &receipt.receipt;
+        if r.digest != digest
+            || r.keyset_id != prepared.keyset_id
+            || r.count as usize != prepared.holders.len()
+        {
+            return Err(ClientError::BadReceipt(
+                "digest, count or keyset differ".into(),
+            ));
+        }
+        Ok(Some(PendingPurchase {
+            receipt,
+            holders: prepared.holders.clone(),
+            blinded: prepared.blinded.clone(),
+            factors: prepared.factors.clone(),
+        }))
+    }
+
     /// Ask one node only (benchmarks, diagnostics). The answer is checked like in
     /// [`Client::complete`].
     pub async fn issue_at(
@@ -416,14 +452,27 @@ impl Client {
         url: &str,
         body: &Q,
     ) -> Result<R, ClientError> {
+        self.send(service, self.http.post(url).json(body)).await
+    }
+
+    async fn get_json<R: for<'de> Deserialize<'de>>(
+        &self,
+        service: &str,
+        url: &str,
+    ) -> Result<R, ClientError> {
+        self.send(service, self.http.get(url)).await
+    }
+
+    async fn send<R: for<'de> Deserialize<'de>>(
+        &self,
+        service: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<R, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             service: service.to_owned(),
             reason,
         };
-        let response = self
-            .http
-            .post(url)
-            .json(body)
+        let response = request
             .send()
             .await
             .map_err(|e| unreachable(without_url(e)))?;

@@ -4,7 +4,7 @@
 //! Layout of a cluster directory:
 //!
 //! ```text
-//! manifest.json            public: the trust root (clients pin its digest)
+//! manifest.json            public: the trust root (clients should pin its digest)
 //! manifest.digest          public: hex SHA-256 digest of the manifest
 //! products.toml            the products and their keyset windows (for `keys extend`)
 //! secrets/                 0700
@@ -19,7 +19,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use ticketing_crypto::keyset::{self, KeysetId, KeysetParams, SecretKeyShare, ShareIndex};
+use ticketing_crypto::keyset::{
+    self, KeysetId, KeysetParams, PublicKey, SecretKeyShare, ShareIndex,
+};
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::manifest::{
     KeysetInfo, Manifest, NodeInfo, PublicKeyShareInfo, ServiceInfo,
@@ -298,11 +300,18 @@ pub fn extend(
                 secret: Secret32(*share.to_bytes()),
             });
         }
+        let commitments = dealt
+            .commitments
+            .to_bytes()
+            .iter()
+            .map(|c| PublicKey::from_bytes(c))
+            .collect::<Result<Vec<_>, _>>()?;
         cluster.manifest.keysets.push(KeysetInfo {
             id,
             params,
             public_key,
             public_key_shares: shares_info,
+            commitments,
         });
         progress(done + 1, total);
     }
@@ -344,27 +353,43 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
     }
 }
 
-/// Write a file readable only by its owner (0600), replacing any old one.
+/// Write a file readable only by its owner (0600), replacing any old one atomically: a temp
+/// file in the same directory is written and synced, then renamed over the target, and the
+/// directory synced. A crash leaves either the old file or the new one, never a torn one.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
-        let mut f = opts.open(path).map_err(io(path))?;
-        // `mode` applies only at creation; tighten a pre-existing file too.
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io(path))?;
-        f.write_all(bytes).map_err(io(path))?;
-        f.sync_all().map_err(io(path))
     }
-    #[cfg(not(unix))]
-    {
-        let mut f = opts.open(path).map_err(io(path))?;
-        f.write_all(bytes).map_err(io(path))?;
-        f.sync_all().map_err(io(path))
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            // `mode` applies only at creation; tighten a leftover temp file too.
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    written.map_err(io(path))
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -439,14 +464,23 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigE
     })
 }
 
-/// Read and check a manifest: every keyset id must match its key and parameters.
+/// Read and check a manifest: every keyset id matches its key and window, and every keyset's
+/// PK_i match its Feldman commitments (so any t nodes' partials combine under PK).
 pub fn read_manifest(path: &Path) -> Result<Manifest, ConfigError> {
     let manifest: Manifest = read_json(path)?;
-    if let Some(k) = manifest.keysets.iter().find(|k| !k.check_id()) {
-        return Err(ConfigError::BadFile {
-            path: path.to_owned(),
-            reason: format!("keyset {} does not match its key and window", k.id),
-        });
+    let bad = |reason: String| ConfigError::BadFile {
+        path: path.to_owned(),
+        reason,
+    };
+    for k in &manifest.keysets {
+        if !k.check_id() {
+            return Err(bad(format!(
+                "keyset {} does not match its key and window",
+                k.id
+            )));
+        }
+        k.check_commitments(manifest.threshold)
+            .map_err(|e| bad(e.to_string()))?;
     }
     Ok(manifest)
 }
@@ -483,6 +517,22 @@ mod tests {
         cluster.write(dir.path(), false).unwrap();
 
         let back = Cluster::read(dir.path()).unwrap();
+        // The published commitments check out, and a tampered PK_i is caught on reading.
+        for k in &back.manifest.keysets {
+            k.check_commitments(3).unwrap();
+        }
+        let mut tampered = back.manifest.clone();
+        let other = tampered.keysets[0].public_key_shares[1].public_key.clone();
+        tampered.keysets[0].public_key_shares[0].public_key = other;
+        fs::write(
+            dir.path().join("bad.json"),
+            serde_json::to_vec(&tampered).unwrap(),
+        )
+        .unwrap();
+        let e = read_manifest(&dir.path().join("bad.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PK_1 does not match the commitments"), "{e}");
         assert_eq!(back.manifest, cluster.manifest);
         for node in &back.nodes {
             assert_eq!(node.verified_shares(&back.manifest).unwrap().len(), 10);

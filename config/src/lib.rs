@@ -282,6 +282,12 @@ impl Settings {
                 "must be between 1 and 1000",
             );
         }
+        if self.payments.max_tickets_per_checkout > self.node.max_tickets_per_request {
+            return invalid(
+                "payments.max_tickets_per_checkout",
+                "must not exceed node.max_tickets_per_request (nodes would refuse paid receipts)",
+            );
+        }
         if self.demo.threshold < 1 || self.demo.threshold > self.demo.nodes {
             return invalid("demo.threshold", "must be between 1 and demo.nodes");
         }

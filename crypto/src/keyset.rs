@@ -355,17 +355,30 @@ pub fn deal(
     if threshold < 1 || threshold > nodes || nodes > usize::from(u16::MAX) {
         return Err(CryptoError::InvalidThreshold { threshold, nodes });
     }
-    let secret = random_nonzero_scalar::<Portable>(rng);
-    let (shares, commitments) = if threshold == 1 {
+    let mut secret = random_nonzero_scalar::<Portable>(rng);
+    let split = if threshold == 1 {
         // vsss-rs needs t >= 2; a degree-0 polynomial is every node holding sk.
-        (
+        Ok((
             vec![secret; nodes],
             vec![<Portable as Backend>::g2_mul_generator(&secret)],
-        )
+        ))
     } else {
-        split_feldman(threshold, nodes, secret, rng)?
+        split_feldman(threshold, nodes, secret, rng)
     };
+    // The whole key existed only for this call.
+    secret.zeroize();
+    let (mut shares, commitments) = split?;
+    let result = verified_keyset(threshold, nodes, &shares, &commitments);
+    shares.zeroize();
+    result
+}
 
+fn verified_keyset(
+    threshold: usize,
+    nodes: usize,
+    shares: &[PortableScalar],
+    commitments: &[<Portable as Backend>::G2],
+) -> Result<DealtKeyset, CryptoError> {
     let coefficients = commitments
         .iter()
         .map(|c| {

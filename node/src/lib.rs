@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
@@ -26,7 +26,7 @@ use ticketing_protocol::issue::{IssueRequest, IssueResponse};
 use ticketing_protocol::log::{Checkpoint, LogPage, NodeKeyset, NodeStatus};
 use ticketing_protocol::manifest::Manifest;
 use ticketing_protocol::receipt::blinded_digest;
-use ticketing_service::{ApiError, Json, Metrics};
+use ticketing_service::{ApiError, Json, Metrics, Query};
 
 mod error;
 pub mod signatory;
@@ -35,6 +35,11 @@ pub mod store;
 pub use error::NodeError;
 use signatory::{LocalSignatory, Signatory};
 use store::{NodeStore, Recorded};
+
+/// Largest `/v1/issue` body for `max_points` points: ~100 bytes per hex point plus the receipt.
+fn issue_body_limit(max_points: u32) -> usize {
+    4096 + 100 * max_points as usize
+}
 
 /// Batches up to this many points are signed on the async worker itself (< 1 ms of CPU).
 const INLINE_SIGN_MAX: usize = 8;
@@ -119,7 +124,14 @@ impl Node {
     pub fn router(&self) -> Router {
         let routes = Router::new()
             .route("/v1/info", get(info))
-            .route("/v1/issue", post(issue))
+            .route(
+                "/v1/issue",
+                // Sized to the largest legal request, so nobody makes the node decode (and
+                // subgroup-check) hundreds of points before the receipt is even verified.
+                post(issue).layer(axum::extract::DefaultBodyLimit::max(issue_body_limit(
+                    self.inner.max_points,
+                ))),
+            )
             .route("/v1/log", get(log))
             .route("/v1/log/checkpoints", get(checkpoints))
             .with_state(self.clone());
@@ -152,15 +164,24 @@ impl Node {
         req.receipt
             .verify(&inner.manifest.payments.key)
             .map_err(|_| NodeError::InvalidReceipt)?;
-        if now >= receipt.expires_at {
-            return Err(NodeError::ReceiptExpired(receipt.expires_at));
-        }
         let keyset = inner
             .manifest
             .keyset(&receipt.keyset_id)
             .ok_or_else(|| NodeError::UnknownKeyset(receipt.keyset_id.to_string()))?;
-        if now >= keyset.params.valid_until {
-            return Err(NodeError::KeysetNotActive(keyset.id.to_string()));
+        let expired = now >= receipt.expires_at;
+        let ended = now >= keyset.params.valid_until;
+        if expired || ended {
+            // Time limits bound when a receipt can be honoured the first time. A receipt this
+            // node already recorded (same points) is a retry of a sale it accepted: answer it,
+            // or a wallet that waited out an outage would lose what it paid for.
+            let recorded = inner.store.find(&receipt.receipt_id).await?;
+            if recorded.is_none_or(|(_, digest)| digest != receipt.digest) {
+                return Err(if expired {
+                    NodeError::ReceiptExpired(receipt.expires_at)
+                } else {
+                    NodeError::KeysetNotActive(keyset.id.to_string())
+                });
+            }
         }
         if req.blinded.len() > inner.max_points as usize {
             return Err(NodeError::TooManyPoints {
@@ -301,6 +322,12 @@ async fn log(
     State(node): State<Node>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<LogPage>, ApiError> {
+    if i64::try_from(q.after).is_err() {
+        return Err(ApiError::new(
+            ticketing_protocol::ErrorCode::Malformed,
+            "`after` is out of range",
+        ));
+    }
     let store = &node.inner.store;
     let entries = store
         .entries(q.after, q.limit.clamp(1, 5000))

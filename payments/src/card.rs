@@ -11,10 +11,19 @@
 //!
 //! Spaces and hyphens are ignored. A [`CardNumber`] prints `<redacted>` in Debug and Display
 //! and is zeroized on drop; it is never stored or logged, not even its last digits.
+//!
+//! The service talks to a [`Processor`]; [`StubProcessor`] is the test-mode one. Every charge
+//! carries an idempotency key (the receipt digest): a second charge with a key that already
+//! paid is a no-op that answers like the first, as real processors do, so a checkout retried
+//! after a crash between charging and storing the receipt never pays twice.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
+use async_trait::async_trait;
 use thiserror::Error;
+use ticketing_protocol::Digest32;
 use zeroize::Zeroizing;
 
 /// The test number that succeeds.
@@ -110,11 +119,8 @@ impl fmt::Display for CardNumber {
     }
 }
 
-/// Charge `amount` minor units of `currency` to `card` (stub: the outcome depends only on the
-/// number).
-pub fn charge(card: &CardNumber, amount: u64, currency: &str) -> Result<(), Decline> {
-    // A real processor would take these (and the receipt digest as its idempotency key).
-    let _ = (amount, currency);
+/// The stub's decision for `card` (the outcome depends only on the number).
+pub fn outcome(card: &CardNumber) -> Result<(), Decline> {
     if card.is(SUCCEEDS) {
         Ok(())
     } else if card.is(DECLINED) {
@@ -123,6 +129,86 @@ pub fn charge(card: &CardNumber, amount: u64, currency: &str) -> Result<(), Decl
         Err(Decline::InsufficientFunds)
     } else {
         Err(Decline::NotATestCard)
+    }
+}
+
+/// A card payment processor.
+#[async_trait]
+pub trait Processor: Send + Sync + fmt::Debug {
+    /// Charge `amount` minor units of `currency` to `card`, idempotently per
+    /// `idempotency_key`: if a charge with that key already succeeded, nothing moves and the
+    /// answer is `Ok`. A declined charge moves nothing and records nothing, so the same key
+    /// may be charged again (with another card).
+    async fn charge(
+        &self,
+        card: &CardNumber,
+        amount: u64,
+        currency: &str,
+        idempotency_key: &Digest32,
+    ) -> Result<(), Decline>;
+}
+
+/// A charge that moved (pretend) money.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// Minor units.
+    pub amount: u64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// The test-mode processor: documented numbers succeed or decline deterministically
+/// ([`outcome`]); successful charges are kept in memory per idempotency key (nothing about the
+/// card), so tests can count them.
+#[derive(Debug, Default)]
+pub struct StubProcessor {
+    charges: Mutex<HashMap<Digest32, Charge>>,
+}
+
+impl StubProcessor {
+    /// A processor that has charged nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many charges moved money (repeats of a paid idempotency key do not count).
+    pub fn charges(&self) -> usize {
+        self.log().len()
+    }
+
+    /// The charge made under `idempotency_key`, if any.
+    pub fn charge_for(&self, idempotency_key: &Digest32) -> Option<Charge> {
+        self.log().get(idempotency_key).cloned()
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, HashMap<Digest32, Charge>> {
+        // A panic while holding the lock cannot leave the map half-updated (one insert).
+        self.charges.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Processor for StubProcessor {
+    async fn charge(
+        &self,
+        card: &CardNumber,
+        amount: u64,
+        currency: &str,
+        idempotency_key: &Digest32,
+    ) -> Result<(), Decline> {
+        let mut log = self.log();
+        if log.contains_key(idempotency_key) {
+            return Ok(());
+        }
+        outcome(card)?;
+        log.insert(
+            *idempotency_key,
+            Charge {
+                amount,
+                currency: currency.to_owned(),
+            },
+        );
+        Ok(())
     }
 }
 
@@ -138,7 +224,7 @@ fn luhn_valid(digits: &str) -> bool {
             d
         };
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
@@ -146,7 +232,35 @@ mod tests {
     use super::*;
 
     fn outcome(typed: &str) -> Result<Result<(), Decline>, CardError> {
-        CardNumber::parse(typed).map(|c| charge(&c, 250, "EUR"))
+        CardNumber::parse(typed).map(|c| super::outcome(&c))
+    }
+
+    #[tokio::test]
+    async fn the_stub_charges_once_per_idempotency_key() {
+        let stub = StubProcessor::new();
+        let ok = CardNumber::parse(SUCCEEDS).unwrap();
+        let declined = CardNumber::parse(DECLINED).unwrap();
+        let (a, b) = (Digest32([1; 32]), Digest32([2; 32]));
+        // A decline records nothing: the key can still be paid, with another card.
+        assert_eq!(
+            stub.charge(&declined, 250, "EUR", &a).await,
+            Err(Decline::Generic)
+        );
+        assert_eq!(stub.charges(), 0);
+        stub.charge(&ok, 250, "EUR", &a).await.unwrap();
+        // A repeat is a no-op answering like the first, whatever the card.
+        stub.charge(&ok, 250, "EUR", &a).await.unwrap();
+        stub.charge(&declined, 250, "EUR", &a).await.unwrap();
+        assert_eq!(stub.charges(), 1);
+        stub.charge(&ok, 700, "EUR", &b).await.unwrap();
+        assert_eq!(stub.charges(), 2);
+        assert_eq!(
+            stub.charge_for(&a),
+            Some(Charge {
+                amount: 250,
+                currency: "EUR".into()
+            })
+        );
     }
 
     #[test]

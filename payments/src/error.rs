@@ -21,13 +21,15 @@ pub enum PaymentsError {
     /// The keyset is not in the manifest.
     #[error("keyset {0} is not in the manifest")]
     UnknownKeyset(KeysetId),
-    /// The keyset belongs to another product.
-    #[error("keyset {keyset} is for product `{keyset_product}`, not the one requested")]
+    /// The keyset belongs to another product (a malformed request, not a window problem).
+    #[error("keyset {keyset} is for product `{keyset_product}`, not `{requested}`")]
     KeysetWrongProduct {
         /// The keyset.
         keyset: KeysetId,
-        /// Its product.
+        /// Its product (from the manifest).
         keyset_product: String,
+        /// The product requested (also from the manifest: unknown products fail earlier).
+        requested: String,
     },
     /// The keyset's validity window has ended.
     #[error("keyset {0} has ended; buy from a current keyset")]
@@ -56,6 +58,20 @@ pub enum PaymentsError {
     /// A receipt for the same blinded points exists with another keyset or count.
     #[error("these blinded points were already paid for with another keyset or count")]
     DigestConflict,
+    /// No issued receipt for these blinded points (`GET /v1/receipts/{digest}`; a card payment
+    /// still in progress has none yet either).
+    #[error("no receipt for these blinded points")]
+    NoReceipt,
+    /// Another attempt is paying for the same blinded points and did not finish within the
+    /// wait; the client retries (its retry gets that attempt's receipt, nothing is paid twice).
+    #[error("a payment for these blinded points is in progress; retry shortly")]
+    PaymentInProgress,
+    /// A card was charged but its reservation is gone (no receipt can be issued for it).
+    #[error("the reservation of a charged payment is missing")]
+    ReservationLost,
+    /// The task running a card checkout failed (panicked).
+    #[error("checkout task: {0}")]
+    TaskFailed(String),
     /// `add_vouchers` was given a hash that is already stored.
     #[error("a voucher with this code already exists")]
     DuplicateVoucher,
@@ -83,20 +99,25 @@ impl PaymentsError {
     /// The stable wire code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::UnknownProduct => ErrorCode::NotFound,
+            Self::UnknownProduct | Self::NoReceipt => ErrorCode::NotFound,
             Self::UnknownKeyset(_) => ErrorCode::UnknownKeyset,
-            Self::KeysetWrongProduct { .. } | Self::KeysetEnded(_) => ErrorCode::KeysetNotActive,
-            Self::Malformed(_) | Self::Card(_) => ErrorCode::Malformed,
+            Self::KeysetEnded(_) => ErrorCode::KeysetNotActive,
+            Self::KeysetWrongProduct { .. } | Self::Malformed(_) | Self::Card(_) => {
+                ErrorCode::Malformed
+            }
             Self::Declined(_) => ErrorCode::CardDeclined,
             Self::VoucherTypo(_) | Self::UnknownVoucher | Self::VoucherWrongProduct(_) => {
                 ErrorCode::InvalidVoucher
             }
             Self::VoucherUsed => ErrorCode::VoucherUsed,
             Self::DigestConflict => ErrorCode::ReceiptReused,
+            Self::PaymentInProgress => ErrorCode::Unavailable,
             Self::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
             ) => ErrorCode::Unavailable,
             Self::DuplicateVoucher
+            | Self::ReservationLost
+            | Self::TaskFailed(_)
             | Self::KeyMismatch
             | Self::UnsupportedDatabase
             | Self::Corrupt(_)
@@ -107,8 +128,10 @@ impl PaymentsError {
     }
 
     /// Whether this is the server's fault (logged as an error, detail hidden from clients).
+    /// A payment in progress is not: it is the expected answer to a concurrent retry.
     pub fn is_internal(&self) -> bool {
-        matches!(self.code(), ErrorCode::Internal | ErrorCode::Unavailable)
+        !matches!(self, Self::PaymentInProgress)
+            && matches!(self.code(), ErrorCode::Internal | ErrorCode::Unavailable)
     }
 }
 
@@ -116,10 +139,12 @@ impl PaymentsError {
 impl From<PaymentsError> for ApiError {
     fn from(e: PaymentsError) -> Self {
         let code = e.code();
+        if !e.is_internal() {
+            return Self::new(code, e.to_string());
+        }
         match code {
-            ErrorCode::Internal => Self::new(code, "internal error"),
             ErrorCode::Unavailable => Self::new(code, "database unavailable; retry later"),
-            _ => Self::new(code, e.to_string()),
+            _ => Self::new(code, "internal error"),
         }
     }
 }

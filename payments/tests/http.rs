@@ -1,6 +1,7 @@
 //! The payments service over real HTTP (127.0.0.1:0, reqwest): card and voucher checkouts,
-//! idempotent retries, every refusal with its stable code, body limits, and no card number in
-//! the database.
+//! idempotent retries (concurrent ones, abandoned and hung-up card payments), receipt lookup
+//! and renewal, every refusal with its stable code, body limits, and no card number in the
+//! database. The cases that touch storage run on SQLite and on Postgres.
 
 // Test code: a panic is how a test fails, and fixtures index known-size data.
 #![allow(
@@ -14,15 +15,20 @@ mod common;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use common::{Server, assert_error, card_body, current_keyset, ended_keyset, voucher_body};
 use ticketing_config::Settings;
 use ticketing_crypto::keyset::KeysetId;
-use ticketing_payments::card::{DECLINED, INSUFFICIENT_FUNDS, SUCCEEDS};
-use ticketing_payments::store::{KeysetTotals, open_store};
+use ticketing_payments::card::{
+    CardNumber, DECLINED, Decline, INSUFFICIENT_FUNDS, Processor, SUCCEEDS, StubProcessor,
+};
+use ticketing_payments::service::RESERVATION_LEASE_SECONDS;
+use ticketing_payments::store::{KeysetTotals, PendingReceipt, Reservation, open_store};
 use ticketing_payments::{Payments, PaymentsError, create_vouchers, create_vouchers_with};
-use ticketing_protocol::Digest32;
 use ticketing_protocol::receipt::SignedReceipt;
 use ticketing_protocol::voucher::{VoucherCode, VoucherError};
+use ticketing_protocol::{Digest32, Id16};
+use tokio::sync::Notify;
 
 fn receipt(body: &serde_json::Value) -> SignedReceipt {
     serde_json::from_value(body.clone()).unwrap()
@@ -261,11 +267,15 @@ async fn products_keysets_and_counts_are_checked() {
         .await;
     assert_error(&answer, 404, "not_found");
 
+    // Another product's keyset is a malformed request, not a window problem.
     let answer = s
         .checkout(&card_body("single", &day, 1, &d, SUCCEEDS))
         .await;
-    let detail = assert_error(&answer, 422, "keyset_not_active");
-    assert!(detail.contains("`day`"), "{detail}");
+    let detail = assert_error(&answer, 400, "malformed");
+    assert_eq!(
+        detail,
+        format!("keyset {day} is for product `day`, not `single`")
+    );
 
     let ended = ended_keyset(s.manifest(), "single");
     let answer = s
@@ -498,6 +508,372 @@ async fn the_service_runs_on_postgres_too() {
     assert_eq!(
         (totals[0].receipts, totals[0].tickets, totals[0].amount),
         (2, 3, 750)
+    );
+    s.stop().await;
+}
+
+/// A Postgres-backed server for `tag`, or `None` (test skipped) without a test server.
+async fn postgres_server(seed: u64, tag: &str) -> Option<Server> {
+    // Postgres truncates names to 63 bytes, which would cut off the unique suffix.
+    let tag: String = tag.chars().take(24).collect();
+    let url = ticketing_service::db::fresh_test_postgres(&tag)
+        .await
+        .unwrap()?;
+    Some(Server::start_on(seed, url).await)
+}
+
+/// One `#[tokio::test]` per case on SQLite and one on Postgres.
+macro_rules! on_both_backends {
+    ($($case:ident: $seed:literal),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let s = super::Server::start($seed).await;
+                    super::$case(s).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let tag = concat!("pay_http_", stringify!($case));
+                    let Some(s) = super::postgres_server($seed, tag).await else {
+                        return;
+                    };
+                    super::$case(s).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    concurrent_card_retries_of_one_digest_charge_once: 30,
+    a_declined_card_frees_the_points_for_another_card: 31,
+    a_payment_in_progress_makes_a_retry_wait_then_answer_unavailable: 32,
+    an_abandoned_card_payment_is_taken_over_without_charging_twice: 33,
+    receipts_are_looked_up_by_digest_and_renewed_when_expired: 34,
+    a_checkout_retry_renews_an_expired_receipt_without_paying: 35,
+);
+
+async fn concurrent_card_retries_of_one_digest_charge_once(mut s: Server) {
+    let ks = current_keyset(s.manifest(), "single");
+    let d = s.digest(&ks, 2);
+    let body = card_body("single", &ks, 2, &d, SUCCEEDS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let client = s.client.clone();
+        let url = format!("{}/v1/checkout", s.url);
+        let body = body.clone();
+        tasks.spawn(async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (status, body)
+        });
+    }
+    let mut receipts = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (status, body) = r.unwrap();
+        match status {
+            200 => receipts.push(receipt(&body)),
+            // Allowed (a retry that outwaited the first payment), never anything else.
+            _ => assert_eq!(
+                (status, &body["code"]),
+                (503, &"unavailable".into()),
+                "{body}"
+            ),
+        }
+    }
+    assert!(!receipts.is_empty());
+    assert!(receipts.iter().all(|r| r == &receipts[0]));
+    receipts[0].verify(&s.manifest().payments.key).unwrap();
+    // A later retry gets the same receipt too.
+    let again = s.checkout(&body).await;
+    assert_eq!(receipt(&again.1), receipts[0]);
+    assert_eq!(s.charges(), 1);
+    let charge = s.stub.as_ref().unwrap().charge_for(&d).unwrap();
+    assert_eq!(charge.amount, 500);
+    let totals = s.payments.store().totals().await.unwrap();
+    assert_eq!((totals[0].receipts, totals[0].amount), (1, 500));
+    s.stop().await;
+}
+
+async fn a_declined_card_frees_the_points_for_another_card(mut s: Server) {
+    let ks = current_keyset(s.manifest(), "day");
+    let d = s.digest(&ks, 1);
+    let declined = s.checkout(&card_body("day", &ks, 1, &d, DECLINED)).await;
+    assert_error(&declined, 402, "card_declined");
+    assert_eq!(s.payments.store().stored(&d).await.unwrap(), None);
+    assert_eq!(s.charges(), 0);
+    let paid = s.checkout(&card_body("day", &ks, 1, &d, SUCCEEDS)).await;
+    assert_eq!(paid.0, 200, "{}", paid.1);
+    assert_eq!(s.charges(), 1);
+    // Now paid for: even the declined card gets the receipt, without a charge.
+    let again = s.checkout(&card_body("day", &ks, 1, &d, DECLINED)).await;
+    assert_eq!(again, paid);
+    assert_eq!(s.charges(), 1);
+    s.stop().await;
+}
+
+fn pending(keyset: KeysetId, count: u32, digest: Digest32, amount: u64) -> PendingReceipt {
+    PendingReceipt {
+        receipt_id: Id16::random(&mut rand::rng()),
+        keyset_id: keyset,
+        count,
+        digest,
+        amount,
+        currency: "EUR".into(),
+    }
+}
+
+async fn a_payment_in_progress_makes_a_retry_wait_then_answer_unavailable(mut s: Server) {
+    let ks = current_keyset(s.manifest(), "single");
+    let d = s.digest(&ks, 1);
+    // Another attempt (another payments process, say) holds the points and is alive.
+    let store = Arc::clone(s.payments.store());
+    let lease = Id16::random(&mut rand::rng());
+    let p = pending(ks, 1, d, 250);
+    let now = ticketing_service::now();
+    assert_eq!(
+        store.reserve(&p, lease, now).await.unwrap(),
+        Reservation::Reserved
+    );
+    let answer = s.checkout(&card_body("single", &ks, 1, &d, SUCCEEDS)).await;
+    let detail = assert_error(&answer, 503, "unavailable");
+    assert!(detail.contains("in progress"), "{detail}");
+    // A voucher for the same points waits for the card payment too, and burns nothing.
+    let codes = create_vouchers(store.as_ref(), s.manifest(), "single", 1)
+        .await
+        .unwrap();
+    let answer = s
+        .checkout(&voucher_body("single", &ks, 1, &d, &codes[0].to_string()))
+        .await;
+    assert_error(&answer, 503, "unavailable");
+    assert!(!store.voucher(&codes[0].hash()).await.unwrap().unwrap().used);
+    // The lookup has no receipt to show yet, and says the payment is in progress (the wallet
+    // must not conclude it never happened).
+    assert_error(&s.lookup(&d.to_string()).await, 503, "unavailable");
+    // Other points under other terms are a conflict, not a wait.
+    let other = s.checkout(&card_body("single", &ks, 2, &d, SUCCEEDS)).await;
+    assert_error(&other, 409, "receipt_reused");
+    assert_eq!(s.charges(), 0);
+    // The other attempt gives up (its card was declined): the retry pays.
+    assert!(store.release(&d, lease).await.unwrap());
+    let answer = s.checkout(&card_body("single", &ks, 1, &d, SUCCEEDS)).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert_eq!(s.charges(), 1);
+    s.stop().await;
+}
+
+async fn an_abandoned_card_payment_is_taken_over_without_charging_twice(mut s: Server) {
+    let ks = current_keyset(s.manifest(), "single");
+    let store = Arc::clone(s.payments.store());
+    let stub = Arc::clone(s.stub.as_ref().unwrap());
+    let card = CardNumber::parse(SUCCEEDS).unwrap();
+    let long_ago = ticketing_service::now() - RESERVATION_LEASE_SECONDS - 1;
+
+    // An attempt reserved, charged, and died before issuing the receipt.
+    let d = s.digest(&ks, 3);
+    let p = pending(ks, 3, d, 750);
+    let lease = Id16::random(&mut rand::rng());
+    store.reserve(&p, lease, long_ago).await.unwrap();
+    stub.charge(&card, 750, "EUR", &d).await.unwrap();
+    assert_eq!(s.charges(), 1);
+    let answer = s.checkout(&card_body("single", &ks, 3, &d, SUCCEEDS)).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let r = receipt(&answer.1);
+    r.verify(&s.manifest().payments.key).unwrap();
+    // The reserved receipt, issued; the second charge was the first one.
+    assert_eq!(r.receipt.receipt_id, p.receipt_id);
+    assert_eq!((r.receipt.count, r.receipt.amount), (3, 750));
+    assert_eq!(s.charges(), 1);
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), Some(r));
+    // The dead attempt's lease is worthless now.
+    assert!(!store.release(&d, lease).await.unwrap());
+
+    // An attempt that died before charging: the retry charges, once.
+    let d2 = s.digest(&ks, 1);
+    store
+        .reserve(&pending(ks, 1, d2, 250), lease, long_ago)
+        .await
+        .unwrap();
+    let answer = s
+        .checkout(&card_body("single", &ks, 1, &d2, SUCCEEDS))
+        .await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert_eq!(s.charges(), 2);
+    let totals = s.payments.store().totals().await.unwrap();
+    assert_eq!((totals[0].receipts, totals[0].amount), (2, 1000));
+    s.stop().await;
+}
+
+async fn receipts_are_looked_up_by_digest_and_renewed_when_expired(mut s: Server) {
+    let ks = current_keyset(s.manifest(), "single");
+    let key = s.manifest().payments.key;
+    let ttl = s.settings.payments.receipt_ttl_seconds;
+
+    // Nothing for unknown points; the answer does not echo them.
+    let unknown = s.digest(&ks, 1);
+    let answer = s.lookup(&unknown.to_string()).await;
+    let detail = assert_error(&answer, 404, "not_found");
+    assert!(!detail.contains(&unknown.to_string()[..8]), "{detail}");
+    for bad in [
+        "abc".to_owned(),
+        "0".repeat(63),
+        "0".repeat(65),
+        "g".repeat(64),
+        format!("{unknown}00"),
+    ] {
+        let answer = s.lookup(&bad).await;
+        let detail = assert_error(&answer, 400, "malformed");
+        assert!(detail.contains("64 hexadecimal"), "{detail}");
+    }
+
+    // A fresh receipt comes back as it is, in either case of hex.
+    let d = s.digest(&ks, 2);
+    let paid = s.checkout(&card_body("single", &ks, 2, &d, SUCCEEDS)).await;
+    assert_eq!(paid.0, 200, "{}", paid.1);
+    assert_eq!(s.lookup(&d.to_string()).await, paid);
+    assert_eq!(s.lookup(&d.to_string().to_uppercase()).await, paid);
+
+    // An expired one is re-signed with a fresh expiry and otherwise unchanged.
+    let d2 = s.digest(&ks, 2);
+    let old = s.plant_expired(&ks, 2, &d2, 500, 5).await;
+    let before = ticketing_service::now();
+    let answer = s.lookup(&d2.to_string()).await;
+    let after = ticketing_service::now();
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let renewed = receipt(&answer.1);
+    renewed.verify(&key).unwrap();
+    assert_ne!(renewed, old);
+    assert!(before + ttl <= renewed.receipt.expires_at);
+    assert!(renewed.receipt.expires_at <= after + ttl);
+    let mut same = renewed.receipt.clone();
+    same.expires_at = old.receipt.expires_at;
+    assert_eq!(same, old.receipt);
+    // Stored in place: the next lookup and the totals see one receipt, not renewed again.
+    assert_eq!(
+        s.payments.store().receipt_by_digest(&d2).await.unwrap(),
+        Some(renewed.clone())
+    );
+    assert_eq!(receipt(&s.lookup(&d2.to_string()).await.1), renewed);
+    let totals = s.payments.store().totals().await.unwrap();
+    assert_eq!((totals[0].receipts, totals[0].tickets), (2, 4));
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("ticketing_payments_receipts_renewed_total 1"),
+        "{metrics}"
+    );
+    assert_eq!(s.charges(), 1);
+    s.stop().await;
+}
+
+async fn a_checkout_retry_renews_an_expired_receipt_without_paying(mut s: Server) {
+    let ks = current_keyset(s.manifest(), "single");
+    let key = s.manifest().payments.key;
+    let now = ticketing_service::now();
+
+    // By card: the receipt comes back renewed, the card is not charged.
+    let d = s.digest(&ks, 2);
+    let old = s.plant_expired(&ks, 2, &d, 500, 60).await;
+    let answer = s.checkout(&card_body("single", &ks, 2, &d, SUCCEEDS)).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let renewed = receipt(&answer.1);
+    renewed.verify(&key).unwrap();
+    assert_eq!(renewed.receipt.receipt_id, old.receipt.receipt_id);
+    assert_eq!(renewed.receipt.issued_at, old.receipt.issued_at);
+    assert!(renewed.receipt.expires_at > now);
+    assert_eq!(s.charges(), 0);
+    assert_eq!(s.lookup(&d.to_string()).await, answer);
+
+    // By voucher: the same, and the voucher is not burned.
+    let codes = create_vouchers(s.payments.store().as_ref(), s.manifest(), "single", 1)
+        .await
+        .unwrap();
+    let d2 = s.digest(&ks, 1);
+    let old = s.plant_expired(&ks, 1, &d2, 250, 60).await;
+    let answer = s
+        .checkout(&voucher_body("single", &ks, 1, &d2, &codes[0].to_string()))
+        .await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let renewed = receipt(&answer.1);
+    renewed.verify(&key).unwrap();
+    assert_eq!(renewed.receipt.receipt_id, old.receipt.receipt_id);
+    assert!(renewed.receipt.expires_at > now);
+    let store = Arc::clone(s.payments.store());
+    assert!(!store.voucher(&codes[0].hash()).await.unwrap().unwrap().used);
+
+    // Other terms for the expired points are still a conflict (and renew nothing).
+    let d3 = s.digest(&ks, 1);
+    let old = s.plant_expired(&ks, 1, &d3, 250, 60).await;
+    let other = s
+        .checkout(&card_body("single", &ks, 2, &d3, SUCCEEDS))
+        .await;
+    assert_error(&other, 409, "receipt_reused");
+    assert_eq!(store.receipt_by_digest(&d3).await.unwrap(), Some(old));
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("ticketing_payments_receipts_renewed_total 2"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+/// The stub, but each charge waits until the test lets it go.
+#[derive(Debug, Default)]
+struct GatedProcessor {
+    stub: StubProcessor,
+    entered: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl Processor for GatedProcessor {
+    async fn charge(
+        &self,
+        card: &CardNumber,
+        amount: u64,
+        currency: &str,
+        idempotency_key: &Digest32,
+    ) -> Result<(), Decline> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        self.stub
+            .charge(card, amount, currency, idempotency_key)
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wallet_hanging_up_mid_payment_does_not_leave_a_charge_without_a_receipt() {
+    let gate = Arc::new(GatedProcessor::default());
+    let mut s = Server::start_with(36, String::new(), gate.clone()).await;
+    let ks = current_keyset(s.manifest(), "single");
+    let d = s.digest(&ks, 1);
+    let body = card_body("single", &ks, 1, &d, SUCCEEDS);
+    let request = {
+        let (client, url, body) = (
+            s.client.clone(),
+            format!("{}/v1/checkout", s.url),
+            body.clone(),
+        );
+        tokio::spawn(async move { client.post(url).json(&body).send().await })
+    };
+    // The charge is under way; the wallet hangs up (its connection closes).
+    gate.entered.notified().await;
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    gate.release.notify_one();
+    // The retry gets the receipt of the one charge (waiting for it if need be).
+    let answer = s.checkout(&body).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert_eq!(gate.stub.charges(), 1);
+    assert_eq!(
+        s.payments.store().receipt_by_digest(&d).await.unwrap(),
+        Some(receipt(&answer.1))
     );
     s.stop().await;
 }

@@ -1,5 +1,5 @@
 //! What the payments service logs, captured at TRACE for every target: outcomes, never a card
-//! number, a voucher code or a digest. (Its own binary: the capturing subscriber is global.)
+//! number, a voucher code or a digest (not even the one in a lookup's URL). (Its own binary: the capturing subscriber is global.)
 
 // Test code: a panic is how a test fails, and fixtures index known-size data.
 #![allow(
@@ -64,6 +64,15 @@ async fn logs_carry_outcomes_but_no_card_numbers_codes_or_digests() {
         let _ = s.checkout(&voucher_body("single", &ks, 1, &d, &code)).await;
         digests.push(d);
     }
+    // Lookups: a paid digest, an unknown one, an expired receipt (renewed).
+    assert_eq!(s.lookup(&digests[0].to_string()).await.0, 200);
+    let unknown = s.digest(&ks, 1);
+    assert_eq!(s.lookup(&unknown.to_string()).await.0, 404);
+    digests.push(unknown);
+    let expired = s.digest(&ks, 1);
+    s.plant_expired(&ks, 1, &expired, 250, 5).await;
+    assert_eq!(s.lookup(&expired.to_string()).await.0, 200);
+    digests.push(expired);
     // A product name that is not in the manifest is attacker-chosen text: not logged either.
     let d = s.digest(&ks, 1);
     let _ = s
@@ -78,6 +87,9 @@ async fn logs_carry_outcomes_but_no_card_numbers_codes_or_digests() {
         "outcome=\"voucher_used\"",
         "outcome=\"malformed\"",
         "outcome=\"not_found\"",
+        "outcome=\"found\"",
+        "outcome=\"renewed\"",
+        "receipt lookup",
         "vouchers created",
     ] {
         assert!(logs.contains(expected), "missing {expected} in:\n{logs}");

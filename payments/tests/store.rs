@@ -17,8 +17,8 @@ use rand::rngs::ChaCha20Rng;
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_payments::PaymentsError;
 use ticketing_payments::store::{
-    CheckoutOutcome, KeysetTotals, NewVoucher, PaymentsStore, VoucherInfo, VoucherPayment,
-    open_store,
+    CheckoutOutcome, KeysetTotals, NewVoucher, PaymentsStore, PendingReceipt, Reservation, Stored,
+    VoucherInfo, VoucherPayment, open_store,
 };
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::receipt::{Receipt, SignedReceipt};
@@ -41,7 +41,9 @@ fn sqlite_db() -> Db {
 }
 
 async fn postgres_db(tag: &str) -> Option<Db> {
-    let url = ticketing_service::db::fresh_test_postgres(tag)
+    // Postgres truncates names to 63 bytes, which would cut off the unique suffix.
+    let tag: String = tag.chars().take(24).collect();
+    let url = ticketing_service::db::fresh_test_postgres(&tag)
         .await
         .unwrap()?;
     Some(Db { url, _dir: None })
@@ -83,10 +85,19 @@ conformance!(
     concurrent_retries_of_one_digest_store_one_receipt,
     extreme_values_round_trip_or_are_refused,
     reopening_keeps_the_data,
+    a_card_reservation_holds_the_digest_until_issued,
+    a_reservation_is_released_or_taken_over_only_under_its_lease,
+    concurrent_reservations_of_one_digest_reserve_once,
+    concurrent_take_overs_of_one_reservation_succeed_once,
+    issuing_needs_the_reserved_receipt,
+    renewal_replaces_only_expiry_and_signature,
+    concurrent_renewals_store_one_receipt,
 );
 
 const KS_A: KeysetId = KeysetId([1; 8]);
 const KS_B: KeysetId = KeysetId([2; 8]);
+/// A fixed clock for reservations and receipts.
+const T0: u64 = 1_795_266_000;
 
 struct Maker {
     rng: ChaCha20Rng,
@@ -122,6 +133,32 @@ impl Maker {
             expires_at: 1_795_266_600,
         }
         .sign(&self.key)
+    }
+
+    fn pending(
+        &mut self,
+        keyset_id: KeysetId,
+        count: u32,
+        digest: Digest32,
+        amount: u64,
+    ) -> PendingReceipt {
+        PendingReceipt {
+            receipt_id: Id16::random(&mut self.rng),
+            keyset_id,
+            count,
+            digest,
+            amount,
+            currency: "EUR".into(),
+        }
+    }
+
+    fn lease(&mut self) -> Id16 {
+        Id16::random(&mut self.rng)
+    }
+
+    /// `pending` issued at [`T0`], signed.
+    fn issued(&self, pending: &PendingReceipt) -> SignedReceipt {
+        pending.clone().into_receipt(T0, T0 + 600).sign(&self.key)
     }
 
     fn voucher(&mut self, product: &str) -> (VoucherCode, NewVoucher) {
@@ -340,6 +377,7 @@ async fn concurrent_retries_of_one_digest_store_one_receipt(url: &str) {
         match result.unwrap().unwrap() {
             CheckoutOutcome::Issued(r) => issued.push(r),
             CheckoutOutcome::Existing(r) => existing.push(r),
+            CheckoutOutcome::Pending => panic!("no card payment here"),
         }
     }
     assert_eq!(issued.len(), 1);
@@ -388,6 +426,302 @@ async fn reopening_keeps_the_data(url: &str) {
         store.voucher(&v.hash()).await.unwrap().unwrap().product,
         "week"
     );
+}
+
+async fn a_card_reservation_holds_the_digest_until_issued(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(9);
+    let d = m.digest();
+    let p = m.pending(KS_A, 2, d, 500);
+    let lease = m.lease();
+    assert_eq!(
+        store.reserve(&p, lease, T0).await.unwrap(),
+        Reservation::Reserved
+    );
+    let paying = Stored::Paying {
+        pending: p.clone(),
+        lease,
+        reserved_at: T0,
+    };
+    assert_eq!(store.stored(&d).await.unwrap(), Some(paying.clone()));
+    // Not a receipt yet: no lookup, no totals.
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), None);
+    assert_eq!(store.totals().await.unwrap(), vec![]);
+
+    // A second attempt (other id, other lease) gets the reservation back, unchanged.
+    let other = m.pending(KS_A, 2, d, 500);
+    let other_lease = m.lease();
+    assert_eq!(
+        store.reserve(&other, other_lease, T0 + 1).await.unwrap(),
+        Reservation::Existing(paying.clone())
+    );
+    // A voucher checkout of the same points: pending, the voucher untouched.
+    let (v, row) = m.voucher("single");
+    store.add_vouchers(&[row]).await.unwrap();
+    let by_voucher = m.receipt(KS_A, 2, d, 500);
+    assert_eq!(
+        store
+            .checkout(&by_voucher, Some(&pay(&v, "single")))
+            .await
+            .unwrap(),
+        CheckoutOutcome::Pending
+    );
+    assert!(!store.voucher(&v.hash()).await.unwrap().unwrap().used);
+    assert_eq!(store.stored(&d).await.unwrap(), Some(paying));
+
+    // Issued: now it is the receipt, everywhere.
+    let r = m.issued(&p);
+    assert_eq!(
+        store.issue(&r).await.unwrap(),
+        CheckoutOutcome::Issued(r.clone())
+    );
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), Some(r.clone()));
+    assert_eq!(
+        store.reserve(&other, other_lease, T0 + 2).await.unwrap(),
+        Reservation::Existing(Stored::Issued(r.clone()))
+    );
+    // Issuing again (a concurrent taker-over) gets the receipt stored first.
+    let late = p.clone().into_receipt(T0 + 5, T0 + 605).sign(&m.key);
+    assert_eq!(
+        store.issue(&late).await.unwrap(),
+        CheckoutOutcome::Existing(r.clone())
+    );
+    // An issued receipt is no reservation: no release, no take-over.
+    assert!(!store.release(&d, lease).await.unwrap());
+    assert!(!store.take_over(&d, lease, m.lease(), T0).await.unwrap());
+    assert_eq!(
+        store.checkout(&by_voucher, None).await.unwrap(),
+        CheckoutOutcome::Existing(r)
+    );
+    assert_eq!(
+        store.totals().await.unwrap(),
+        vec![KeysetTotals {
+            keyset_id: KS_A,
+            receipts: 1,
+            tickets: 2,
+            amount: 500
+        }]
+    );
+}
+
+async fn a_reservation_is_released_or_taken_over_only_under_its_lease(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(10);
+    let d = m.digest();
+    let p = m.pending(KS_B, 1, d, 700);
+    let (first, second, stranger) = (m.lease(), m.lease(), m.lease());
+    store.reserve(&p, first, T0).await.unwrap();
+
+    assert!(!store.release(&d, stranger).await.unwrap());
+    assert!(
+        !store
+            .take_over(&d, stranger, second, T0 + 99)
+            .await
+            .unwrap()
+    );
+    assert!(store.take_over(&d, first, second, T0 + 99).await.unwrap());
+    assert_eq!(
+        store.stored(&d).await.unwrap(),
+        Some(Stored::Paying {
+            pending: p.clone(),
+            lease: second,
+            reserved_at: T0 + 99
+        })
+    );
+    // The first attempt's lease no longer counts.
+    assert!(!store.release(&d, first).await.unwrap());
+    assert!(
+        !store
+            .take_over(&d, first, stranger, T0 + 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_over(&m.digest(), second, stranger, T0)
+            .await
+            .unwrap()
+    );
+
+    // Released (declined): the digest is free again, for any terms.
+    assert!(store.release(&d, second).await.unwrap());
+    assert_eq!(store.stored(&d).await.unwrap(), None);
+    assert!(!store.release(&d, second).await.unwrap());
+    let again = m.pending(KS_A, 3, d, 750);
+    assert_eq!(
+        store.reserve(&again, first, T0 + 200).await.unwrap(),
+        Reservation::Reserved
+    );
+}
+
+async fn concurrent_reservations_of_one_digest_reserve_once(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(11);
+    let d = m.digest();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let p = m.pending(KS_A, 1, d, 250);
+        let lease = m.lease();
+        let store = Arc::clone(&store);
+        tasks.spawn(async move { (p.clone(), lease, store.reserve(&p, lease, T0).await) });
+    }
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (p, lease, Ok(Reservation::Reserved)) => winners.push((p, lease)),
+            (_, _, Ok(Reservation::Existing(stored))) => seen.push(stored),
+            (_, _, other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((winners.len(), seen.len()), (1, 19));
+    let (p, lease) = winners.pop().unwrap();
+    let expected = Stored::Paying {
+        pending: p,
+        lease,
+        reserved_at: T0,
+    };
+    assert!(seen.iter().all(|s| s == &expected));
+    assert_eq!(store.stored(&d).await.unwrap(), Some(expected));
+}
+
+async fn concurrent_take_overs_of_one_reservation_succeed_once(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(12);
+    let d = m.digest();
+    let p = m.pending(KS_A, 1, d, 250);
+    let held = m.lease();
+    store.reserve(&p, held, T0).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let lease = m.lease();
+        let store = Arc::clone(&store);
+        tasks.spawn(async move { (lease, store.take_over(&d, held, lease, T0 + 61).await) });
+    }
+    let mut winners = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        let (lease, took) = result.unwrap();
+        if took.unwrap() {
+            winners.push(lease);
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    assert_eq!(
+        store.stored(&d).await.unwrap(),
+        Some(Stored::Paying {
+            pending: p,
+            lease: winners[0],
+            reserved_at: T0 + 61
+        })
+    );
+}
+
+async fn issuing_needs_the_reserved_receipt(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(13);
+    // Nothing reserved.
+    let d = m.digest();
+    let p = m.pending(KS_A, 1, d, 250);
+    let err = store.issue(&m.issued(&p)).await.unwrap_err();
+    assert!(matches!(err, PaymentsError::ReservationLost), "{err:?}");
+    assert_eq!(store.stored(&p.digest).await.unwrap(), None);
+
+    // Reserved, but the signed body differs (amount, receipt id): refused, still reserved.
+    let lease = m.lease();
+    store.reserve(&p, lease, T0).await.unwrap();
+    let mut dearer = p.clone();
+    dearer.amount = 2500;
+    let mut renamed = p.clone();
+    renamed.receipt_id = Id16::random(&mut m.rng);
+    for wrong in [dearer, renamed] {
+        let err = store.issue(&m.issued(&wrong)).await.unwrap_err();
+        assert!(matches!(err, PaymentsError::ReservationLost), "{err:?}");
+    }
+    assert!(matches!(
+        store.stored(&p.digest).await.unwrap(),
+        Some(Stored::Paying { .. })
+    ));
+    assert_eq!(store.totals().await.unwrap(), vec![]);
+    let r = m.issued(&p);
+    assert_eq!(store.issue(&r).await.unwrap(), CheckoutOutcome::Issued(r));
+}
+
+async fn renewal_replaces_only_expiry_and_signature(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(14);
+    let d = m.digest();
+    let r = m.receipt(KS_B, 2, d, 1400);
+    store.checkout(&r, None).await.unwrap();
+
+    let renew_to = |base: &SignedReceipt, expires_at: u64, key: &SignKey| {
+        let mut body = base.receipt.clone();
+        body.expires_at = expires_at;
+        body.sign(key)
+    };
+    let renewed = renew_to(&r, T0 + 5000, &m.key);
+    assert_eq!(
+        store.renew(&renewed, r.receipt.expires_at).await.unwrap(),
+        renewed
+    );
+    assert_eq!(
+        store.receipt_by_digest(&d).await.unwrap(),
+        Some(renewed.clone())
+    );
+    renewed.verify(&m.key.verify_key()).unwrap();
+
+    // A renewal from the old expiry lost the race: it gets the stored one, changes nothing.
+    let late = renew_to(&r, T0 + 6000, &m.key);
+    assert_eq!(
+        store.renew(&late, r.receipt.expires_at).await.unwrap(),
+        renewed
+    );
+    // A renewal that changes anything but the expiry is refused, nothing changes.
+    let mut cheaper = renewed.receipt.clone();
+    cheaper.amount = 1;
+    cheaper.expires_at = T0 + 7000;
+    let err = store
+        .renew(&cheaper.sign(&m.key), renewed.receipt.expires_at)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PaymentsError::NoReceipt), "{err:?}");
+    // Nothing to renew for unknown points or a reservation.
+    let d_unknown = m.digest();
+    let unknown = m.receipt(KS_B, 1, d_unknown, 700);
+    let err = store
+        .renew(&unknown, unknown.receipt.expires_at)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PaymentsError::NoReceipt), "{err:?}");
+    let d_paying = m.digest();
+    let p = m.pending(KS_B, 1, d_paying, 700);
+    store.reserve(&p, m.lease(), T0).await.unwrap();
+    let err = store.renew(&m.issued(&p), T0 + 600).await.unwrap_err();
+    assert!(matches!(err, PaymentsError::NoReceipt), "{err:?}");
+    assert_eq!(store.receipt_by_digest(&d).await.unwrap(), Some(renewed));
+    assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
+}
+
+async fn concurrent_renewals_store_one_receipt(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(15);
+    let d = m.digest();
+    let r = m.receipt(KS_A, 1, d, 250);
+    store.checkout(&r, None).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let mut body = r.receipt.clone();
+        body.expires_at = T0 + 10_000 + i;
+        let renewed = body.sign(&m.key);
+        let (store, previous) = (Arc::clone(&store), r.receipt.expires_at);
+        tasks.spawn(async move { store.renew(&renewed, previous).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        answers.push(result.unwrap().unwrap());
+    }
+    let stored = store.receipt_by_digest(&d).await.unwrap().unwrap();
+    assert_ne!(stored, r);
+    assert!(answers.iter().all(|a| a == &stored));
 }
 
 #[tokio::test]

@@ -1,12 +1,12 @@
-//! The public manifest: the trust root of wallets, validators and auditors. Clients pin its
-//! digest.
+//! The public manifest: the trust root of wallets, validators and auditors. Clients should
+//! pin its digest.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use ticketing_crypto::keyset::{KeysetId, KeysetParams, PublicKey, ShareIndex};
+use ticketing_crypto::keyset::{FeldmanCommitments, KeysetId, KeysetParams, PublicKey, ShareIndex};
 
-use crate::Digest32;
 use crate::keys::VerifyKey;
+use crate::{Digest32, ProtocolError};
 
 /// Everything a client needs to buy, show, verify and audit tickets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +90,9 @@ pub struct KeysetInfo {
     pub public_key: PublicKey,
     /// PK_i for every node, in index order.
     pub public_key_shares: Vec<PublicKeyShareInfo>,
+    /// The dealer's Feldman commitments `C_0 = PK, C_1, .., C_{t-1}`: anyone can check that
+    /// every PK_i lies on the same degree t-1 polynomial ([`KeysetInfo::check_commitments`]).
+    pub commitments: Vec<PublicKey>,
 }
 
 /// A node's public key share of one keyset.
@@ -105,6 +108,32 @@ impl KeysetInfo {
     /// Whether the id matches the key and parameters.
     pub fn check_id(&self) -> bool {
         KeysetId::derive(&self.public_key, &self.params) == self.id
+    }
+
+    /// Check the commitments: t of them, `C_0 == PK`, and every listed PK_i equal to
+    /// `sum_k C_k * i^k`. A manifest failing this has shares that do not combine to PK.
+    pub fn check_commitments(&self, threshold: u16) -> Result<(), ProtocolError> {
+        let bad = |reason: &str| ProtocolError::Malformed {
+            what: "keyset commitments",
+            reason: format!("keyset {}: {reason}", self.id),
+        };
+        if self.commitments.len() != usize::from(threshold) {
+            return Err(bad("there must be exactly t commitments"));
+        }
+        if self.commitments.first() != Some(&self.public_key) {
+            return Err(bad("the first commitment is not the keyset key"));
+        }
+        let points: Vec<_> = self.commitments.iter().map(PublicKey::to_bytes).collect();
+        let commitments = FeldmanCommitments::from_bytes(&points)?;
+        for share in &self.public_key_shares {
+            if commitments.public_key_share(share.index) != share.public_key {
+                return Err(bad(&format!(
+                    "PK_{} does not match the commitments",
+                    share.index
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// PK_i of node `index`.

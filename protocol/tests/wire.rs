@@ -80,6 +80,12 @@ fn fixture() -> Fixture {
                     public_key: s.public_key(),
                 })
                 .collect(),
+            commitments: keyset
+                .commitments
+                .to_bytes()
+                .iter()
+                .map(|c| ticketing_crypto::keyset::PublicKey::from_bytes(c).unwrap())
+                .collect(),
         }],
         products: vec![
             Product {
@@ -129,6 +135,8 @@ fn manifest_round_trips_and_its_digest_is_stable() {
     let back: Manifest = serde_json::from_str(&json).unwrap();
     assert_eq!(back.digest(), f.manifest.digest());
     assert!(back.keysets[0].check_id());
+    back.keysets[0].check_commitments(2).unwrap();
+    assert!(back.keysets[0].check_commitments(3).is_err());
     let mut changed = f.manifest.clone();
     changed.nodes[0].url = "http://evil.example".into();
     assert_ne!(changed.digest(), f.manifest.digest());

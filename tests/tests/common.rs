@@ -8,6 +8,9 @@ use ticketing_cli::demo::{Databases, LocalCluster};
 use ticketing_client::Client;
 use ticketing_config::Settings;
 
+/// The PWA origin the test clusters allow (CORS).
+pub(crate) const WALLET_ORIGIN: &str = "http://wallet.test:8080";
+
 /// Which database the services use.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Db {
@@ -68,7 +71,9 @@ pub(crate) async fn start(db: Db, nodes: u16, threshold: u16) -> Option<TestClus
             }
         }
     };
-    let cluster = LocalCluster::start(dir.path(), nodes, threshold, Settings::default(), databases)
+    let mut settings = Settings::default();
+    settings.http.cors_origins = vec![WALLET_ORIGIN.to_owned()];
+    let cluster = LocalCluster::start(dir.path(), nodes, threshold, settings, databases)
         .await
         .unwrap();
     Some(TestCluster { cluster, _dir: dir })

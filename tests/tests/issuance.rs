@@ -65,7 +65,9 @@ pub(crate) async fn purchase_end_to_end(c: TestCluster) {
             Presentation::from_text(&Presentation::sign(ticket, secret, epoch).to_text()).unwrap();
         shown.verify(&keyset.public_key, epoch, 1).unwrap();
     }
-    // Every node logged the receipt once.
+    // At least the t nodes that answered logged the receipt, each exactly once, in a valid
+    // chain under a checkpoint signed by the node.
+    let mut logged = 0;
     for node in &c.cluster.cluster.manifest.nodes {
         let page: ticketing_protocol::log::LogPage = reqwest::get(format!("{}/v1/log", node.url))
             .await
@@ -74,8 +76,22 @@ pub(crate) async fn purchase_end_to_end(c: TestCluster) {
             .await
             .unwrap();
         page.checkpoint.verify(&node.identity_key).unwrap();
-        assert!(page.entries.len() <= 1);
+        assert!(
+            page.entries.len() <= 1,
+            "node {} logged one purchase twice",
+            node.index
+        );
+        if let Some(e) = page.entries.first() {
+            assert!(e.hash_is_valid());
+            assert_eq!(
+                (e.seq, page.checkpoint.seq, page.checkpoint.head_hash),
+                (1, 1, e.hash)
+            );
+            assert_eq!(e.receipt.receipt.count, 3);
+            logged += 1;
+        }
     }
+    assert!(logged >= 3, "only {logged} nodes logged the purchase");
     c.cluster.stop().await.unwrap();
 }
 
@@ -390,6 +406,49 @@ pub(crate) async fn logs_hold_no_card_number_and_no_serial(c: TestCluster) {
     c.cluster.stop().await.unwrap();
 }
 
+pub(crate) async fn cors_allows_the_pwa_origin_only_and_metrics_are_served(c: TestCluster) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/issue", c.cluster.cluster.manifest.nodes[0].url);
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight(crate::common::WALLET_ORIGIN).await.unwrap();
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some(crate::common::WALLET_ORIGIN)
+    );
+    let evil = preflight("http://evil.test").await.unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+
+    let _ = buy(&c.client(), "day", 1).await.unwrap();
+    let metrics = http
+        .get(format!(
+            "{}/metrics",
+            c.cluster.cluster.manifest.nodes[0].url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ticketing_node_tickets_signed_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"route="/v1/issue",status="200""#),
+        "{metrics}"
+    );
+    c.cluster.stop().await.unwrap();
+}
+
 macro_rules! on_both_databases {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -422,4 +481,5 @@ on_both_databases!(
     a_byzantine_node_is_blamed_and_the_purchase_succeeds,
     bad_requests_get_4xx_with_stable_codes,
     logs_hold_no_card_number_and_no_serial,
+    cors_allows_the_pwa_origin_only_and_metrics_are_served,
 );

@@ -134,10 +134,11 @@ pub(crate) fn non_subgroup_g1() -> Option<[u8; G1_BYTES]> {
         b[0] = 0x80; // compressed flag
         b[G1_BYTES - 1] = x;
         let p: Option<G1Affine> = G1Affine::from_compressed_unchecked(&b).into();
-        if let Some(p) = p {
-            if bool::from(p.is_on_curve()) && !bool::from(p.is_torsion_free()) {
-                return Some(b);
-            }
+        if let Some(p) = p
+            && bool::from(p.is_on_curve())
+            && !bool::from(p.is_torsion_free())
+        {
+            return Some(b);
         }
     }
     None
@@ -150,10 +151,11 @@ pub(crate) fn non_subgroup_g2() -> Option<[u8; G2_BYTES]> {
         b[0] = 0x80;
         b[G2_BYTES - 1] = x; // c0 = x, c1 = 0
         let p: Option<G2Affine> = G2Affine::from_compressed_unchecked(&b).into();
-        if let Some(p) = p {
-            if bool::from(p.is_on_curve()) && !bool::from(p.is_torsion_free()) {
-                return Some(b);
-            }
+        if let Some(p) = p
+            && bool::from(p.is_on_curve())
+            && !bool::from(p.is_torsion_free())
+        {
+            return Some(b);
         }
     }
     None

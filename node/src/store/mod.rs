@@ -5,13 +5,11 @@
 use async_trait::async_trait;
 use ticketing_protocol::log::{Checkpoint, LogEntry};
 use ticketing_protocol::receipt::SignedReceipt;
-use ticketing_protocol::{Digest32, ProtocolError};
+use ticketing_protocol::{Digest32, Id16, ProtocolError};
 
-mod postgres;
-mod sqlite;
+mod backends;
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use backends::{PostgresStore, SqliteStore};
 
 /// Storage failures. None of them means "recorded": the caller answers `unavailable` and the
 /// wallet retries with the same receipt.
@@ -53,6 +51,8 @@ pub enum Recorded {
 pub trait NodeStore: Send + Sync + 'static {
     /// Atomically: if `receipt` was never recorded, append a log entry for it at the head.
     async fn record(&self, receipt: &SignedReceipt, time: u64) -> Result<Recorded, StoreError>;
+    /// `(seq, digest)` of the entry recording `receipt_id`, if any.
+    async fn find(&self, receipt_id: &Id16) -> Result<Option<(u64, Digest32)>, StoreError>;
     /// Entries with `seq > after`, ascending, at most `limit`.
     async fn entries(&self, after: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError>;
     /// `(seq, hash)` of the newest entry; `(0, GENESIS)` when empty.

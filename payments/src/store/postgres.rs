@@ -1,18 +1,22 @@
 //! The Postgres backend.
 //!
-//! Read committed is enough: the receipt INSERT waits on a concurrent insert of the same digest
-//! and then does nothing, and the voucher UPDATE waits on a concurrent burn and then re-checks
-//! `used = false`, so of several checkouts with one voucher exactly one flips it.
+//! Read committed is enough: an upsert on a digest waits for a concurrent writer of the same
+//! digest and then either inserts or returns the committed row (Postgres guarantees one of the
+//! two for `ON CONFLICT DO UPDATE`, never an error or nothing); the compare-and-swap UPDATEs
+//! re-check their condition on the newest row version after waiting; and the voucher UPDATE
+//! waits on a concurrent burn and then re-checks `used = false`, so of several checkouts with
+//! one voucher exactly one flips it.
 
 use async_trait::async_trait;
 use sqlx::PgPool;
-use ticketing_protocol::Digest32;
 use ticketing_protocol::receipt::SignedReceipt;
+use ticketing_protocol::{Digest32, Id16};
 
 use super::{
-    CheckoutOutcome, KeysetTotals, NewVoucher, PaymentsStore, RECEIPT_COLUMNS, ReceiptRow,
-    TotalsRow, VoucherInfo, VoucherPayment, is_unique_violation, receipt_from_row, receipt_row,
-    totals_from_row, voucher_refusal,
+    CheckoutOutcome, KeysetTotals, NewVoucher, PaymentsStore, PendingReceipt, Reservation,
+    STORED_COLUMNS, Stored, StoredRow, TotalsRow, VoucherInfo, VoucherPayment, claimed,
+    is_unique_violation, not_issued, not_renewed, pending_row, receipt_row, stored_from_row,
+    to_i64, totals_from_row, voucher_refusal,
 };
 use crate::PaymentsError;
 
@@ -44,22 +48,6 @@ impl PostgresStore {
                 .await?;
         Ok(row.map(|(product, used)| VoucherInfo { product, used }))
     }
-
-    async fn receipt_in<'e, E>(
-        executor: E,
-        digest: &Digest32,
-    ) -> Result<Option<SignedReceipt>, PaymentsError>
-    where
-        E: sqlx::Executor<'e, Database = sqlx::Postgres>,
-    {
-        let row: Option<ReceiptRow> = sqlx::query_as(&format!(
-            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE digest = $1"
-        ))
-        .bind(digest.0.as_slice())
-        .fetch_optional(executor)
-        .await?;
-        row.map(receipt_from_row).transpose()
-    }
 }
 
 #[async_trait]
@@ -88,11 +76,14 @@ impl PaymentsStore for PostgresStore {
         Self::voucher_in(&self.pool, hash).await
     }
 
-    async fn receipt_by_digest(
-        &self,
-        digest: &Digest32,
-    ) -> Result<Option<SignedReceipt>, PaymentsError> {
-        Self::receipt_in(&self.pool, digest).await
+    async fn stored(&self, digest: &Digest32) -> Result<Option<Stored>, PaymentsError> {
+        let row: Option<StoredRow> = sqlx::query_as(&format!(
+            "SELECT {STORED_COLUMNS} FROM receipts WHERE digest = $1"
+        ))
+        .bind(digest.0.as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(stored_from_row).transpose()
     }
 
     async fn checkout(
@@ -102,9 +93,13 @@ impl PaymentsStore for PostgresStore {
     ) -> Result<CheckoutOutcome, PaymentsError> {
         let row = receipt_row(receipt)?;
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO receipts ({RECEIPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (digest) DO NOTHING"
+        // The upsert locks the digest's row (new or existing) until the transaction ends.
+        let back: StoredRow = sqlx::query_as(&format!(
+            "INSERT INTO receipts (receipt_id, keyset_id, count, digest, amount, currency, \
+             state, issued_at, expires_at, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'issued', $7, $8, $9) \
+             ON CONFLICT (digest) DO UPDATE SET digest = EXCLUDED.digest \
+             RETURNING {STORED_COLUMNS}"
         ))
         .bind(row.0)
         .bind(row.1)
@@ -115,19 +110,14 @@ impl PaymentsStore for PostgresStore {
         .bind(row.6)
         .bind(row.7)
         .bind(row.8)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            // The conflicting row is committed (the INSERT waited for it), so this statement's
-            // fresh snapshot sees it.
-            let existing = Self::receipt_in(&mut *tx, &receipt.receipt.digest).await?;
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(existing) = claimed(back, &receipt.receipt.receipt_id)? {
             tx.rollback().await?;
-            return existing
-                .map(CheckoutOutcome::Existing)
-                .ok_or(PaymentsError::Corrupt(
-                    "receipt (digest conflict without a row)",
-                ));
+            return Ok(match existing {
+                Stored::Issued(r) => CheckoutOutcome::Existing(r),
+                Stored::Paying { .. } => CheckoutOutcome::Pending,
+            });
         }
         if let Some(v) = voucher {
             let burned = sqlx::query(
@@ -148,11 +138,131 @@ impl PaymentsStore for PostgresStore {
         Ok(CheckoutOutcome::Issued(receipt.clone()))
     }
 
+    async fn reserve(
+        &self,
+        pending: &PendingReceipt,
+        lease: Id16,
+        now: u64,
+    ) -> Result<Reservation, PaymentsError> {
+        let row = pending_row(pending)?;
+        let back: StoredRow = sqlx::query_as(&format!(
+            "INSERT INTO receipts (receipt_id, keyset_id, count, digest, amount, currency, \
+             state, lease, reserved_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'paying', $7, $8) \
+             ON CONFLICT (digest) DO UPDATE SET digest = EXCLUDED.digest \
+             RETURNING {STORED_COLUMNS}"
+        ))
+        .bind(row.0)
+        .bind(row.1)
+        .bind(row.2)
+        .bind(row.3)
+        .bind(row.4)
+        .bind(row.5)
+        .bind(lease.0.as_slice())
+        .bind(to_i64(now, "time")?)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match claimed(back, &pending.receipt_id)? {
+            None => Reservation::Reserved,
+            Some(existing) => Reservation::Existing(existing),
+        })
+    }
+
+    async fn take_over(
+        &self,
+        digest: &Digest32,
+        held: Id16,
+        lease: Id16,
+        now: u64,
+    ) -> Result<bool, PaymentsError> {
+        let changed = sqlx::query(
+            "UPDATE receipts SET lease = $1, reserved_at = $2 \
+             WHERE digest = $3 AND state = 'paying' AND lease = $4",
+        )
+        .bind(lease.0.as_slice())
+        .bind(to_i64(now, "time")?)
+        .bind(digest.0.as_slice())
+        .bind(held.0.as_slice())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn release(&self, digest: &Digest32, lease: Id16) -> Result<bool, PaymentsError> {
+        let deleted = sqlx::query(
+            "DELETE FROM receipts WHERE digest = $1 AND state = 'paying' AND lease = $2",
+        )
+        .bind(digest.0.as_slice())
+        .bind(lease.0.as_slice())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    async fn issue(&self, receipt: &SignedReceipt) -> Result<CheckoutOutcome, PaymentsError> {
+        let row = receipt_row(receipt)?;
+        let changed = sqlx::query(
+            "UPDATE receipts SET state = 'issued', lease = NULL, reserved_at = NULL, \
+             issued_at = $1, expires_at = $2, signature = $3 \
+             WHERE digest = $4 AND receipt_id = $5 AND state = 'paying' \
+             AND keyset_id = $6 AND count = $7 AND amount = $8 AND currency = $9",
+        )
+        .bind(row.6)
+        .bind(row.7)
+        .bind(row.8)
+        .bind(row.3)
+        .bind(row.0)
+        .bind(row.1)
+        .bind(row.2)
+        .bind(row.4)
+        .bind(row.5)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            return Ok(CheckoutOutcome::Issued(receipt.clone()));
+        }
+        not_issued(self.stored(&receipt.receipt.digest).await?, receipt)
+    }
+
+    async fn renew(
+        &self,
+        renewed: &SignedReceipt,
+        previous_expires_at: u64,
+    ) -> Result<SignedReceipt, PaymentsError> {
+        let row = receipt_row(renewed)?;
+        let changed = sqlx::query(
+            "UPDATE receipts SET expires_at = $1, signature = $2 \
+             WHERE digest = $3 AND receipt_id = $4 AND state = 'issued' AND expires_at = $5 \
+             AND keyset_id = $6 AND count = $7 AND amount = $8 AND currency = $9 \
+             AND issued_at = $10",
+        )
+        .bind(row.7)
+        .bind(row.8)
+        .bind(row.3)
+        .bind(row.0)
+        .bind(to_i64(previous_expires_at, "expires_at")?)
+        .bind(row.1)
+        .bind(row.2)
+        .bind(row.4)
+        .bind(row.5)
+        .bind(row.6)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            return Ok(renewed.clone());
+        }
+        not_renewed(self.stored(&renewed.receipt.digest).await?, renewed)
+    }
+
     async fn totals(&self) -> Result<Vec<KeysetTotals>, PaymentsError> {
         let rows: Vec<TotalsRow> = sqlx::query_as(
             "SELECT keyset_id, COUNT(*), COALESCE(SUM(count), 0)::BIGINT, \
              COALESCE(SUM(amount), 0)::BIGINT \
-             FROM receipts GROUP BY keyset_id ORDER BY keyset_id",
+             FROM receipts WHERE state = 'issued' GROUP BY keyset_id ORDER BY keyset_id",
         )
         .fetch_all(&self.pool)
         .await?;

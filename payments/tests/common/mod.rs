@@ -16,11 +16,12 @@ use ticketing_config::products::ProductsFile;
 use ticketing_crypto::issuance;
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::HolderSecret;
+use ticketing_payments::card::{Processor, StubProcessor};
 use ticketing_payments::store::open_store;
 use ticketing_payments::{Payments, PaymentsStore};
-use ticketing_protocol::Digest32;
 use ticketing_protocol::manifest::Manifest;
-use ticketing_protocol::receipt::blinded_digest;
+use ticketing_protocol::receipt::{Receipt, SignedReceipt, blinded_digest};
+use ticketing_protocol::{Digest32, Id16};
 use tokio::sync::oneshot;
 
 pub const DAY: u64 = 86_400;
@@ -86,6 +87,8 @@ pub struct Server {
     pub settings: Settings,
     pub rng: ChaCha20Rng,
     pub client: reqwest::Client,
+    /// The stub processor, when the test built it (not for [`Server::serve`]).
+    pub stub: Option<Arc<StubProcessor>>,
     /// Holds the SQLite database (and its WAL files).
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -100,6 +103,18 @@ impl Server {
 
     /// [`Server::start`] with the store at `database_url` (empty: SQLite in the temp dir).
     pub async fn start_on(seed: u64, database_url: String) -> Self {
+        let stub = Arc::new(StubProcessor::new());
+        let mut s = Self::start_with(seed, database_url, stub.clone()).await;
+        s.stub = Some(stub);
+        s
+    }
+
+    /// [`Server::start_on`] with another card processor.
+    pub async fn start_with(
+        seed: u64,
+        database_url: String,
+        processor: Arc<dyn Processor>,
+    ) -> Self {
         let cluster = test_cluster(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings {
@@ -110,10 +125,11 @@ impl Server {
         settings.payments.database_url = database_url;
         let store: Arc<dyn PaymentsStore> =
             open_store(&settings.payments_database_url()).await.unwrap();
-        let payments = Payments::new(
+        let payments = Payments::with_processor(
             cluster.manifest.clone(),
             cluster.payments.sign_key().unwrap(),
             store,
+            processor,
             &settings,
         )
         .unwrap();
@@ -145,6 +161,7 @@ impl Server {
             settings,
             rng: ChaCha20Rng::seed_from_u64(seed + 1000),
             client: reqwest::Client::new(),
+            stub: None,
             dir,
             shutdown: Some(tx),
             task: Some(task),
@@ -187,6 +204,56 @@ impl Server {
         let status = resp.status();
         let body = resp.json().await.unwrap();
         (status, body)
+    }
+
+    /// How many charges the stub processor made.
+    pub fn charges(&self) -> usize {
+        self.stub.as_ref().unwrap().charges()
+    }
+
+    /// GET /v1/receipts/{digest} with `digest` as given.
+    pub async fn lookup(&self, digest: &str) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .get(format!("{}/v1/receipts/{digest}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.json().await.unwrap();
+        (status, body)
+    }
+
+    /// Store a receipt signed with the payments key that expired `ago` seconds ago, for
+    /// `digest`, as if a checkout had issued it long ago.
+    pub async fn plant_expired(
+        &self,
+        keyset: &KeysetId,
+        count: u32,
+        digest: &Digest32,
+        amount: u64,
+        ago: u64,
+    ) -> SignedReceipt {
+        let now = ticketing_service::now();
+        let receipt = Receipt {
+            receipt_id: Id16::random(&mut rand::rng()),
+            keyset_id: *keyset,
+            count,
+            digest: *digest,
+            amount,
+            currency: "EUR".into(),
+            issued_at: now - ago - self.settings.payments.receipt_ttl_seconds,
+            expires_at: now - ago,
+        }
+        .sign(&self.cluster.payments.sign_key().unwrap());
+        let outcome = self
+            .payments
+            .store()
+            .checkout(&receipt, None)
+            .await
+            .unwrap();
+        assert_eq!(outcome.receipt(), Some(&receipt));
+        receipt
     }
 
     /// The Prometheus text.

@@ -1,0 +1,269 @@
+//! The `ticketing` binary as a user runs it: setup refusals and files, config example, and the
+//! wallet against a real cluster on loopback.
+
+// Test code: a panic is how a test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ticketing_cli::demo::{Databases, LocalCluster};
+use ticketing_config::Settings;
+use ticketing_crypto::presentation::{Presentation, epoch_at};
+
+fn ticketing(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .args(args)
+        .env("TICKETING_DATA_DIR", data_dir)
+        .env_remove("TICKETING_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn setup_refuses_bad_thresholds_and_existing_clusters_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cluster");
+    let out_s = out.to_str().unwrap();
+
+    let o = ticketing(
+        dir.path(),
+        &["setup", "--nodes", "3", "--threshold", "4", "--out", out_s],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--threshold must be between 1 and --nodes (3), got 4"),
+        "{}",
+        text(&o)
+    );
+    let o = ticketing(
+        dir.path(),
+        &["setup", "--nodes", "3", "--threshold", "0", "--out", out_s],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("got 0"), "{}", text(&o));
+    assert!(!out.exists(), "a refused setup wrote files");
+
+    let o = ticketing(
+        dir.path(),
+        &[
+            "setup",
+            "--nodes",
+            "3",
+            "--threshold",
+            "2",
+            "--out",
+            out_s,
+            "--horizon-days",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 of 3 nodes"), "{}", text(&o));
+    #[cfg(unix)]
+    for f in [
+        "node-1.json",
+        "node-2.json",
+        "node-3.json",
+        "payments.json",
+        "coordinator.json",
+    ] {
+        assert_eq!(mode(&out.join("secrets").join(f)), 0o600, "{f}");
+    }
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+
+    let o = ticketing(
+        dir.path(),
+        &["setup", "--nodes", "3", "--threshold", "2", "--out", out_s],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("pass --force"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(out.join("manifest.json")).unwrap(),
+        manifest,
+        "refused setup changed the manifest"
+    );
+
+    // keys extend adds future keysets and keeps the old ones byte for byte.
+    let o = ticketing(
+        dir.path(),
+        &["keys", "extend", "--dir", out_s, "--horizon-days", "40"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("added"), "{}", text(&o));
+    let before: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let after: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let old = before["keysets"].as_array().unwrap();
+    assert_eq!(&after["keysets"].as_array().unwrap()[..old.len()], &old[..]);
+    assert!(after["keysets"].as_array().unwrap().len() > old.len());
+}
+
+#[test]
+fn config_example_is_valid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ticketing(dir.path(), &["config", "example"]);
+    assert!(o.status.success());
+    let file = dir.path().join("t.toml");
+    std::fs::write(&file, &o.stdout).unwrap();
+    let settings = Settings::load(Some(&file)).unwrap();
+    assert_eq!(settings.demo.threshold, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wallet_buys_lists_and_shows_a_ticket_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path(), 5, 3, Settings::default(), Databases::default())
+        .await
+        .unwrap();
+    let data = dir.path().to_owned();
+    let run = move |args: &[&str]| {
+        let data = data.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ticketing(&data, &args)
+        })
+    };
+
+    let o = run(&[
+        "wallet",
+        "buy",
+        "--product",
+        "day",
+        "--card",
+        "4242 4242 4242 4242",
+        "--count",
+        "2",
+    ])
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("bought 2 day ticket(s)"), "{}", text(&o));
+    #[cfg(unix)]
+    assert_eq!(mode(&dir.path().join("wallet.json")), 0o600);
+
+    // A typo in a voucher is caught before any request; a declined card buys nothing.
+    let o = run(&[
+        "wallet",
+        "buy",
+        "--product",
+        "single",
+        "--voucher",
+        "AAAA-AAAA-AAAA-AAAA",
+    ])
+    .await
+    .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("mistyped"), "{}", text(&o));
+    let o = run(&[
+        "wallet",
+        "buy",
+        "--product",
+        "day",
+        "--card",
+        "4000000000000002",
+    ])
+    .await
+    .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("card_declined"), "{}", text(&o));
+
+    let o = run(&["wallet", "list"]).await.unwrap();
+    assert_eq!(
+        text(&o)
+            .lines()
+            .filter(|l| l.contains("day") && l.contains("valid"))
+            .count(),
+        2,
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&["wallet", "show", "2", "--payload-only"])
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let payload = String::from_utf8(o.stdout).unwrap();
+    let shown = Presentation::from_text(payload.trim()).unwrap();
+    let keyset = cluster
+        .cluster
+        .manifest
+        .keyset(&shown.ticket.keyset_id)
+        .unwrap();
+    let now = epoch_at(ticketing_service::now(), 30);
+    shown.verify(&keyset.public_key, now, 1).unwrap();
+
+    let png = dir.path().join("t.png");
+    let o = run(&["wallet", "show", "--png", png.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_purchase_survives_an_outage_and_retry_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        LocalCluster::start(dir.path(), 5, 3, Settings::default(), Databases::default())
+            .await
+            .unwrap();
+    let data = dir.path().to_owned();
+    let run = move |args: &[&str]| {
+        let data = data.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ticketing(&data, &args)
+        })
+    };
+    for i in [2, 3, 5] {
+        cluster.stop_node(i).await.unwrap();
+    }
+    let o = run(&[
+        "wallet",
+        "buy",
+        "--product",
+        "week",
+        "--card",
+        "4242424242424242",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("kept in the wallet"), "{}", text(&o));
+    let o = run(&["wallet", "list"]).await.unwrap();
+    assert!(text(&o).contains("1 purchase(s) waiting"), "{}", text(&o));
+
+    for i in [2, 3, 5] {
+        cluster.start_node(i).await.unwrap();
+    }
+    let o = run(&["wallet", "retry"]).await.unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("bought 1 week ticket(s)"), "{}", text(&o));
+    let o = run(&["wallet", "list"]).await.unwrap();
+    assert!(text(&o).contains("week"), "{}", text(&o));
+    assert!(!text(&o).contains("waiting"), "{}", text(&o));
+    cluster.stop().await.unwrap();
+}

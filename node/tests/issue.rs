@@ -1,0 +1,160 @@
+//! `Node::issue` with an explicit clock: receipts expire and keysets end for new sales, never
+//! for a retry of a sale the node already recorded.
+
+// Test code: a panic is how a test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+use ticketing_config::Settings;
+use ticketing_config::cluster::{self, Cluster, SetupSpec};
+use ticketing_config::products::ProductsFile;
+use ticketing_crypto::issuance;
+use ticketing_crypto::ticket::HolderSecret;
+use ticketing_node::{Node, NodeError};
+use ticketing_protocol::Id16;
+use ticketing_protocol::issue::IssueRequest;
+use ticketing_protocol::receipt::{Receipt, blinded_digest};
+
+const NOW: u64 = 1_795_266_000;
+
+async fn node() -> (tempfile::TempDir, Cluster, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SetupSpec {
+        node_urls: vec!["http://127.0.0.1:1".into(); 3],
+        threshold: 2,
+        payments_url: "http://127.0.0.1:2".into(),
+        coordinator_url: "http://127.0.0.1:3".into(),
+        products: ProductsFile::builtin(),
+        horizon_days: 2,
+        rotation_seconds: 30,
+        now: NOW,
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let c = cluster::generate(&spec, &mut rng, &mut |_, _| {}).unwrap();
+    c.write(dir.path(), false).unwrap();
+    let settings = Settings {
+        data_dir: dir.path().to_owned(),
+        ..Settings::default()
+    };
+    let node = Node::open(&settings, dir.path(), 1).await.unwrap();
+    (dir, c, node)
+}
+
+fn request(c: &Cluster, id: u8, expires_at: u64) -> IssueRequest {
+    let mut rng = ChaCha20Rng::seed_from_u64(u64::from(id));
+    let keyset = c
+        .manifest
+        .keysets
+        .iter()
+        .find(|k| k.params.product == "day" && k.is_valid_at(NOW))
+        .unwrap();
+    let blinded: Vec<_> = (0..2)
+        .map(|_| {
+            issuance::blind(
+                &keyset.id,
+                &HolderSecret::generate(&mut rng).public_key(),
+                &mut rng,
+            )
+            .0
+        })
+        .collect();
+    let receipt = Receipt {
+        receipt_id: Id16([id; 16]),
+        keyset_id: keyset.id,
+        count: 2,
+        digest: blinded_digest(&blinded),
+        amount: 1400,
+        currency: "EUR".into(),
+        issued_at: NOW,
+        expires_at,
+    }
+    .sign(&c.payments.sign_key().unwrap());
+    IssueRequest { receipt, blinded }
+}
+
+#[tokio::test]
+async fn an_expired_receipt_is_refused_unless_already_recorded() {
+    let (_dir, c, node) = node().await;
+    let req = request(&c, 1, NOW + 600);
+    let first = node.issue(req.clone(), NOW).await.unwrap();
+    // The wallet comes back an hour later (nodes were down): same receipt, same points.
+    let later = node.issue(req.clone(), NOW + 3600).await.unwrap();
+    assert_eq!(first.partials, later.partials);
+    // A receipt never seen is refused after its expiry.
+    let fresh = request(&c, 2, NOW + 600);
+    assert!(matches!(
+        node.issue(fresh, NOW + 3600).await,
+        Err(NodeError::ReceiptExpired(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_ended_keyset_refuses_new_sales_but_answers_retries() {
+    let (_dir, c, node) = node().await;
+    let req = request(&c, 3, u64::MAX);
+    let valid_until = c
+        .manifest
+        .keyset(&req.receipt.receipt.keyset_id)
+        .unwrap()
+        .params
+        .valid_until;
+    node.issue(req.clone(), NOW).await.unwrap();
+    node.issue(req, valid_until + 10).await.unwrap();
+    let fresh = request(&c, 4, u64::MAX);
+    assert!(matches!(
+        node.issue(fresh, valid_until + 10).await,
+        Err(NodeError::KeysetNotActive(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_recorded_receipt_with_other_points_stays_refused_after_expiry() {
+    let (_dir, c, node) = node().await;
+    let req = request(&c, 5, NOW + 600);
+    node.issue(req.clone(), NOW).await.unwrap();
+    // Same receipt id and key, other points (as if the payments key were misused).
+    let mut other = request(&c, 6, NOW + 600);
+    other.receipt.receipt.receipt_id = req.receipt.receipt.receipt_id;
+    other.receipt = other
+        .receipt
+        .receipt
+        .clone()
+        .sign(&c.payments.sign_key().unwrap());
+    assert!(matches!(
+        node.issue(other.clone(), NOW).await,
+        Err(NodeError::ReceiptReused)
+    ));
+    assert!(matches!(
+        node.issue(other, NOW + 3600).await,
+        Err(NodeError::ReceiptExpired(_))
+    ));
+}
+
+#[tokio::test]
+async fn log_queries_out_of_range_get_malformed() {
+    let (_dir, _c, node) = node().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(node.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    for q in ["after=abc", "after=18446744073709551615", "limit=-1"] {
+        let r = reqwest::get(format!("{url}/v1/log?{q}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{q}");
+        let body: ticketing_protocol::ErrorBody = r.json().await.unwrap();
+        assert_eq!(body.code, ticketing_protocol::ErrorCode::Malformed, "{q}");
+    }
+    let ok = reqwest::get(format!("{url}/v1/log?after=0&limit=5"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
