@@ -30,11 +30,9 @@ use ticketing_service::db::{Backend, backend_of};
 
 use crate::PaymentsError;
 
-mod postgres;
-mod sqlite;
+mod backends;
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use backends::{PostgresStore, SqliteStore};
 
 /// A voucher to store: the hash of its code and the product it pays for.
 #[derive(Debug, Clone, PartialEq, Eq)]
