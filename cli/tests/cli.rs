@@ -25,6 +25,19 @@ fn ticketing(data_dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Run the binary off the async runtime (the cluster under test lives on it).
+fn runner(data: &Path) -> impl Fn(&[&str]) -> tokio::task::JoinHandle<Output> + use<> {
+    let data = data.to_owned();
+    move |args: &[&str]| {
+        let data = data.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ticketing(&data, &args)
+        })
+    }
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -135,15 +148,7 @@ async fn the_wallet_buys_lists_and_shows_a_ticket_that_verifies() {
     let cluster = LocalCluster::start(dir.path(), 5, 3, Settings::default(), Databases::default())
         .await
         .unwrap();
-    let data = dir.path().to_owned();
-    let run = move |args: &[&str]| {
-        let data = data.clone();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            ticketing(&data, &args)
-        })
-    };
+    let run = runner(dir.path());
 
     let o = run(&[
         "wallet",
@@ -229,15 +234,7 @@ async fn a_paid_purchase_survives_an_outage_and_retry_finishes_it() {
         LocalCluster::start(dir.path(), 5, 3, Settings::default(), Databases::default())
             .await
             .unwrap();
-    let data = dir.path().to_owned();
-    let run = move |args: &[&str]| {
-        let data = data.clone();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            ticketing(&data, &args)
-        })
-    };
+    let run = runner(dir.path());
     for i in [2, 3, 5] {
         cluster.stop_node(i).await.unwrap();
     }
