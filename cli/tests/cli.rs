@@ -209,7 +209,7 @@ async fn the_wallet_buys_lists_and_shows_a_ticket_that_verifies() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let payload = String::from_utf8(o.stdout).unwrap();
-    let shown = Presentation::from_text(payload.trim()).unwrap();
+    let shown = Presentation::from_text(payload.trim_end_matches('\n')).unwrap();
     let keyset = cluster
         .cluster
         .manifest

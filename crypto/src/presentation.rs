@@ -120,9 +120,11 @@ impl Presentation {
         base45::encode(self.encode())
     }
 
-    /// Parse the QR text form.
+    /// Parse the QR text form. Surrounding line breaks and tabs are ignored; spaces are not,
+    /// since the space is one of Base45's 45 characters (a payload can start with one).
     pub fn from_text(text: &str) -> Result<Self, CryptoError> {
-        let bytes = base45::decode(text.trim()).map_err(|_| CryptoError::Malformed {
+        let text = text.trim_matches(['\n', '\r', '\t']);
+        let bytes = base45::decode(text).map_err(|_| CryptoError::Malformed {
             what: "presentation",
             reason: "not Base45 text",
         })?;
