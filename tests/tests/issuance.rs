@@ -427,25 +427,30 @@ pub(crate) async fn cors_allows_the_pwa_origin_only_and_metrics_are_served(c: Te
     assert!(evil.headers().get("access-control-allow-origin").is_none());
 
     let _ = buy(&c.client(), "day", 1).await.unwrap();
-    let metrics = http
-        .get(format!(
-            "{}/metrics",
-            c.cluster.cluster.manifest.nodes[0].url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("ticketing_node_tickets_signed_total 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"route="/v1/issue",status="200""#),
-        "{metrics}"
-    );
+    // The wallet stops waiting after t answers, so which nodes signed varies: at least t did.
+    let mut signed = 0;
+    for node in &c.cluster.cluster.manifest.nodes {
+        let metrics = http
+            .get(format!("{}/metrics", node.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("ticketing_node_tickets_signed_total"),
+            "{metrics}"
+        );
+        if metrics.contains("ticketing_node_tickets_signed_total 1") {
+            assert!(
+                metrics.contains(r#"route="/v1/issue",status="200""#),
+                "{metrics}"
+            );
+            signed += 1;
+        }
+    }
+    assert!(signed >= 3, "only {signed} nodes report a signed ticket");
     c.cluster.stop().await.unwrap();
 }
 
