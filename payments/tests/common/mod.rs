@@ -179,31 +179,23 @@ impl Server {
 
     /// POST a JSON value to /v1/checkout.
     pub async fn checkout(&self, body: &Value) -> (StatusCode, Value) {
-        let resp = self
-            .client
-            .post(format!("{}/v1/checkout", self.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body = resp.json().await.unwrap();
-        (status, body)
+        answer(
+            self.client
+                .post(format!("{}/v1/checkout", self.url))
+                .json(body),
+        )
+        .await
     }
 
     /// POST raw bytes as JSON to /v1/checkout.
     pub async fn checkout_raw(&self, bytes: Vec<u8>) -> (StatusCode, Value) {
-        let resp = self
-            .client
-            .post(format!("{}/v1/checkout", self.url))
-            .header("content-type", "application/json")
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body = resp.json().await.unwrap();
-        (status, body)
+        answer(
+            self.client
+                .post(format!("{}/v1/checkout", self.url))
+                .header("content-type", "application/json")
+                .body(bytes),
+        )
+        .await
     }
 
     /// How many charges the stub processor made.
@@ -213,15 +205,11 @@ impl Server {
 
     /// GET /v1/receipts/{digest} with `digest` as given.
     pub async fn lookup(&self, digest: &str) -> (StatusCode, Value) {
-        let resp = self
-            .client
-            .get(format!("{}/v1/receipts/{digest}", self.url))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body = resp.json().await.unwrap();
-        (status, body)
+        answer(
+            self.client
+                .get(format!("{}/v1/receipts/{digest}", self.url)),
+        )
+        .await
     }
 
     /// Store a receipt signed with the payments key that expired `ago` seconds ago, for
@@ -319,4 +307,12 @@ pub fn assert_error(answer: &(StatusCode, Value), status: u16, code: &str) -> St
     assert_eq!(answer.0.as_u16(), status, "{}", answer.1);
     assert_eq!(answer.1["code"], code, "{}", answer.1);
     answer.1["detail"].as_str().unwrap().to_owned()
+}
+
+/// Send a request and return its status and JSON body.
+async fn answer(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let resp = request.send().await.unwrap();
+    let status = resp.status();
+    let body = resp.json().await.unwrap();
+    (status, body)
 }
