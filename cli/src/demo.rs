@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow};
 use ticketing_config::Settings;
 use ticketing_config::cluster::{self, Cluster};
 use ticketing_config::products::ProductsFile;
+use ticketing_coordinator::{Coordinator, TokenRole};
 use ticketing_node::Node;
 use ticketing_payments::service::Payments;
 use tokio::net::TcpListener;
@@ -80,6 +81,21 @@ pub async fn spawn_payments(settings: &Settings, listener: TcpListener) -> Resul
     })
 }
 
+/// Start the coordinator of the cluster in `settings.data_dir` on `listener`.
+pub async fn spawn_coordinator(settings: &Settings, listener: TcpListener) -> Result<Running> {
+    let coordinator = Coordinator::open(settings, &settings.data_dir)
+        .await
+        .context("opening the coordinator")?;
+    Running::spawn("coordinator".into(), listener, move |l, rx| {
+        coordinator.serve(l, on_stop(rx))
+    })
+}
+
+/// The validator state directory the CLI validator uses by default.
+pub fn validator_dir(settings: &Settings) -> std::path::PathBuf {
+    settings.data_dir.join("validator")
+}
+
 /// `host:port` of an `http://host:port` URL.
 pub fn socket_addr(url: &str) -> Result<SocketAddr> {
     let rest = url
@@ -128,8 +144,19 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let manifest = &cluster.manifest;
 
     let mut running = vec![spawn_payments(settings, bind(&manifest.payments.url).await?).await?];
+    running.push(spawn_coordinator(settings, bind(&manifest.coordinator.url).await?).await?);
     for node in &manifest.nodes {
         running.push(spawn_node(settings, node.index.get(), bind(&node.url).await?).await?);
+    }
+    // A device token for this machine's CLI validator, so `ticketing validate` works at once.
+    let token_file = validator_dir(settings).join("token");
+    if !token_file.exists() {
+        let (token, _) =
+            ticketing_coordinator::register(settings, "demo-validator", TokenRole::Validator)
+                .await
+                .context("registering the demo validator")?;
+        std::fs::create_dir_all(validator_dir(settings))?;
+        cluster::write_private(&token_file, token.expose().as_bytes())?;
     }
 
     println!();
@@ -147,9 +174,14 @@ pub async fn run(settings: &Settings) -> Result<()> {
         cluster::manifest_path(dir).display(),
         manifest.digest()
     );
-    println!("  wallet PWA and validator PWA: not built yet (later issues); use the CLI wallet:");
-    println!("    ticketing wallet buy --product day --card 4242424242424242");
-    println!("    ticketing wallet show");
+    println!("  wallet PWA and validator PWA: not built yet (later issues); use the CLIs:");
+    println!("    ticketing wallet buy --product single --card 4242424242424242");
+    println!("    ticketing wallet show --png ticket.png");
+    println!(
+        "    ticketing validate --image ticket.png     (conductor; token in {})",
+        token_file.display()
+    );
+    println!("    ticketing validator sync                  (push scans queued offline)");
     println!("  vouchers:  ticketing voucher create --product single --count 3");
     println!("Ctrl-C stops everything.");
 
@@ -172,6 +204,17 @@ pub async fn run_node(settings: &Settings) -> Result<()> {
     running.stop().await
 }
 
+/// `ticketing coordinator`: the coordinator on `coordinator.listen`.
+pub async fn run_coordinator(settings: &Settings) -> Result<()> {
+    let listener = TcpListener::bind(settings.coordinator.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.coordinator.listen))?;
+    let running = spawn_coordinator(settings, listener).await?;
+    tracing::info!(url = %running.url, "coordinator listening");
+    shutdown_signal().await;
+    running.stop().await
+}
+
 /// `ticketing payments`: the payments service on `payments.listen`.
 pub async fn run_payments(settings: &Settings) -> Result<()> {
     let listener = TcpListener::bind(settings.payments.listen)
@@ -188,6 +231,8 @@ pub async fn run_payments(settings: &Settings) -> Result<()> {
 pub struct Databases {
     /// Payments database URL.
     pub payments: Option<String>,
+    /// Coordinator database URL.
+    pub coordinator: Option<String>,
     /// Node i's database URL at position i-1.
     pub nodes: Vec<String>,
 }
@@ -203,6 +248,8 @@ pub struct LocalCluster {
     pub cluster: Cluster,
     /// Payments.
     pub payments: Option<Running>,
+    /// The coordinator; `None` while stopped.
+    pub coordinator: Option<Running>,
     /// Node i at position i-1; `None` while stopped.
     pub nodes: Vec<Option<Running>>,
 }
@@ -220,6 +267,9 @@ impl LocalCluster {
         if let Some(url) = &databases.payments {
             settings.payments.database_url.clone_from(url);
         }
+        if let Some(url) = &databases.coordinator {
+            settings.coordinator.database_url.clone_from(url);
+        }
         let node_settings: Vec<Settings> = (0..usize::from(nodes))
             .map(|i| {
                 let mut s = settings.clone();
@@ -230,12 +280,14 @@ impl LocalCluster {
             })
             .collect();
         let payments_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let coordinator_listener = TcpListener::bind("127.0.0.1:0").await?;
         let mut node_listeners = Vec::new();
         for _ in 0..nodes {
             node_listeners.push(TcpListener::bind("127.0.0.1:0").await?);
         }
         let mut spec = crate::setup::spec(&settings, nodes, threshold, ProductsFile::builtin(), 31);
         spec.payments_url = format!("http://{}", payments_listener.local_addr()?);
+        spec.coordinator_url = format!("http://{}", coordinator_listener.local_addr()?);
         spec.node_urls = node_listeners
             .iter()
             .map(|l| l.local_addr().map(|a| format!("http://{a}")))
@@ -243,6 +295,7 @@ impl LocalCluster {
         let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |_, _| {})?;
         cluster.write(dir, false)?;
         let payments = Some(spawn_payments(&settings, payments_listener).await?);
+        let coordinator = Some(spawn_coordinator(&settings, coordinator_listener).await?);
         let mut running = Vec::new();
         for ((listener, i), s) in node_listeners.into_iter().zip(1u16..).zip(&node_settings) {
             running.push(Some(spawn_node(s, i, listener).await?));
@@ -252,8 +305,24 @@ impl LocalCluster {
             node_settings,
             cluster,
             payments,
+            coordinator,
             nodes: running,
         })
+    }
+
+    /// Stop the coordinator; [`LocalCluster::start_coordinator`] binds its address again.
+    pub async fn stop_coordinator(&mut self) -> Result<()> {
+        if let Some(c) = self.coordinator.take() {
+            c.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Start the coordinator again on its manifest address.
+    pub async fn start_coordinator(&mut self) -> Result<()> {
+        let url = self.cluster.manifest.coordinator.url.clone();
+        self.coordinator = Some(spawn_coordinator(&self.settings, bind(&url).await?).await?);
+        Ok(())
     }
 
     /// Replace node `index` with a service of the caller's making on the same address (e.g. a
@@ -315,6 +384,9 @@ impl LocalCluster {
         }
         if let Some(p) = self.payments.take() {
             p.stop().await?;
+        }
+        if let Some(c) = self.coordinator.take() {
+            c.stop().await?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use ticketing_config::Settings;
 pub mod bench;
 pub mod demo;
 mod setup;
+pub mod validator;
 pub mod wallet;
 
 /// Anonymous public-transit tickets issued by a threshold cluster.
@@ -45,6 +46,15 @@ enum Command {
     Node(NodeArgs),
     /// Run the payments service.
     Payments,
+    /// Run the coordinator (spent ledger, redemption, sync, Bloom publication).
+    Coordinator,
+    /// Check a ticket's QR code (image or payload text), offline against the cached manifest
+    /// and Bloom filter, then redeem it online or queue it. Exit 0 VALID, 1 INVALID, 3 check
+    /// manually (maybe spent, coordinator unreachable), 2 error.
+    Validate(validator::ValidateArgs),
+    /// Validator devices: register a token, sync offline scans.
+    #[command(subcommand)]
+    Validator(validator::ValidatorCommand),
     /// Cash vouchers.
     #[command(subcommand)]
     Voucher(VoucherCommand),
@@ -131,6 +141,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ticketing_service::init_tracing(&s.log.filter);
             demo::run_payments(&s).await?;
         }
+        Command::Coordinator => {
+            let s = settings()?;
+            ticketing_service::init_tracing(&s.log.filter);
+            demo::run_coordinator(&s).await?;
+        }
+        Command::Validate(args) => return Ok(validator::validate(&settings()?, &args).await),
+        Command::Validator(cmd) => return validator::run(&settings()?, cmd).await,
         Command::Voucher(VoucherCommand::Create { product, count }) => {
             let codes =
                 ticketing_payments::vouchers::create_vouchers_with(&settings()?, &product, count)

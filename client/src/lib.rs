@@ -11,6 +11,9 @@
 
 use std::time::Duration;
 
+pub mod coordinator;
+pub use coordinator::CoordinatorClient;
+
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};

@@ -61,7 +61,7 @@ impl From<figment::Error> for ConfigError {
 }
 
 /// Everything the `ticketing` services read. Each process uses the sections it needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Directory holding `ticketing setup`'s output and the SQLite databases.
@@ -74,6 +74,8 @@ pub struct Settings {
     pub node: NodeSettings,
     /// The payments service.
     pub payments: PaymentsSettings,
+    /// The coordinator.
+    pub coordinator: CoordinatorSettings,
     /// `ticketing demo`.
     pub demo: DemoSettings,
 }
@@ -128,6 +130,30 @@ pub struct PaymentsSettings {
     pub max_tickets_per_checkout: u32,
 }
 
+/// The coordinator: spent ledger, redemption, offline sync, Bloom publication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// `sqlite://...` or `postgres://...`; empty: SQLite file `coordinator.db` in `data_dir`.
+    pub database_url: String,
+    /// Largest number of scans in one batch redeem or sync request.
+    pub max_scans_per_request: u32,
+    /// The Bloom filter is sized for at least this many serials.
+    pub bloom_capacity: u32,
+    /// The Bloom filter's false-positive rate, in (0, 1).
+    pub bloom_fp_rate: f64,
+    /// Rebuild the Bloom filter this often, in seconds (also on demand by an admin).
+    pub bloom_rebuild_seconds: u64,
+    /// Ledger rows and deny entries of a keyset are deleted this long after its window ends
+    /// (late offline syncs of it are still recorded until then), in seconds.
+    pub prune_after_seconds: u64,
+    /// Two scans of one pass by different validators closer in time than this are flagged as
+    /// suspected sharing, in seconds.
+    pub sharing_window_seconds: u64,
+}
+
 /// `ticketing demo`: the whole cluster in one process on loopback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -148,6 +174,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             node: NodeSettings::default(),
             payments: PaymentsSettings::default(),
+            coordinator: CoordinatorSettings::default(),
             demo: DemoSettings::default(),
         }
     }
@@ -194,6 +221,21 @@ impl Default for PaymentsSettings {
     }
 }
 
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7601)),
+            database_url: String::new(),
+            max_scans_per_request: 1000,
+            bloom_capacity: 100_000,
+            bloom_fp_rate: 0.001,
+            bloom_rebuild_seconds: 60,
+            prune_after_seconds: 7 * 24 * 3600,
+            sharing_window_seconds: 300,
+        }
+    }
+}
+
 impl Default for DemoSettings {
     fn default() -> Self {
         Self {
@@ -205,7 +247,15 @@ impl Default for DemoSettings {
 }
 
 /// Top-level keys, the only ones the environment layer reads.
-const SECTIONS: [&str; 6] = ["data_dir", "log", "http", "node", "payments", "demo"];
+const SECTIONS: [&str; 7] = [
+    "data_dir",
+    "log",
+    "http",
+    "node",
+    "payments",
+    "coordinator",
+    "demo",
+];
 
 /// The commented example printed by `ticketing config example`. Every value is the default.
 pub const EXAMPLE: &str = include_str!("example.toml");
@@ -288,6 +338,26 @@ impl Settings {
                 "must not exceed node.max_tickets_per_request (nodes would refuse paid receipts)",
             );
         }
+        check_database_url("coordinator.database_url", &self.coordinator.database_url)?;
+        let c = &self.coordinator;
+        if !(1..=10_000).contains(&c.max_scans_per_request) {
+            return invalid(
+                "coordinator.max_scans_per_request",
+                "must be between 1 and 10000",
+            );
+        }
+        if !(1..=100_000_000).contains(&c.bloom_capacity) {
+            return invalid(
+                "coordinator.bloom_capacity",
+                "must be between 1 and 100000000",
+            );
+        }
+        if !(c.bloom_fp_rate > 0.0 && c.bloom_fp_rate < 0.5) {
+            return invalid("coordinator.bloom_fp_rate", "must be in (0, 0.5)");
+        }
+        if c.bloom_rebuild_seconds == 0 {
+            return invalid("coordinator.bloom_rebuild_seconds", "must be positive");
+        }
         if self.demo.threshold < 1 || self.demo.threshold > self.demo.nodes {
             return invalid("demo.threshold", "must be between 1 and demo.nodes");
         }
@@ -303,6 +373,15 @@ impl Settings {
             &self.node.database_url,
             &self.data_dir,
             &format!("node-{index}.db"),
+        )
+    }
+
+    /// The database URL for the coordinator.
+    pub fn coordinator_database_url(&self) -> String {
+        or_sqlite(
+            &self.coordinator.database_url,
+            &self.data_dir,
+            "coordinator.db",
         )
     }
 

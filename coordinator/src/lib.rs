@@ -1,4 +1,514 @@
 //! Coordinator: the atomic spent ledger, online redemption, offline sync and reconciliation,
-//! signed Bloom filter and deny-list publication, validator device authentication.
+//! the signed Bloom filter and deny list, validator device authentication, aggregate stats.
 //!
-//! Skeleton: filled in by the coordinator issue. Never depends on `node`.
+//! Endpoints (validator = device token, admin = admin token, both `Authorization: Bearer`):
+//! - `GET  /v1/manifest`, `GET /v1/bloom` (ETag / `If-None-Match` -> 304): public.
+//! - `POST /v1/redeem` (`Scan`), `POST /v1/redeem/batch`, `POST /v1/sync`: validator.
+//! - `POST /v1/admin/revoke`, `GET /v1/admin/deny`, `POST /v1/admin/bloom/rebuild`,
+//!   `GET /v1/admin/stats`: admin.
+//! - `GET /health`, `GET /metrics`.
+//!
+//! A scan goes through two stages shared by all requests (`pipeline.rs`): checks (parse,
+//! keyset, window, epoch, holder signature, then one batched BLS verification for every
+//! ticket waiting) and the ledger (one transaction for every scan waiting). Concurrent
+//! requests are thereby verified and committed together; an answer is sent only after its
+//! commit, and a request that hangs up does not stop its scans from completing.
+//!
+//! Never depends on `node`: node logs are read over HTTP with the protocol types.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::metrics::counter::Counter;
+use ticketing_config::cluster::{self, ServiceBundle};
+use ticketing_config::{CoordinatorSettings, HttpSettings, Settings};
+use ticketing_protocol::keys::SignKey;
+use ticketing_protocol::manifest::Manifest;
+use ticketing_protocol::redeem::{
+    DenyEntry, DenyReason, KeysetStats, RedeemBatch, RedeemBatchResponse, RedeemResponse,
+    RevokeRequest, Scan, Stats, SyncRequest, SyncResponse, SyncResult,
+};
+use ticketing_protocol::{ErrorCode, ProtocolError};
+use ticketing_service::{ApiError, Json, Metrics};
+use tokio::sync::RwLock;
+
+pub mod auth;
+mod error;
+mod issued;
+mod pipeline;
+mod publication;
+pub mod store;
+
+pub use error::CoordinatorError;
+pub use publication::Published;
+use store::{Device, LedgerStore, Role};
+
+/// A running coordinator's shared state.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manifest: Arc<Manifest>,
+    key: SignKey,
+    store: Arc<dyn LedgerStore>,
+    settings: CoordinatorSettings,
+    http: HttpSettings,
+    metrics: Metrics,
+    pipeline: pipeline::Pipeline,
+    published: RwLock<Option<Arc<Published>>>,
+    issued: issued::IssuedCounter,
+    counters: Counters,
+}
+
+#[derive(Clone)]
+pub(crate) struct Counters {
+    pub(crate) accepted: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) synced: Counter,
+    pub(crate) conflicts: Counter,
+    pub(crate) rebuilds: Counter,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("manifest", &self.manifest.digest())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// Assemble a coordinator from its parts and publish a first snapshot (or load the newest
+    /// one stored, so versions keep increasing across restarts).
+    pub async fn new(
+        manifest: Manifest,
+        key: SignKey,
+        store: Box<dyn LedgerStore>,
+        settings: &Settings,
+    ) -> Result<Self, CoordinatorError> {
+        let metrics = Metrics::new("ticketing_coordinator");
+        let counters = Counters {
+            accepted: metrics.counter("redeem_accepted", "Online scans accepted"),
+            rejected: metrics.counter("redeem_rejected", "Online scans rejected"),
+            synced: metrics.counter("sync_recorded", "Offline scans recorded"),
+            conflicts: metrics.counter(
+                "sync_conflicts",
+                "Offline scans recorded as duplicates or suspected sharing",
+            ),
+            rebuilds: metrics.counter("bloom_rebuilds", "Bloom snapshots published"),
+        };
+        let manifest = Arc::new(manifest);
+        let store: Arc<dyn LedgerStore> = Arc::from(store);
+        let writers = if settings.coordinator_database_url().starts_with("postgres") {
+            4
+        } else {
+            1
+        };
+        let pipeline = pipeline::Pipeline::start(manifest.clone(), &store, writers);
+        let coordinator = Self {
+            inner: Arc::new(Inner {
+                issued: issued::IssuedCounter::new(&manifest, settings.http.request_timeout_ms),
+                manifest,
+                key,
+                store,
+                settings: settings.coordinator.clone(),
+                http: settings.http.clone(),
+                metrics,
+                pipeline,
+                published: RwLock::new(None),
+                counters,
+            }),
+        };
+        if let Some((version, body)) = coordinator.inner.store.latest_publication().await? {
+            let snapshot = serde_json::from_str(&body)
+                .map_err(|e| CoordinatorError::Internal(format!("stored snapshot: {e}")))?;
+            *coordinator.inner.published.write().await =
+                Some(Arc::new(Published::new(version, snapshot, body)));
+        }
+        coordinator.rebuild(ticketing_service::now()).await?;
+        Ok(coordinator)
+    }
+
+    /// Load from a cluster directory: manifest, publication key, store (migrated).
+    pub async fn open(settings: &Settings, cluster_dir: &Path) -> Result<Self, CoordinatorError> {
+        let manifest = cluster::read_manifest(&cluster::manifest_path(cluster_dir))?;
+        let bundle: ServiceBundle =
+            cluster::read_json(&cluster::coordinator_bundle_path(cluster_dir))?;
+        let key = bundle.sign_key()?;
+        let store = store::open(&settings.coordinator_database_url()).await?;
+        Self::new(manifest, key, store, settings).await
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// The store (tests and admin commands).
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.inner.store
+    }
+
+    /// The HTTP routes, with the shared layers.
+    pub fn router(&self) -> Router {
+        let scan_limit = 4096 + 400 * self.inner.settings.max_scans_per_request as usize;
+        let body_limit = axum::extract::DefaultBodyLimit::max(scan_limit);
+        let routes = Router::new()
+            .route("/v1/manifest", get(manifest))
+            .route("/v1/bloom", get(bloom))
+            .route("/v1/redeem", post(redeem))
+            .route("/v1/redeem/batch", post(redeem_batch).layer(body_limit))
+            .route("/v1/sync", post(sync).layer(body_limit))
+            .route("/v1/admin/revoke", post(revoke))
+            .route("/v1/admin/deny", get(deny_list))
+            .route("/v1/admin/bloom/rebuild", post(rebuild))
+            .route("/v1/admin/stats", get(stats))
+            .with_state(self.clone());
+        ticketing_service::finish(routes, &self.inner.http, self.inner.metrics.clone())
+    }
+
+    /// Serve until `shutdown` resolves, rebuilding the Bloom snapshot (and pruning expired
+    /// keysets) every `bloom_rebuild_seconds` meanwhile.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        let every = Duration::from_secs(self.inner.settings.bloom_rebuild_seconds);
+        let me = self.clone();
+        let maintenance = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.maintain(ticketing_service::now()).await {
+                    tracing::warn!(error = %e, "periodic rebuild failed; serving the previous snapshot");
+                }
+            }
+        });
+        let result = ticketing_service::serve(listener, router, shutdown).await;
+        maintenance.abort();
+        result
+    }
+
+    /// Prune keysets that ended more than `prune_after_seconds` ago, then rebuild the filter.
+    pub async fn maintain(&self, now: u64) -> Result<Arc<Published>, CoordinatorError> {
+        let after = self.inner.settings.prune_after_seconds;
+        let expired: Vec<_> = self
+            .inner
+            .manifest
+            .keysets
+            .iter()
+            .filter(|k| k.params.valid_until.saturating_add(after) <= now)
+            .map(|k| k.id)
+            .collect();
+        if !expired.is_empty() {
+            let rows = self.inner.store.prune(&expired).await?;
+            if rows > 0 {
+                tracing::info!(keysets = expired.len(), rows, "pruned expired keysets");
+            }
+        }
+        self.rebuild(now).await
+    }
+
+    /// Build and sign a new snapshot if the spent/denied set changed; the current one otherwise.
+    pub async fn rebuild(&self, now: u64) -> Result<Arc<Published>, CoordinatorError> {
+        let current = self.inner.published.read().await.clone();
+        let next = publication::build(
+            &self.inner.manifest,
+            self.inner.store.as_ref(),
+            &self.inner.settings,
+            &self.inner.key,
+            current.as_deref(),
+            now,
+        )
+        .await?;
+        let Some(next) = next else {
+            return current.ok_or_else(|| CoordinatorError::Internal("no snapshot".into()));
+        };
+        self.inner
+            .store
+            .save_publication(next.version, &next.body)
+            .await?;
+        let next = Arc::new(next);
+        *self.inner.published.write().await = Some(next.clone());
+        self.inner.counters.rebuilds.inc();
+        tracing::info!(version = next.version, "bloom snapshot published");
+        Ok(next)
+    }
+
+    /// The current snapshot.
+    pub async fn published(&self) -> Option<Arc<Published>> {
+        self.inner.published.read().await.clone()
+    }
+
+    /// Online redemption of `scans` at the coordinator's clock `now`.
+    pub async fn redeem(
+        &self,
+        scans: Vec<Scan>,
+        device: &Device,
+        now: u64,
+    ) -> Result<Vec<RedeemResponse>, CoordinatorError> {
+        let results = self
+            .inner
+            .pipeline
+            .run(pipeline::Request::online(scans, device.id, now))
+            .await?;
+        let answers = results.into_online();
+        for a in &answers {
+            match a.verdict {
+                ticketing_protocol::redeem::Verdict::Accepted { .. } => {
+                    self.inner.counters.accepted.inc()
+                }
+                ticketing_protocol::redeem::Verdict::Rejected { .. } => {
+                    self.inner.counters.rejected.inc()
+                }
+            };
+        }
+        Ok(answers)
+    }
+
+    /// Offline sync of scans a validator accepted while offline.
+    pub async fn sync(
+        &self,
+        scans: Vec<Scan>,
+        device: &Device,
+        now: u64,
+    ) -> Result<Vec<SyncResult>, CoordinatorError> {
+        let settings = &self.inner.settings;
+        let results = self
+            .inner
+            .pipeline
+            .run(pipeline::Request::offline(
+                scans,
+                device.id,
+                now,
+                settings.sharing_window_seconds,
+                settings.prune_after_seconds,
+            ))
+            .await?;
+        let answers = results.into_offline();
+        for a in &answers {
+            use ticketing_protocol::redeem::SyncStatus;
+            match a.status {
+                SyncStatus::Recorded => self.inner.counters.synced.inc(),
+                SyncStatus::Conflict { .. } | SyncStatus::SuspectedSharing => {
+                    self.inner.counters.conflicts.inc()
+                }
+                SyncStatus::AlreadySynced | SyncStatus::Rejected { .. } => 0,
+            };
+        }
+        Ok(answers)
+    }
+
+    /// Revoke a serial (admin).
+    pub async fn revoke(&self, req: &RevokeRequest, now: u64) -> Result<(), CoordinatorError> {
+        if self.inner.manifest.keyset(&req.keyset_id).is_none() {
+            return Err(CoordinatorError::Refused(
+                ErrorCode::UnknownKeyset,
+                "the keyset is not in the manifest".into(),
+            ));
+        }
+        self.inner
+            .store
+            .deny(&req.keyset_id, &req.serial, DenyReason::Revoked, now)
+            .await?;
+        Ok(())
+    }
+
+    /// Per-keyset counts: issued (from the nodes' logs) against redeemed (ledger).
+    pub async fn stats(&self) -> Result<Stats, CoordinatorError> {
+        let issued = self.inner.issued.refresh().await;
+        let mut keysets = Vec::with_capacity(self.inner.manifest.keysets.len());
+        for k in &self.inner.manifest.keysets {
+            let counts = self.inner.store.counts(&k.id).await?;
+            keysets.push(KeysetStats {
+                keyset_id: k.id,
+                product: k.params.product.clone(),
+                valid_from: k.params.valid_from,
+                valid_until: k.params.valid_until,
+                issued: issued.as_ref().map(|m| m.get(&k.id).copied().unwrap_or(0)),
+                redeemed: counts.redeemed,
+                scans: counts.scans,
+                denied: counts.denied,
+            });
+        }
+        let flags = self.inner.store.flags().await?;
+        Ok(Stats {
+            keysets,
+            suspected_sharing: flags.suspected_sharing,
+            duplicates: flags.duplicates,
+        })
+    }
+
+    /// The device a token hash belongs to.
+    pub async fn device(&self, token_hash: &[u8; 32]) -> Result<Option<Device>, CoordinatorError> {
+        Ok(self.inner.store.device(token_hash).await?)
+    }
+}
+
+/// Register a device (or admin) token directly in the coordinator's database (an ops command
+/// run where the coordinator runs). The token is returned once; only its hash is stored.
+pub async fn register(
+    settings: &Settings,
+    name: &str,
+    role: Role,
+) -> Result<(auth::Token, Device), CoordinatorError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(CoordinatorError::Refused(
+            ErrorCode::Malformed,
+            "a device name is 1 to 64 printable characters".into(),
+        ));
+    }
+    let store = store::open(&settings.coordinator_database_url()).await?;
+    let token = auth::Token::generate(role);
+    let device = store
+        .add_device(
+            &auth::token_hash(token.expose()),
+            name,
+            role,
+            ticketing_service::now(),
+        )
+        .await?;
+    Ok((token, device))
+}
+
+fn check_count(c: &Coordinator, n: usize) -> Result<(), ApiError> {
+    let max = c.inner.settings.max_scans_per_request as usize;
+    if n > max {
+        return Err(ApiError::new(
+            ErrorCode::Malformed,
+            format!("{n} scans in one request, at most {max} allowed"),
+        ));
+    }
+    Ok(())
+}
+
+async fn manifest(State(c): State<Coordinator>) -> Json<Manifest> {
+    Json((*c.inner.manifest).clone())
+}
+
+async fn bloom(State(c): State<Coordinator>, headers: HeaderMap) -> Response {
+    let Some(p) = c.published().await else {
+        return ApiError::new(ErrorCode::Unavailable, "no snapshot yet").into_response();
+    };
+    let etag = p.etag();
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
+    let cache = HeaderValue::from_static("no-cache");
+    if matches {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag_value), (header::CACHE_CONTROL, cache)],
+        )
+            .into_response();
+    }
+    (
+        [
+            (header::ETAG, etag_value),
+            (header::CACHE_CONTROL, cache),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        p.body.clone(),
+    )
+        .into_response()
+}
+
+async fn redeem(
+    State(c): State<Coordinator>,
+    auth::Validator(device): auth::Validator,
+    Json(scan): Json<Scan>,
+) -> Result<Json<RedeemResponse>, ApiError> {
+    let mut answers = c
+        .redeem(vec![scan], &device, ticketing_service::now())
+        .await?;
+    answers
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "no answer"))
+}
+
+async fn redeem_batch(
+    State(c): State<Coordinator>,
+    auth::Validator(device): auth::Validator,
+    Json(batch): Json<RedeemBatch>,
+) -> Result<Json<RedeemBatchResponse>, ApiError> {
+    check_count(&c, batch.scans.len())?;
+    let results = c
+        .redeem(batch.scans, &device, ticketing_service::now())
+        .await?;
+    Ok(Json(RedeemBatchResponse { results }))
+}
+
+async fn sync(
+    State(c): State<Coordinator>,
+    auth::Validator(device): auth::Validator,
+    Json(req): Json<SyncRequest>,
+) -> Result<Json<SyncResponse>, ApiError> {
+    check_count(&c, req.scans.len())?;
+    let count = req.scans.len();
+    let results = c.sync(req.scans, &device, ticketing_service::now()).await?;
+    tracing::info!(count, "offline scans synced");
+    Ok(Json(SyncResponse { results }))
+}
+
+async fn revoke(
+    State(c): State<Coordinator>,
+    _admin: auth::Admin,
+    Json(req): Json<RevokeRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    c.revoke(&req, ticketing_service::now()).await?;
+    tracing::info!("serial revoked");
+    Ok(Json(serde_json::json!({ "revoked": true })))
+}
+
+async fn deny_list(
+    State(c): State<Coordinator>,
+    _admin: auth::Admin,
+) -> Result<Json<Vec<DenyEntry>>, ApiError> {
+    Ok(Json(
+        c.inner
+            .store
+            .deny_list()
+            .await
+            .map_err(CoordinatorError::from)?,
+    ))
+}
+
+async fn rebuild(
+    State(c): State<Coordinator>,
+    _admin: auth::Admin,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let p = c.maintain(ticketing_service::now()).await?;
+    Ok(Json(serde_json::json!({ "version": p.version })))
+}
+
+async fn stats(State(c): State<Coordinator>, _admin: auth::Admin) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(c.stats().await?))
+}
+
+impl From<ProtocolError> for CoordinatorError {
+    fn from(e: ProtocolError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+/// Keep `Role` reachable from the crate root for the CLI.
+pub use store::Role as TokenRole;

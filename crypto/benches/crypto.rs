@@ -8,6 +8,9 @@
 //!   against blst `sign` = hash to G1 + `sk*H` (+ encode, which blst does lazily; we add it).
 //! - ticket verify = decode sigma (subgroup check) + hash + 2-pairing check with a prepared PK,
 //!   against blst `verify(sig_groupcheck = true, pk_validate = false)` with a validated key.
+//! - batch verify (`batch_verify/*`, filter `-- batch`) = `batch::verify_tickets` over already
+//!   decoded tickets of two keysets, per ticket, against `batch_verify/single` = one
+//!   `Ticket::verify` of a decoded ticket (the same work minus the batching).
 
 // Bench code: a panic is how a broken fixture shows.
 #![allow(
@@ -20,15 +23,19 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::Criterion;
+use criterion::{Criterion, Throughput};
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
+use ticketing_crypto::batch;
 use ticketing_crypto::issuance::{self, BlindedPoint, Signature};
-use ticketing_crypto::keyset::{self, KeysetId, KeysetParams};
+use ticketing_crypto::keyset::{self, DealtKeyset, KeysetId, KeysetParams, PublicKey};
 use ticketing_crypto::presentation::Presentation;
 use ticketing_crypto::ticket::{HolderSecret, Ticket};
 
 const DST: &[u8] = b"BLS_SIG_BLS12381G1_XMD:SHA-256_SSWU_RO_POP_";
+
+/// Batch sizes measured by `batch_verify/*`.
+const BATCH_SIZES: [usize; 2] = [64, 256];
 
 fn benches(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
@@ -97,6 +104,8 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
+    batch_verify(c, &mut rng, (&dealt, &pk, keyset_id), &params);
+
     let sk = blst::min_sig::SecretKey::key_gen(&[7u8; 32], &[]).unwrap();
     let bpk = blst::min_sig::PublicKey::key_validate(&sk.sk_to_pk().to_bytes()).unwrap();
     let bsig = sk.sign(&msg, DST, &[]).to_bytes();
@@ -116,6 +125,69 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     portable(c, &blinded_bytes, &msg);
+}
+
+/// A ticket issued the real way: blind, 3 partial signatures, combine, unblind.
+fn issue(dealt: &DealtKeyset, keyset_id: KeysetId, rng: &mut ChaCha20Rng) -> Ticket {
+    let holder = HolderSecret::generate(rng).public_key();
+    let (blinded, factor) = issuance::blind(&keyset_id, &holder, rng);
+    let partials: Vec<_> = dealt.shares[..3]
+        .iter()
+        .map(|s| issuance::partial_sign(s, &blinded))
+        .collect();
+    let signature = issuance::unblind(&issuance::combine(3, &partials).unwrap(), &factor);
+    Ticket {
+        keyset_id,
+        holder,
+        signature,
+    }
+}
+
+/// `batch::verify_tickets` over distinct tickets of two keysets (alternating), per batch size,
+/// plus one bad ticket among 64 (the bisection), next to a single `Ticket::verify` of an
+/// already decoded ticket. Criterion reports per batch; `print_ratios` divides by n.
+fn batch_verify(
+    c: &mut Criterion,
+    rng: &mut ChaCha20Rng,
+    first: (&DealtKeyset, &PublicKey, KeysetId),
+    params: &KeysetParams,
+) {
+    let dealt2 = keyset::deal(3, 5, rng).unwrap();
+    let pk2 = dealt2.public_key().unwrap();
+    let id2 = KeysetId::derive(&pk2, params);
+    let keysets = [first, (&dealt2, &pk2, id2)];
+    let n_max = BATCH_SIZES.iter().copied().max().unwrap();
+    let owned: Vec<(&PublicKey, Ticket)> = (0..n_max)
+        .map(|i| {
+            let (dealt, pk, id) = keysets[i % 2];
+            (pk, issue(dealt, id, rng))
+        })
+        .collect();
+    let items: Vec<(&PublicKey, &Ticket)> = owned.iter().map(|(pk, t)| (*pk, t)).collect();
+    assert!(batch::verify_tickets(&items, rng).is_empty());
+    // Item 37 paired with the other keyset's key.
+    let mut one_bad = items[..64].to_vec();
+    one_bad[37].0 = keysets[0].1;
+    assert_eq!(batch::verify_tickets(&one_bad, rng), vec![37]);
+
+    let mut g = c.benchmark_group("batch_verify");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("single", |b| {
+        let (pk, ticket) = items[0];
+        b.iter(|| black_box(ticket).verify(pk).unwrap());
+    });
+    for n in BATCH_SIZES {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(n.to_string(), |b| {
+            b.iter(|| assert!(batch::verify_tickets(black_box(&items[..n]), rng).is_empty()));
+        });
+    }
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("64_one_bad", |b| {
+        b.iter(|| assert_eq!(batch::verify_tickets(black_box(&one_bad), rng), [37]));
+    });
+    g.finish();
 }
 
 /// The pure-Rust backend (what the browser runs), for reference.
@@ -195,6 +267,7 @@ fn print_ratios() {
             _ => println!("{name:<24} (not measured in this run: filtered out?)"),
         }
     }
+    print_batch_ratios(&dir);
     for id in [
         "ticketing/combine_unblind_3_of_5",
         "ticketing/blind",
@@ -202,6 +275,36 @@ fn print_ratios() {
     ] {
         if let Some(a) = mean_us(&dir, id) {
             println!("{id:<34} {a:>10.1} µs");
+        }
+    }
+}
+
+/// Batch verify per ticket against a single verify of a decoded ticket (`batch_verify/single`)
+/// and against `ticketing/ticket_verify` (which also decodes sigma), when measured.
+fn print_batch_ratios(dir: &std::path::Path) {
+    let Some(single) = mean_us(dir, "batch_verify/single") else {
+        println!("\nbatch verify: not measured in this run (filter `-- batch`)");
+        return;
+    };
+    let with_decode = mean_us(dir, "ticketing/ticket_verify");
+    println!(
+        "\n{:<42} {:>10} {:>10} {:>8}",
+        "batch verify per ticket", "batch µs", "single µs", "speedup"
+    );
+    let sizes = BATCH_SIZES.iter().map(|&n| (n.to_string(), n));
+    for (id, n) in sizes.chain([("64_one_bad".to_owned(), 64)]) {
+        let Some(total) = mean_us(dir, &format!("batch_verify/{id}")) else {
+            continue;
+        };
+        let per = total / n as f64;
+        let name = format!("n = {id}");
+        println!(
+            "{name:<42} {per:>10.1} {single:>10.1} {:>7.2}x",
+            single / per
+        );
+        if let Some(d) = with_decode {
+            let name = format!("n = {id} vs ticket_verify (+decode)");
+            println!("{name:<42} {per:>10.1} {d:>10.1} {:>7.2}x", d / per);
         }
     }
 }

@@ -18,6 +18,7 @@
 //! Rust (blsful's `blstrs_plus`) on wasm32. Both give the same bytes; the tests check it.
 
 pub mod backend;
+pub mod batch;
 mod error;
 pub mod issuance;
 pub mod keyset;

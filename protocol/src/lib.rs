@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod publication;
 pub mod receipt;
 pub mod redeem;
+pub mod verify;
 pub mod voucher;
 
 pub use error::{ErrorBody, ErrorCode, ProtocolError};

@@ -63,3 +63,88 @@ impl BloomSnapshot {
         key.verify("bloom snapshot", &self.signing_bytes(), &self.signature)
     }
 }
+
+/// Most hash functions a decoded filter may ask for (optimal k for any sane rate is < 30).
+const MAX_HASHES: u32 = 64;
+
+/// A Bloom filter over serials (bloomfilter crate, SipHash with a per-build seed).
+pub struct SerialFilter(bloomfilter::Bloom<[u8]>);
+
+impl std::fmt::Debug for SerialFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialFilter")
+            .field("bits", &self.0.len())
+            .field("hashes", &self.0.number_of_hash_functions())
+            .finish()
+    }
+}
+
+impl SerialFilter {
+    /// Build a filter holding `serials`, sized for `max(capacity, serials.len())` items at
+    /// false-positive rate `fp_rate` (in (0, 1); checked by the configuration).
+    pub fn build<'a>(
+        serials: impl ExactSizeIterator<Item = &'a Serial>,
+        capacity: usize,
+        fp_rate: f64,
+        seed: &[u8; 32],
+    ) -> Result<Self, ProtocolError> {
+        let bad = |reason: &str| ProtocolError::Malformed {
+            what: "bloom parameters",
+            reason: reason.to_owned(),
+        };
+        if !(fp_rate > 0.0 && fp_rate < 1.0) {
+            return Err(bad("the false-positive rate must be in (0, 1)"));
+        }
+        let items = capacity.max(serials.len()).max(1);
+        let mut bloom =
+            bloomfilter::Bloom::new_for_fp_rate_with_seed(items, fp_rate, seed).map_err(bad)?;
+        for s in serials {
+            bloom.set(s.0.as_slice());
+        }
+        Ok(Self(bloom))
+    }
+
+    /// Whether `serial` may be in the set (false positives at the configured rate, no false
+    /// negatives).
+    pub fn contains(&self, serial: &Serial) -> bool {
+        self.0.check(serial.0.as_slice())
+    }
+
+    /// Base64 of the crate's serialization, as carried in [`BloomSnapshot::filter`].
+    pub fn to_base64(&self) -> String {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            self.0.as_slice(),
+        )
+    }
+
+    /// Decode [`BloomSnapshot::filter`], refusing shapes the crate would misbehave on.
+    pub fn from_base64(text: &str) -> Result<Self, ProtocolError> {
+        let bad = |reason: &str| ProtocolError::Malformed {
+            what: "bloom filter",
+            reason: reason.to_owned(),
+        };
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
+            .map_err(|_| bad("not base64"))?;
+        let bloom = bloomfilter::Bloom::from_slice(&bytes).map_err(bad)?;
+        if bloom.is_empty() {
+            return Err(bad("empty bitmap"));
+        }
+        if bloom.number_of_hash_functions() > MAX_HASHES {
+            return Err(bad("too many hash functions"));
+        }
+        Ok(Self(bloom))
+    }
+
+    /// Size of the bitmap in bits.
+    pub fn bits(&self) -> u64 {
+        self.0.len()
+    }
+}
+
+impl BloomSnapshot {
+    /// The decoded filter (call [`Self::verify`] first).
+    pub fn decode_filter(&self) -> Result<SerialFilter, ProtocolError> {
+        SerialFilter::from_base64(&self.filter)
+    }
+}

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use ticketing_crypto::keyset::KeysetId;
+use ticketing_crypto::ticket::Serial;
+
 use crate::{ErrorCode, Id16};
 
 /// One scan of a presentation.
@@ -99,4 +102,76 @@ pub struct SyncResult {
 pub struct SyncResponse {
     /// One result per scan, in request order.
     pub results: Vec<SyncResult>,
+}
+
+/// Answer to `POST /v1/redeem/batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeemBatchResponse {
+    /// One answer per scan, in request order.
+    pub results: Vec<RedeemResponse>,
+}
+
+/// `POST /v1/admin/revoke` (admin token): deny a serial, e.g. after a refund.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    /// The ticket's keyset (the entry is pruned with it).
+    pub keyset_id: KeysetId,
+    /// The ticket's serial.
+    pub serial: Serial,
+}
+
+/// Why a serial is on the deny list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// An operator revoked it.
+    Revoked,
+    /// Offline scans conflicted (a copied ticket).
+    Duplicate,
+}
+
+/// One deny-list entry, as `GET /v1/admin/deny` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenyEntry {
+    /// Keyset.
+    pub keyset_id: KeysetId,
+    /// Serial.
+    pub serial: Serial,
+    /// Why.
+    pub reason: DenyReason,
+    /// Unix seconds.
+    pub denied_at: u64,
+}
+
+/// Aggregate counts for one keyset (`GET /v1/admin/stats`). Counts only: no serial, device or
+/// time of an individual scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysetStats {
+    /// Keyset.
+    pub keyset_id: KeysetId,
+    /// Product name.
+    pub product: String,
+    /// Window start.
+    pub valid_from: u64,
+    /// Window end.
+    pub valid_until: u64,
+    /// Tickets covered by receipts that at least t nodes logged (`None`: nodes unreachable).
+    pub issued: Option<u64>,
+    /// Distinct tickets redeemed at least once.
+    pub redeemed: u64,
+    /// Accepted scans (a pass counts once per epoch, a transfer once more).
+    pub scans: u64,
+    /// Serials on the deny list.
+    pub denied: u64,
+}
+
+/// Answer to `GET /v1/admin/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Per keyset, manifest order.
+    pub keysets: Vec<KeysetStats>,
+    /// Scans flagged as suspected sharing.
+    pub suspected_sharing: u64,
+    /// Offline scans recorded as duplicates.
+    pub duplicates: u64,
 }

@@ -61,12 +61,14 @@ pub(crate) async fn start(db: Db, nodes: u16, threshold: u16) -> Option<TestClus
                     .unwrap()
             };
             let payments = fresh("payments".into()).await?;
+            let coordinator = fresh("coordinator".into()).await?;
             let mut node_dbs = Vec::new();
             for i in 1..=nodes {
                 node_dbs.push(fresh(format!("node{i}")).await?);
             }
             Databases {
                 payments: Some(payments),
+                coordinator: Some(coordinator),
                 nodes: node_dbs,
             }
         }

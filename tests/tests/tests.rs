@@ -6,6 +6,11 @@
 //!   blamed with its signed response and the purchase still succeeds; forged, expired and
 //!   reused receipts, malformed points, unknown keysets and oversized bodies get 4xx with
 //!   stable codes; the logs of whole purchases hold neither card numbers nor serials.
+//! - `redemption`: the coordinator over HTTP, on SQLite and on real Postgres: 1,000 concurrent
+//!   redeems of one ticket accept exactly one; every rejection code (stale screenshot, forged
+//!   and tampered payloads, unknown keyset, replayed epoch, revoked); 401 without a device or
+//!   admin token; the same offline sync twice records once; conflicting offline scans are
+//!   flagged and denied; the signed Bloom snapshot and its ETag; issued-versus-redeemed stats.
 //! - `wasm_flow`: the crypto flow (deal, blind, partial sign, combine, unblind, verify,
 //!   present) runs inside wasm32 under Node.js; its bytes equal the native run's, and the
 //!   `blst` crate verifies the wasm-made ticket.
@@ -21,4 +26,5 @@
 
 mod common;
 mod issuance;
+mod redemption;
 mod wasm_flow;

@@ -1,0 +1,644 @@
+//! The two sqlx backends of the ledger, generated from one definition: the SQL is the same;
+//! the pool type, the connect function, the placeholder sigil (`$1` for Postgres, `?1` for
+//! SQLite), the transaction start and the migrations (column types) differ.
+//!
+//! SQLite has one writer at a time: its transactions start `IMMEDIATE` (the write lock is
+//! taken up front, so a transaction never fails half-way on a lock upgrade) and writers queue
+//! on an in-process mutex instead of spinning on the busy timeout. Postgres runs transactions
+//! concurrently under READ COMMITTED; `INSERT .. ON CONFLICT DO NOTHING` waits for a
+//! concurrent inserter of the same key and then sees its row, and a deadlock between two
+//! batches is retried.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use ticketing_crypto::keyset::KeysetId;
+use ticketing_crypto::ticket::Serial;
+use ticketing_protocol::ErrorCode;
+use ticketing_protocol::Id16;
+use ticketing_protocol::redeem::{DenyEntry, DenyReason, SyncStatus, Verdict};
+use tokio::sync::Mutex;
+
+use super::{
+    Device, FlagCounts, LedgerCounts, LedgerStore, Mode, Outcome, Role, ScanRecord, StoreError,
+    Usage, encode_outcome, keyset_of, parse_reason, reason_str, repeat_outcome, serial_of, to_i64,
+    to_u64,
+};
+
+/// Attempts of one batch transaction (conflicting scan ids found late, Postgres deadlocks).
+const ATTEMPTS: usize = 4;
+
+/// What applying the rules to one scan decided, before its scan row is written.
+struct Applied {
+    outcome: Outcome,
+    accepted: bool,
+    flag: Option<&'static str>,
+}
+
+macro_rules! sql_store {
+    ($name:ident, $db:ty, $pool:ty, $connect:path, $migrations:literal, $sigil:literal,
+     $begin:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+            /// Serializes this process's write transactions (SQLite only).
+            writer: Arc<Mutex<()>>,
+        }
+
+        impl $name {
+            /// Connect (creating a SQLite file if needed) and migrate.
+            pub async fn open(url: &str) -> Result<Self, StoreError> {
+                let pool = $connect(url).await?;
+                sqlx::migrate!($migrations).run(&pool).await?;
+                Ok(Self {
+                    pool,
+                    writer: Arc::new(Mutex::new(())),
+                })
+            }
+
+            /// The SQL below is written with `$n` placeholders; this backend's form.
+            fn sql(text: &'static str) -> std::borrow::Cow<'static, str> {
+                if $sigil == "$" {
+                    std::borrow::Cow::Borrowed(text)
+                } else {
+                    std::borrow::Cow::Owned(text.replace('$', $sigil))
+                }
+            }
+
+            /// The pool, for tests that inspect rows.
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+
+            async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+                if $sigil == "$" {
+                    None
+                } else {
+                    Some(self.writer.lock().await)
+                }
+            }
+
+            /// One attempt: `Ok(Err(ids))` when some scan ids turned out to be taken (rolled
+            /// back; the caller reads their stored answers and tries again).
+            async fn attempt(
+                &self,
+                mode: Mode,
+                scans: &[ScanRecord],
+                repeats: &HashMap<Id16, Outcome>,
+            ) -> Result<Result<Vec<Outcome>, Vec<Id16>>, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut outcomes: Vec<Outcome> = Vec::with_capacity(scans.len());
+                let mut in_batch: HashMap<Id16, usize> = HashMap::new();
+                let mut taken = Vec::new();
+                for scan in scans {
+                    if let Some(o) = repeats.get(&scan.scan_id) {
+                        outcomes.push(o.clone());
+                        continue;
+                    }
+                    // The same scan id twice in one request: the second is a repeat.
+                    if let Some(&i) = in_batch.get(&scan.scan_id) {
+                        let first = outcomes.get(i).cloned().ok_or_else(|| {
+                            StoreError::Corrupt("batch bookkeeping".into())
+                        })?;
+                        outcomes.push(repeat_outcome(mode, &encode_outcome(&first)?)?);
+                        continue;
+                    }
+                    let applied = Self::apply(&mut tx, mode, scan).await?;
+                    let inserted = sqlx::query(&Self::sql(
+                        "INSERT INTO scans (scan_id, keyset_id, serial, epoch, scanned_at, \
+                         device_id, offline, accepted, flag, outcome) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                         ON CONFLICT (scan_id) DO NOTHING",
+                    ))
+                    .bind(scan.scan_id.0.as_slice())
+                    .bind(scan.keyset_id.0.as_slice())
+                    .bind(scan.serial.0.as_slice())
+                    .bind(i64::from(scan.epoch))
+                    .bind(to_i64(scan.at)?)
+                    .bind(scan.device)
+                    .bind(matches!(mode, Mode::Offline { .. }))
+                    .bind(applied.accepted)
+                    .bind(applied.flag)
+                    .bind(encode_outcome(&applied.outcome)?)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        taken.push(scan.scan_id);
+                    }
+                    in_batch.insert(scan.scan_id, outcomes.len());
+                    outcomes.push(applied.outcome);
+                }
+                if !taken.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(Err(taken));
+                }
+                tx.commit().await?;
+                Ok(Ok(outcomes))
+            }
+
+            /// The ledger rules for one scan (see the crate docs).
+            async fn apply(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                mode: Mode,
+                scan: &ScanRecord,
+            ) -> Result<Applied, StoreError> {
+                let serial = scan.serial.0.as_slice();
+                let rejected = |code| Applied {
+                    outcome: match mode {
+                        Mode::Online => Outcome::Online(Verdict::Rejected { code }),
+                        Mode::Offline { .. } => Outcome::Offline(SyncStatus::Rejected { code }),
+                    },
+                    accepted: false,
+                    flag: None,
+                };
+                let denied = sqlx::query(&Self::sql("SELECT reason FROM deny WHERE serial = $1"))
+                    .bind(serial)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                if let Some(row) = denied {
+                    let reason = parse_reason(row.try_get::<&str, _>("reason")?)?;
+                    // Online, a denied serial is refused. A synced scan of a copied ticket
+                    // still goes through the rules, so each further copy is recorded as one.
+                    if mode == Mode::Online || reason == DenyReason::Revoked {
+                        return Ok(rejected(ErrorCode::Revoked));
+                    }
+                }
+                match scan.usage {
+                    Usage::Single { transfer_seconds } => {
+                        Self::apply_single(tx, mode, scan, transfer_seconds).await
+                    }
+                    Usage::Pass { valid_until } => {
+                        Self::apply_pass(tx, mode, scan, valid_until).await
+                    }
+                }
+            }
+
+            async fn use_epoch(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                scan: &ScanRecord,
+            ) -> Result<bool, StoreError> {
+                let n = sqlx::query(&Self::sql(
+                    "INSERT INTO uses (serial, epoch, keyset_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (serial, epoch) DO NOTHING",
+                ))
+                .bind(scan.serial.0.as_slice())
+                .bind(i64::from(scan.epoch))
+                .bind(scan.keyset_id.0.as_slice())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn deny_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                scan: &ScanRecord,
+                reason: DenyReason,
+            ) -> Result<(), StoreError> {
+                sqlx::query(&Self::sql(
+                    "INSERT INTO deny (serial, keyset_id, reason, denied_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (serial) DO NOTHING",
+                ))
+                .bind(scan.serial.0.as_slice())
+                .bind(scan.keyset_id.0.as_slice())
+                .bind(reason_str(reason))
+                .bind(to_i64(scan.at)?)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn apply_single(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                mode: Mode,
+                scan: &ScanRecord,
+                transfer: u64,
+            ) -> Result<Applied, StoreError> {
+                let accepted = |outcome| Applied {
+                    outcome,
+                    accepted: true,
+                    flag: None,
+                };
+                let until = scan.at.saturating_add(transfer);
+                let first = sqlx::query(&Self::sql(
+                    "INSERT INTO tickets (serial, keyset_id, first_scan_id, first_at, until_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (serial) DO NOTHING",
+                ))
+                .bind(scan.serial.0.as_slice())
+                .bind(scan.keyset_id.0.as_slice())
+                .bind(scan.scan_id.0.as_slice())
+                .bind(to_i64(scan.at)?)
+                .bind(to_i64(until)?)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if first {
+                    Self::use_epoch(tx, scan).await?;
+                    return Ok(accepted(match mode {
+                        Mode::Online => Outcome::Online(Verdict::Accepted { valid_until: until }),
+                        Mode::Offline { .. } => Outcome::Offline(SyncStatus::Recorded),
+                    }));
+                }
+                let row = sqlx::query(&Self::sql(
+                    "SELECT first_at FROM tickets WHERE serial = $1",
+                ))
+                .bind(scan.serial.0.as_slice())
+                .fetch_one(&mut **tx)
+                .await?;
+                let first_at = to_u64(row.try_get("first_at")?)?;
+                match mode {
+                    Mode::Online => {
+                        if scan.at < first_at.saturating_add(transfer) {
+                            if Self::use_epoch(tx, scan).await? {
+                                return Ok(accepted(Outcome::Online(Verdict::Accepted {
+                                    valid_until: first_at.saturating_add(transfer),
+                                })));
+                            }
+                            return Ok(Applied {
+                                outcome: Outcome::Online(Verdict::Rejected {
+                                    code: ErrorCode::ReplayedEpoch,
+                                }),
+                                accepted: false,
+                                flag: None,
+                            });
+                        }
+                        Ok(Applied {
+                            outcome: Outcome::Online(Verdict::Rejected {
+                                code: ErrorCode::Spent,
+                            }),
+                            accepted: false,
+                            flag: None,
+                        })
+                    }
+                    Mode::Offline { .. } => {
+                        // Earliest scan wins: an offline scan older than the recorded first
+                        // use becomes the first use.
+                        let (winner_at, later_at) = if scan.at < first_at {
+                            sqlx::query(&Self::sql(
+                                "UPDATE tickets SET first_scan_id = $1, first_at = $2, until_at = $3 \
+                                 WHERE serial = $4 AND first_at > $2",
+                            ))
+                            .bind(scan.scan_id.0.as_slice())
+                            .bind(to_i64(scan.at)?)
+                            .bind(to_i64(until)?)
+                            .bind(scan.serial.0.as_slice())
+                            .execute(&mut **tx)
+                            .await?;
+                            (scan.at, first_at)
+                        } else {
+                            (first_at, scan.at)
+                        };
+                        let in_transfer = later_at < winner_at.saturating_add(transfer);
+                        if in_transfer && Self::use_epoch(tx, scan).await? {
+                            return Ok(accepted(Outcome::Offline(SyncStatus::Recorded)));
+                        }
+                        Self::deny_in(tx, scan, DenyReason::Duplicate).await?;
+                        if scan.at < first_at {
+                            // This scan is the winner; the one recorded before is the copy.
+                            sqlx::query(&Self::sql(
+                                "UPDATE scans SET flag = 'duplicate' WHERE serial = $1 AND scanned_at = $2",
+                            ))
+                            .bind(scan.serial.0.as_slice())
+                            .bind(to_i64(first_at)?)
+                            .execute(&mut **tx)
+                            .await?;
+                            return Ok(accepted(Outcome::Offline(SyncStatus::Recorded)));
+                        }
+                        let code = if in_transfer {
+                            ErrorCode::ReplayedEpoch
+                        } else {
+                            ErrorCode::Spent
+                        };
+                        Ok(Applied {
+                            outcome: Outcome::Offline(SyncStatus::Conflict {
+                                code,
+                                first_scanned_at: winner_at,
+                            }),
+                            accepted: false,
+                            flag: Some("duplicate"),
+                        })
+                    }
+                }
+            }
+
+            async fn apply_pass(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                mode: Mode,
+                scan: &ScanRecord,
+                valid_until: u64,
+            ) -> Result<Applied, StoreError> {
+                let fresh = Self::use_epoch(tx, scan).await?;
+                match mode {
+                    Mode::Online => Ok(if fresh {
+                        Applied {
+                            outcome: Outcome::Online(Verdict::Accepted { valid_until }),
+                            accepted: true,
+                            flag: None,
+                        }
+                    } else {
+                        Applied {
+                            outcome: Outcome::Online(Verdict::Rejected {
+                                code: ErrorCode::ReplayedEpoch,
+                            }),
+                            accepted: false,
+                            flag: None,
+                        }
+                    }),
+                    Mode::Offline { sharing_window } => {
+                        if !fresh {
+                            let row = sqlx::query(&Self::sql(
+                                "SELECT MIN(scanned_at) AS first FROM scans \
+                                 WHERE serial = $1 AND epoch = $2 AND accepted = $3",
+                            ))
+                            .bind(scan.serial.0.as_slice())
+                            .bind(i64::from(scan.epoch))
+                            .bind(true)
+                            .fetch_one(&mut **tx)
+                            .await?;
+                            let first: Option<i64> = row.try_get("first")?;
+                            Self::deny_in(tx, scan, DenyReason::Duplicate).await?;
+                            return Ok(Applied {
+                                outcome: Outcome::Offline(SyncStatus::Conflict {
+                                    code: ErrorCode::ReplayedEpoch,
+                                    first_scanned_at: first.map_or(Ok(scan.at), to_u64)?,
+                                }),
+                                accepted: false,
+                                flag: Some("duplicate"),
+                            });
+                        }
+                        let near = sqlx::query(&Self::sql(
+                            "SELECT 1 FROM scans WHERE serial = $1 AND device_id <> $2 \
+                             AND accepted = $3 AND scanned_at >= $4 AND scanned_at <= $5 LIMIT 1",
+                        ))
+                        .bind(scan.serial.0.as_slice())
+                        .bind(scan.device)
+                        .bind(true)
+                        .bind(to_i64(scan.at.saturating_sub(sharing_window))?)
+                        .bind(to_i64(scan.at.saturating_add(sharing_window))?)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        Ok(if near.is_some() {
+                            Applied {
+                                outcome: Outcome::Offline(SyncStatus::SuspectedSharing),
+                                accepted: true,
+                                flag: Some("suspected_sharing"),
+                            }
+                        } else {
+                            Applied {
+                                outcome: Outcome::Offline(SyncStatus::Recorded),
+                                accepted: true,
+                                flag: None,
+                            }
+                        })
+                    }
+                }
+            }
+
+            async fn stored_outcomes(
+                &self,
+                mode: Mode,
+                ids: &[Id16],
+                repeats: &mut HashMap<Id16, Outcome>,
+            ) -> Result<(), StoreError> {
+                for id in ids {
+                    let row = sqlx::query(&Self::sql("SELECT outcome FROM scans WHERE scan_id = $1"))
+                        .bind(id.0.as_slice())
+                        .fetch_one(&self.pool)
+                        .await?;
+                    let stored: &str = row.try_get("outcome")?;
+                    repeats.insert(*id, repeat_outcome(mode, stored)?);
+                }
+                Ok(())
+            }
+
+            fn keyset_list(keysets: &[KeysetId]) -> Vec<Vec<u8>> {
+                keysets.iter().map(|k| k.0.to_vec()).collect()
+            }
+        }
+
+        #[async_trait]
+        impl LedgerStore for $name {
+            async fn record(&self, mode: Mode, scans: &[ScanRecord]) -> Result<Vec<Outcome>, StoreError> {
+                let _guard = self.write_guard().await;
+                let mut repeats = HashMap::new();
+                let mut last = None;
+                for _ in 0..ATTEMPTS {
+                    match self.attempt(mode, scans, &repeats).await {
+                        Ok(Ok(outcomes)) => return Ok(outcomes),
+                        Ok(Err(taken)) => self.stored_outcomes(mode, &taken, &mut repeats).await?,
+                        // Deadlock or serialization failure between concurrent batches
+                        // (Postgres): nothing was committed; try again.
+                        Err(StoreError::Database(e)) => last = Some(e),
+                        Err(other) => return Err(other),
+                    }
+                }
+                Err(last.map_or_else(
+                    || StoreError::Corrupt("scan ids kept changing under the batch".into()),
+                    StoreError::Database,
+                ))
+            }
+
+            async fn deny(
+                &self,
+                keyset_id: &KeysetId,
+                serial: &Serial,
+                reason: DenyReason,
+                now: u64,
+            ) -> Result<(), StoreError> {
+                let _guard = self.write_guard().await;
+                sqlx::query(&Self::sql(
+                    "INSERT INTO deny (serial, keyset_id, reason, denied_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (serial) DO NOTHING",
+                ))
+                .bind(serial.0.as_slice())
+                .bind(keyset_id.0.as_slice())
+                .bind(reason_str(reason))
+                .bind(to_i64(now)?)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn deny_list(&self) -> Result<Vec<DenyEntry>, StoreError> {
+                let rows = sqlx::query("SELECT serial, keyset_id, reason, denied_at FROM deny ORDER BY serial")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(DenyEntry {
+                            serial: serial_of(row.try_get::<&[u8], _>("serial")?)?,
+                            keyset_id: keyset_of(row.try_get::<&[u8], _>("keyset_id")?)?,
+                            reason: parse_reason(row.try_get::<&str, _>("reason")?)?,
+                            denied_at: to_u64(row.try_get("denied_at")?)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn spent(&self, keysets: &[KeysetId], now: u64) -> Result<Vec<Serial>, StoreError> {
+                let mut out = Vec::new();
+                for k in Self::keyset_list(keysets) {
+                    let rows = sqlx::query(&Self::sql(
+                        "SELECT serial FROM tickets WHERE keyset_id = $1 AND until_at <= $2",
+                    ))
+                    .bind(k)
+                    .bind(to_i64(now)?)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for row in &rows {
+                        out.push(serial_of(row.try_get::<&[u8], _>("serial")?)?);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn prune(&self, keysets: &[KeysetId]) -> Result<u64, StoreError> {
+                let _guard = self.write_guard().await;
+                let mut deleted = 0;
+                for k in Self::keyset_list(keysets) {
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    for table in [
+                        "DELETE FROM tickets WHERE keyset_id = $1",
+                        "DELETE FROM uses WHERE keyset_id = $1",
+                        "DELETE FROM scans WHERE keyset_id = $1",
+                        "DELETE FROM deny WHERE keyset_id = $1",
+                    ] {
+                        deleted += sqlx::query(&Self::sql(table))
+                            .bind(k.as_slice())
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    }
+                    tx.commit().await?;
+                }
+                Ok(deleted)
+            }
+
+            async fn counts(&self, keyset_id: &KeysetId) -> Result<LedgerCounts, StoreError> {
+                let row = sqlx::query(&Self::sql(
+                    "SELECT \
+                       (SELECT COUNT(DISTINCT serial) FROM scans WHERE keyset_id = $1 AND accepted = $2) AS redeemed, \
+                       (SELECT COUNT(*) FROM scans WHERE keyset_id = $1 AND accepted = $2) AS scans, \
+                       (SELECT COUNT(*) FROM deny WHERE keyset_id = $1) AS denied",
+                ))
+                .bind(keyset_id.0.as_slice())
+                .bind(true)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(LedgerCounts {
+                    redeemed: to_u64(row.try_get("redeemed")?)?,
+                    scans: to_u64(row.try_get("scans")?)?,
+                    denied: to_u64(row.try_get("denied")?)?,
+                })
+            }
+
+            async fn flags(&self) -> Result<FlagCounts, StoreError> {
+                let row = sqlx::query(
+                    "SELECT \
+                       (SELECT COUNT(*) FROM scans WHERE flag = 'suspected_sharing') AS sharing, \
+                       (SELECT COUNT(*) FROM scans WHERE flag = 'duplicate') AS duplicates",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(FlagCounts {
+                    suspected_sharing: to_u64(row.try_get("sharing")?)?,
+                    duplicates: to_u64(row.try_get("duplicates")?)?,
+                })
+            }
+
+            async fn add_device(
+                &self,
+                token_hash: &[u8; 32],
+                name: &str,
+                role: Role,
+                now: u64,
+            ) -> Result<Device, StoreError> {
+                let _guard = self.write_guard().await;
+                let row = sqlx::query(&Self::sql(
+                    "INSERT INTO devices (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4) \
+                     RETURNING id",
+                ))
+                .bind(token_hash.as_slice())
+                .bind(name)
+                .bind(role.as_str())
+                .bind(to_i64(now)?)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(Device {
+                    id: row.try_get("id")?,
+                    name: name.to_owned(),
+                    role,
+                })
+            }
+
+            async fn device(&self, token_hash: &[u8; 32]) -> Result<Option<Device>, StoreError> {
+                let row = sqlx::query(&Self::sql(
+                    "SELECT id, name, role FROM devices WHERE token_hash = $1",
+                ))
+                .bind(token_hash.as_slice())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|row| {
+                    Ok(Device {
+                        id: row.try_get("id")?,
+                        name: row.try_get("name")?,
+                        role: Role::parse(row.try_get::<&str, _>("role")?)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn save_publication(&self, version: u64, body: &str) -> Result<(), StoreError> {
+                let _guard = self.write_guard().await;
+                sqlx::query(&Self::sql(
+                    "INSERT INTO publications (version, body) VALUES ($1, $2) \
+                     ON CONFLICT (version) DO NOTHING",
+                ))
+                .bind(to_i64(version)?)
+                .bind(body)
+                .execute(&self.pool)
+                .await?;
+                // Only the newest is served; older ones are history nobody reads.
+                sqlx::query(&Self::sql("DELETE FROM publications WHERE version < $1"))
+                    .bind(to_i64(version)?)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn latest_publication(&self) -> Result<Option<(u64, String)>, StoreError> {
+                let row = sqlx::query("SELECT version, body FROM publications ORDER BY version DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| Ok((to_u64(row.try_get("version")?)?, row.try_get("body")?)))
+                    .transpose()
+            }
+        }
+    };
+}
+
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::SqlitePool,
+    ticketing_service::db::sqlite,
+    "./migrations/sqlite",
+    "?",
+    "BEGIN IMMEDIATE",
+    "SQLite ledger (the embedded default)."
+);
+sql_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::PgPool,
+    ticketing_service::db::postgres,
+    "./migrations/postgres",
+    "$",
+    "BEGIN",
+    "Postgres ledger."
+);
