@@ -5,3 +5,4 @@ CREATE DATABASE node2 OWNER ticketing;
 CREATE DATABASE node3 OWNER ticketing;
 CREATE DATABASE node4 OWNER ticketing;
 CREATE DATABASE node5 OWNER ticketing;
+CREATE DATABASE coordinator OWNER ticketing;

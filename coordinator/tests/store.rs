@@ -141,10 +141,14 @@ mod cases {
         );
         // Synced later (the validator queued it when the answer was lost): nothing changes.
         assert_eq!(
-            one(s, OFFLINE, first).await,
+            one(s, OFFLINE, first.clone()).await,
             Outcome::Offline(SyncStatus::AlreadySynced)
         );
         assert_eq!(s.counts(&KS).await.unwrap().scans, 1);
+        assert_eq!(s.scan_accepted(&first.scan_id).await.unwrap(), Some(true));
+        let spent = scan(2, 1, 11, 330, 1, SINGLE).scan_id;
+        assert_eq!(s.scan_accepted(&spent).await.unwrap(), Some(false));
+        assert_eq!(s.scan_accepted(&Id16([9; 16])).await.unwrap(), None);
     }
 
     pub(crate) async fn the_same_sync_twice_records_once(store: Arc<dyn LedgerStore>) {

@@ -127,7 +127,9 @@ impl SerialFilter {
         let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
             .map_err(|_| bad("not base64"))?;
         let bloom = bloomfilter::Bloom::from_slice(&bytes).map_err(bad)?;
-        if bloom.is_empty() {
+        // Not `is_empty()`: the crate means "no bit set" by it (a filter of nothing spent).
+        #[allow(clippy::len_zero)]
+        if bloom.len() == 0 {
             return Err(bad("empty bitmap"));
         }
         if bloom.number_of_hash_functions() > MAX_HASHES {
@@ -146,5 +148,37 @@ impl BloomSnapshot {
     /// The decoded filter (call [`Self::verify`] first).
     pub fn decode_filter(&self) -> Result<SerialFilter, ProtocolError> {
         SerialFilter::from_base64(&self.filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
+
+    use super::*;
+
+    #[test]
+    fn filters_round_trip_empty_or_not() {
+        let none: Vec<Serial> = Vec::new();
+        let empty = SerialFilter::build(none.iter(), 1000, 0.001, &[1; 32]).unwrap();
+        let decoded = SerialFilter::from_base64(&empty.to_base64()).unwrap();
+        assert!(!decoded.contains(&Serial([5; 32])));
+
+        let some: Vec<Serial> = (0..100u8).map(|i| Serial([i; 32])).collect();
+        let full = SerialFilter::build(some.iter(), 10, 0.001, &[2; 32]).unwrap();
+        let decoded = SerialFilter::from_base64(&full.to_base64()).unwrap();
+        assert!(some.iter().all(|s| decoded.contains(s)));
+        // Sized for the 100 items, not the configured 10.
+        let misses = (100..=255u8)
+            .filter(|i| decoded.contains(&Serial([*i; 32])))
+            .count();
+        assert!(misses < 5, "{misses} false positives of 156");
+    }
+
+    #[test]
+    fn bad_filters_are_refused() {
+        assert!(SerialFilter::from_base64("not base64!").is_err());
+        assert!(SerialFilter::from_base64("").is_err());
+        assert!(SerialFilter::from_base64("AAAA").is_err());
     }
 }

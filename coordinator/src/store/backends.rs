@@ -443,6 +443,15 @@ macro_rules! sql_store {
                 ))
             }
 
+            async fn scan_accepted(&self, scan_id: &Id16) -> Result<Option<bool>, StoreError> {
+                let row = sqlx::query(&Self::sql("SELECT accepted FROM scans WHERE scan_id = $1"))
+                    .bind(scan_id.0.as_slice())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| row.try_get::<bool, _>("accepted").map_err(StoreError::from))
+                    .transpose()
+            }
+
             async fn deny(
                 &self,
                 keyset_id: &KeysetId,

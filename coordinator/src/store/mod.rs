@@ -153,6 +153,8 @@ pub struct FlagCounts {
 pub trait LedgerStore: Send + Sync + 'static {
     /// Apply the ledger rules to `scans` in one transaction; one outcome per scan, in order.
     async fn record(&self, mode: Mode, scans: &[ScanRecord]) -> Result<Vec<Outcome>, StoreError>;
+    /// Whether scan `scan_id` is in the ledger, and if so whether it was accepted.
+    async fn scan_accepted(&self, scan_id: &Id16) -> Result<Option<bool>, StoreError>;
     /// Put a serial on the deny list (idempotent; the first reason stays).
     async fn deny(
         &self,

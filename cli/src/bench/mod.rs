@@ -14,11 +14,33 @@ use ticketing_protocol::receipt::PaymentMethod;
 
 use crate::demo::{Databases, LocalCluster};
 
+mod redeem;
+
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Issue tickets through an in-process 3-of-5 cluster on loopback (SQLite by default).
     Issue(IssueArgs),
+    /// Redeem tickets at an in-process coordinator (SQLite, and Postgres with --postgres),
+    /// next to this machine's raw ticket-verify rate measured in the same run.
+    Redeem(RedeemArgs),
+}
+
+/// `bench redeem`.
+#[derive(Debug, Args)]
+pub struct RedeemArgs {
+    /// Tickets redeemed per run (each once; distinct tickets).
+    #[arg(long, default_value_t = 4000)]
+    tickets: usize,
+    /// Scans per `/v1/redeem/batch` request.
+    #[arg(long, default_value_t = 200)]
+    batch: usize,
+    /// Concurrent requests.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Also run on this Postgres database (e.g. postgres://user:pass@127.0.0.1/bench).
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 /// `bench issue`.
@@ -42,6 +64,7 @@ pub struct IssueArgs {
 pub async fn run(settings: &Settings, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Issue(args) => issue(settings, &args).await,
+        BenchCommand::Redeem(args) => redeem::run(settings, &args).await,
     }
 }
 
@@ -52,7 +75,7 @@ fn card() -> PaymentMethod {
 }
 
 /// Nearest-rank percentile, `per_mille` in 0..=1000 (500 = median).
-fn percentile(sorted: &[Duration], per_mille: u64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], per_mille: u64) -> Duration {
     let n = sorted.len() as u64;
     let rank = (per_mille.min(1000) * n).div_ceil(1000).saturating_sub(1);
     sorted
