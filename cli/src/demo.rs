@@ -155,7 +155,12 @@ pub async fn run(settings: &Settings) -> Result<()> {
             ticketing_coordinator::register(settings, "demo-validator", TokenRole::Validator)
                 .await
                 .context("registering the demo validator")?;
-        std::fs::create_dir_all(validator_dir(settings))?;
+        // Holds the device token: private to this user, like the cluster's secrets.
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(validator_dir(settings))?;
         cluster::write_private(&token_file, token.expose().as_bytes())?;
     }
 
@@ -167,10 +172,10 @@ pub async fn run(settings: &Settings) -> Result<()> {
         dir.display()
     );
     for r in &running {
-        println!("  {:<10} {}", r.name, r.url);
+        println!("  {:<11} {}", r.name, r.url);
     }
     println!(
-        "  manifest   {} (digest {})",
+        "  manifest    {} (digest {})",
         cluster::manifest_path(dir).display(),
         manifest.digest()
     );
