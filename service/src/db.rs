@@ -115,3 +115,29 @@ mod tests {
         );
     }
 }
+
+/// SQL written once with Postgres placeholders (`$1`) in the form a backend takes: unchanged
+/// for Postgres (`sigil = "$"`), `?1` for SQLite (`sigil = "?"`; sqlx's SQLite driver refuses
+/// `$1`). The stores' SQL contains no other `$`.
+pub fn placeholders<'a>(text: &'a str, sigil: &str) -> std::borrow::Cow<'a, str> {
+    if sigil == "$" {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(text.replace('$', sigil))
+    }
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    #[test]
+    fn placeholders_follow_the_backend() {
+        assert_eq!(
+            super::placeholders("a = $1 AND b = $2", "$"),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(
+            super::placeholders("a = $1 AND b = $2", "?"),
+            "a = ?1 AND b = ?2"
+        );
+    }
+}

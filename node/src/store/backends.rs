@@ -48,11 +48,7 @@ macro_rules! sql_store {
 
             /// The SQL below is written with `$n` placeholders; this backend's form.
             fn sql(text: &'static str) -> std::borrow::Cow<'static, str> {
-                if $sigil == "$" {
-                    std::borrow::Cow::Borrowed(text)
-                } else {
-                    std::borrow::Cow::Owned(text.replace('$', $sigil))
-                }
+                ticketing_service::db::placeholders(text, $sigil)
             }
 
             /// The pool, for tests that tamper with rows on purpose.

@@ -63,11 +63,7 @@ macro_rules! sql_store {
 
             /// The SQL below is written with `$n` placeholders; this backend's form.
             fn sql(text: &str) -> Cow<'_, str> {
-                if $sigil == "$" {
-                    Cow::Borrowed(text)
-                } else {
-                    Cow::Owned(text.replace('$', $sigil))
-                }
+                ticketing_service::db::placeholders(text, $sigil)
             }
 
             /// A transaction, opened with this backend's `BEGIN` statement.
