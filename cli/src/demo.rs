@@ -96,6 +96,20 @@ pub fn validator_dir(settings: &Settings) -> std::path::PathBuf {
     settings.data_dir.join("validator")
 }
 
+/// Write a token file, private to this user (directory 0700, file 0600), like the cluster's
+/// secrets.
+fn write_token(file: &Path, token: &str) -> Result<()> {
+    if let Some(parent) = file.parent() {
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(parent)?;
+    }
+    cluster::write_private(file, token.as_bytes())?;
+    Ok(())
+}
+
 /// `host:port` of an `http://host:port` URL.
 pub fn socket_addr(url: &str) -> Result<SocketAddr> {
     let rest = url
@@ -148,20 +162,20 @@ pub async fn run(settings: &Settings) -> Result<()> {
     for node in &manifest.nodes {
         running.push(spawn_node(settings, node.index.get(), bind(&node.url).await?).await?);
     }
-    // A device token for this machine's CLI validator, so `ticketing validate` works at once.
+    // Tokens for this machine's CLI validator and auditor, so `ticketing validate` and
+    // `ticketing audit` work at once.
     let token_file = validator_dir(settings).join("token");
-    if !token_file.exists() {
-        let (token, _) =
-            ticketing_coordinator::register(settings, "demo-validator", TokenRole::Validator)
+    let audit_token_file = crate::audit::auditor_token_path(settings);
+    for (file, name, role) in [
+        (&token_file, "demo-validator", TokenRole::Validator),
+        (&audit_token_file, "demo-auditor", TokenRole::Auditor),
+    ] {
+        if !file.exists() {
+            let (token, _) = ticketing_coordinator::register(settings, name, role)
                 .await
-                .context("registering the demo validator")?;
-        // Holds the device token: private to this user, like the cluster's secrets.
-        let mut dir = std::fs::DirBuilder::new();
-        dir.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
-        dir.create(validator_dir(settings))?;
-        cluster::write_private(&token_file, token.expose().as_bytes())?;
+                .with_context(|| format!("registering the {name} token"))?;
+            write_token(file, token.expose())?;
+        }
     }
 
     println!();
@@ -188,6 +202,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
     );
     println!("    ticketing validator sync                  (push scans queued offline)");
     println!("  vouchers:  ticketing voucher create --product single --count 3");
+    println!("  auditors:  ticketing audit --state audit-state.json");
     println!("Ctrl-C stops everything.");
 
     shutdown_signal().await;

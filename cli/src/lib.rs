@@ -12,8 +12,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ticketing_config::Settings;
 
+pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod partner;
 mod setup;
 pub mod validator;
 pub mod wallet;
@@ -55,6 +57,9 @@ enum Command {
     /// Validator devices: register a token, sync offline scans.
     #[command(subcommand)]
     Validator(validator::ValidatorCommand),
+    /// Partners (transit operators owning products): add one, list them.
+    #[command(subcommand)]
+    Partner(partner::PartnerCommand),
     /// Cash vouchers.
     #[command(subcommand)]
     Voucher(VoucherCommand),
@@ -64,6 +69,9 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Audit the cluster: every node's issuance log and checkpoints, receipts, issued versus
+    /// redeemed and paid, blame evidence. Exit 0 clean, 1 violations, 2 error.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Validate(args) => return Ok(validator::validate(&settings()?, &args).await),
         Command::Validator(cmd) => return validator::run(&settings()?, cmd).await,
+        Command::Partner(cmd) => return partner::run(&settings()?, cmd).await,
         Command::Voucher(VoucherCommand::Create { product, count }) => {
             let codes =
                 ticketing_payments::vouchers::create_vouchers_with(&settings()?, &product, count)
@@ -159,6 +168,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Wallet(cmd) => return wallet::run(&settings()?, cmd).await,
         Command::Bench(cmd) => bench::run(&settings()?, cmd).await?,
+        Command::Audit(args) => return Ok(audit::audit(&settings()?, &args).await),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -64,6 +64,8 @@ pub struct StateArgs {
 #[command(group(ArgGroup::new("input").required(true).args(["payload", "image"])))]
 pub struct ValidateArgs {
     /// The QR code's payload text (e.g. from `ticketing wallet show --payload-only`).
+    /// Base45 text may start with `-`: it is a payload, not an option.
+    #[arg(allow_hyphen_values = true)]
     payload: Option<String>,
     /// A picture of the QR code (PNG or JPEG).
     #[arg(long)]
@@ -81,15 +83,18 @@ pub struct ValidateArgs {
 /// `ticketing validator ...`.
 #[derive(Debug, Subcommand)]
 pub enum ValidatorCommand {
-    /// Register a validator device (or an admin) in the coordinator's database and print its
-    /// token, once. An ops command: run it where the coordinator runs.
+    /// Register a validator device (or an admin, or an auditor) in the coordinator's database
+    /// and print its token, once. An ops command: run it where the coordinator runs.
     Register {
         /// Device name, e.g. `bus-42-front`.
         #[arg(long)]
         name: String,
         /// Make an admin token instead (revocation, stats).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "auditor")]
         admin: bool,
+        /// Make a read-only auditor token instead (stats; `ticketing audit`).
+        #[arg(long)]
+        auditor: bool,
         /// Also write the token to `<dir>/token` (mode 0600) for `ticketing validate`.
         #[arg(long)]
         save: bool,
@@ -673,9 +678,19 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
         ValidatorCommand::Register {
             name,
             admin,
+            auditor,
             save,
             dir,
-        } => register(settings, &name, admin, save, dir.as_deref()).await,
+        } => {
+            let role = if admin {
+                TokenRole::Admin
+            } else if auditor {
+                TokenRole::Auditor
+            } else {
+                TokenRole::Validator
+            };
+            register(settings, &name, role, save, dir.as_deref()).await
+        }
         ValidatorCommand::Sync(args) => sync(settings, &args).await,
     };
     Ok(result.unwrap_or_else(|e| {
@@ -687,19 +702,18 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
 async fn register(
     settings: &Settings,
     name: &str,
-    admin: bool,
+    role: TokenRole,
     save: bool,
     dir: Option<&Path>,
 ) -> Result<ExitCode> {
-    let role = if admin {
-        TokenRole::Admin
-    } else {
-        TokenRole::Validator
-    };
     let (token, device) = ticketing_coordinator::register(settings, name, role)
         .await
         .context("registering the device in the coordinator's database")?;
-    let kind = if admin { "admin" } else { "validator" };
+    let kind = match role {
+        TokenRole::Admin => "admin",
+        TokenRole::Auditor => "auditor",
+        TokenRole::Validator => "validator",
+    };
     if save {
         let state = State::new(settings, dir);
         state.create()?;
@@ -888,6 +902,22 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct ValidateCli {
+        #[command(flatten)]
+        args: ValidateArgs,
+    }
+
+    #[test]
+    fn a_payload_starting_with_a_hyphen_is_a_payload() {
+        // `-` is a Base45 character, so about one payload in 45 starts with it.
+        let cli =
+            <ValidateCli as clap::Parser>::try_parse_from(["validate", "-5ABC%*+", "--offline"])
+                .unwrap();
+        assert_eq!(cli.args.payload.as_deref(), Some("-5ABC%*+"));
+        assert!(cli.args.offline);
+    }
 
     #[test]
     fn times_print_in_utc() {

@@ -28,6 +28,9 @@ pub enum WalletCommand {
     List(WalletFile),
     /// Show a ticket's rotating QR code (terminal, and PNG with --png).
     Show(ShowArgs),
+    /// Print the blame evidence this wallet kept (nodes caught signing wrong partials) as
+    /// JSON, for `ticketing audit --evidence FILE`. It holds no ticket or secret.
+    Evidence(WalletFile),
 }
 
 /// Where the wallet lives.
@@ -206,7 +209,18 @@ pub async fn run(settings: &Settings, cmd: WalletCommand) -> Result<ExitCode> {
         WalletCommand::Retry(f) => retry(settings, &f).await,
         WalletCommand::List(f) => list(settings, &f),
         WalletCommand::Show(args) => show(settings, &args),
+        WalletCommand::Evidence(f) => evidence(settings, &f),
     }
+}
+
+fn evidence(settings: &Settings, file: &WalletFile) -> Result<ExitCode> {
+    let (wallet_path, _) = paths(settings, file);
+    let wallet = Wallet::load(&wallet_path)?;
+    println!("{}", serde_json::to_string_pretty(&wallet.evidence)?);
+    if wallet.evidence.is_empty() {
+        eprintln!("no evidence: no node was caught signing wrong partials");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {

@@ -264,3 +264,73 @@ async fn a_paid_purchase_survives_an_outage_and_retry_finishes_it() {
     assert!(!text(&o).contains("waiting"), "{}", text(&o));
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reports_clean_and_exits_non_zero_on_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        LocalCluster::start(dir.path(), 3, 2, Settings::default(), Databases::default())
+            .await
+            .unwrap();
+    let run = runner(dir.path());
+    let o = run(&[
+        "wallet",
+        "buy",
+        "--product",
+        "single",
+        "--card",
+        "4242424242424242",
+    ])
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // An auditor token where `ticketing demo` puts it.
+    let (token, _) = ticketing_coordinator::register(
+        &cluster.settings,
+        "auditor",
+        ticketing_coordinator::TokenRole::Auditor,
+    )
+    .await
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("auditor")).unwrap();
+    std::fs::write(dir.path().join("auditor/token"), token.expose()).unwrap();
+
+    let state = dir.path().join("audit-state.json");
+    let state = state.to_str().unwrap();
+    let o = run(&["audit", "--state", state]).await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("CLEAN"), "{}", text(&o));
+    assert!(Path::new(state).exists());
+    let o = run(&["audit", "--state", state, "--json"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["clean"], true);
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 3);
+
+    // The wallet's evidence (none here) is what auditors are handed; a file that is not
+    // evidence is an error (2), not a verdict.
+    let o = run(&["wallet", "evidence"]).await.unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, br#"{"node": "x"}"#).unwrap();
+    let o = run(&["audit", "--evidence", bad.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not blame evidence"), "{}", text(&o));
+
+    // What cannot be checked is a violation: a wrong token, a node down.
+    let o = run(&["audit", "--coordinator-token", "tkr_00"])
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("coordinator_unavailable"), "{}", text(&o));
+    cluster.stop_node(2).await.unwrap();
+    let o = run(&["audit", "--state", state, "--json"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["violations"][0]["code"], "node_unreachable");
+    assert_eq!(report["violations"][0]["node"], 2);
+    cluster.stop().await.unwrap();
+}

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use ticketing_crypto::issuance::{self, BlindedPoint, BlindingFactor, PartialSignature};
 use ticketing_crypto::keyset::{KeysetId, ShareIndex};
 use ticketing_crypto::ticket::{HolderPublicKey, Ticket};
+pub use ticketing_protocol::issue::Blame;
 use ticketing_protocol::issue::{IssueRequest, IssueResponse};
 use ticketing_protocol::manifest::{KeysetInfo, Manifest, NodeInfo};
 use ticketing_protocol::receipt::{CheckoutRequest, PaymentMethod, SignedReceipt, blinded_digest};
@@ -87,18 +88,6 @@ pub struct NodeFailure {
     pub url: String,
     /// Why.
     pub reason: String,
-}
-
-/// Evidence that a node signed wrong partials: its own signed response, which any auditor can
-/// check against the manifest (identity key, PK_i) and the blinded points.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Blame {
-    /// The node.
-    pub node: ShareIndex,
-    /// Its signed response.
-    pub response: IssueResponse,
-    /// The points it was asked to sign.
-    pub blinded: Vec<BlindedPoint>,
 }
 
 /// A purchase blinded but not yet paid. Holds secrets (blinding factors).

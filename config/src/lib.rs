@@ -152,6 +152,14 @@ pub struct CoordinatorSettings {
     /// Two scans of one pass by different validators closer in time than this are flagged as
     /// suspected sharing, in seconds.
     pub sharing_window_seconds: u64,
+    /// Read the nodes' issuance logs this often for new purchases (partner feed, stats), in
+    /// seconds.
+    pub issuance_poll_seconds: u64,
+    /// Timeout of one partner webhook delivery, in milliseconds.
+    pub webhook_timeout_ms: u64,
+    /// Deliveries of one event tried before it is skipped (backoff 1 s, doubling, at most
+    /// 5 min); a skipped event stays readable in the feed.
+    pub webhook_max_attempts: u32,
 }
 
 /// `ticketing demo`: the whole cluster in one process on loopback.
@@ -232,6 +240,9 @@ impl Default for CoordinatorSettings {
             bloom_rebuild_seconds: 60,
             prune_after_seconds: 7 * 24 * 3600,
             sharing_window_seconds: 300,
+            issuance_poll_seconds: 10,
+            webhook_timeout_ms: 5_000,
+            webhook_max_attempts: 12,
         }
     }
 }
@@ -358,6 +369,21 @@ impl Settings {
         if c.bloom_rebuild_seconds == 0 {
             return invalid("coordinator.bloom_rebuild_seconds", "must be positive");
         }
+        if c.issuance_poll_seconds == 0 {
+            return invalid("coordinator.issuance_poll_seconds", "must be positive");
+        }
+        if !(100..=60_000).contains(&c.webhook_timeout_ms) {
+            return invalid(
+                "coordinator.webhook_timeout_ms",
+                "must be between 100 and 60000",
+            );
+        }
+        if !(1..=100).contains(&c.webhook_max_attempts) {
+            return invalid(
+                "coordinator.webhook_max_attempts",
+                "must be between 1 and 100",
+            );
+        }
         if self.demo.threshold < 1 || self.demo.threshold > self.demo.nodes {
             return invalid("demo.threshold", "must be between 1 and demo.nodes");
         }
@@ -474,6 +500,18 @@ mod tests {
             jail.set_env("TICKETING_HTTP__CORS_ORIGINS", "[\"http://x.test/app\"]");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("cors_origins"), "{err}");
+            jail.set_env("TICKETING_HTTP__CORS_ORIGINS", "[]");
+            jail.set_env("TICKETING_COORDINATOR__WEBHOOK_MAX_ATTEMPTS", "0");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("coordinator.webhook_max_attempts"), "{err}");
+            jail.set_env("TICKETING_COORDINATOR__WEBHOOK_MAX_ATTEMPTS", "3");
+            jail.set_env("TICKETING_COORDINATOR__ISSUANCE_POLL_SECONDS", "0");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("coordinator.issuance_poll_seconds"), "{err}");
+            jail.set_env("TICKETING_COORDINATOR__ISSUANCE_POLL_SECONDS", "1");
+            jail.set_env("TICKETING_COORDINATOR__WEBHOOK_TIMEOUT_MS", "5");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("coordinator.webhook_timeout_ms"), "{err}");
             Ok(())
         });
     }

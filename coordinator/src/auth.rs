@@ -1,6 +1,8 @@
-//! Bearer tokens for validator devices and admins. A token is 32 random bytes shown once (hex,
-//! with a prefix naming its role); the database keeps only its SHA-256, so a leaked database
-//! grants nothing.
+//! Bearer tokens for validator devices, admins, auditors and partners. A token is 32 random
+//! bytes shown once (hex, with a prefix naming its role: `tkv_` validator, `tka_` admin, `tkr_`
+//! auditor (read-only), `tkp_` partner); the database keeps only its SHA-256, so a leaked
+//! database grants nothing. Partner tokens live in their own table: they open the partner feed
+//! and nothing else, and device tokens do not open it.
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -11,7 +13,7 @@ use ticketing_service::ApiError;
 use zeroize::Zeroizing;
 
 use crate::Coordinator;
-use crate::store::{Device, Role};
+use crate::store::{Device, Partner, Role};
 
 /// A freshly made token. Shown once; redacted in Debug; zeroized on drop.
 pub struct Token(Zeroizing<String>);
@@ -19,12 +21,21 @@ pub struct Token(Zeroizing<String>);
 impl Token {
     /// A new random token for `role`.
     pub fn generate(role: Role) -> Self {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        rand::Rng::fill_bytes(&mut rand::rng(), bytes.as_mut_slice());
-        let prefix = match role {
+        Self::with_prefix(match role {
             Role::Validator => "tkv_",
             Role::Admin => "tka_",
-        };
+            Role::Auditor => "tkr_",
+        })
+    }
+
+    /// A new random partner token (`tkp_`).
+    pub fn partner() -> Self {
+        Self::with_prefix("tkp_")
+    }
+
+    fn with_prefix(prefix: &str) -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::Rng::fill_bytes(&mut rand::rng(), bytes.as_mut_slice());
         Self(Zeroizing::new(format!("{prefix}{}", hex::encode(*bytes))))
     }
 
@@ -45,7 +56,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.trim().as_bytes()).into()
 }
 
-/// A request authenticated as a validator device (or an admin).
+/// A request authenticated as a validator device (or an admin; not an auditor).
 #[derive(Debug, Clone)]
 pub struct Validator(pub Device);
 
@@ -53,20 +64,32 @@ pub struct Validator(pub Device);
 #[derive(Debug, Clone)]
 pub struct Admin(pub Device);
 
+/// A request authenticated as an admin or an auditor (read-only endpoints).
+#[derive(Debug, Clone)]
+pub struct Reader(pub Device);
+
+/// A request authenticated as a partner (`tkp_` token).
+#[derive(Debug, Clone)]
+pub struct PartnerAuth(pub Partner);
+
 fn unauthorized(detail: &str) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, detail)
 }
 
-async fn authenticate(parts: &Parts, coordinator: &Coordinator) -> Result<Device, ApiError> {
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
-    let token = value
+    value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("expected `Authorization: Bearer <token>`"))?;
+        .ok_or_else(|| unauthorized("expected `Authorization: Bearer <token>`"))
+}
+
+async fn authenticate(parts: &Parts, coordinator: &Coordinator) -> Result<Device, ApiError> {
+    let token = bearer(parts)?;
     coordinator
         .device(&token_hash(token))
         .await?
@@ -80,7 +103,46 @@ impl FromRequestParts<Coordinator> for Validator {
         parts: &mut Parts,
         state: &Coordinator,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(parts, state).await.map(Self)
+        let device = authenticate(parts, state).await?;
+        if device.role == Role::Auditor {
+            return Err(unauthorized("an auditor token is read-only"));
+        }
+        Ok(Self(device))
+    }
+}
+
+impl FromRequestParts<Coordinator> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Coordinator,
+    ) -> Result<Self, Self::Rejection> {
+        let device = authenticate(parts, state).await?;
+        if !matches!(device.role, Role::Admin | Role::Auditor) {
+            return Err(unauthorized(
+                "this endpoint needs an admin or an auditor token",
+            ));
+        }
+        Ok(Self(device))
+    }
+}
+
+impl FromRequestParts<Coordinator> for PartnerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Coordinator,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        state
+            .store()
+            .partner(&token_hash(token))
+            .await
+            .map_err(crate::CoordinatorError::from)?
+            .map(Self)
+            .ok_or_else(|| unauthorized("unknown partner token"))
     }
 }
 

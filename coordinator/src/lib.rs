@@ -1,12 +1,19 @@
 //! Coordinator: the atomic spent ledger, online redemption, offline sync and reconciliation,
-//! the signed Bloom filter and deny list, validator device authentication, aggregate stats.
+//! the signed Bloom filter and deny list, validator device authentication, aggregate stats,
+//! and the partner feed with its webhooks (ADR-0008).
 //!
-//! Endpoints (validator = device token, admin = admin token, both `Authorization: Bearer`):
+//! Endpoints (validator = device token, admin = admin token, auditor = read-only token,
+//! partner = partner token, all `Authorization: Bearer`):
 //! - `GET  /v1/manifest`, `GET /v1/bloom` (ETag / `If-None-Match` -> 304): public.
 //! - `POST /v1/redeem` (`Scan`), `POST /v1/redeem/batch`, `POST /v1/sync`: validator.
-//! - `POST /v1/admin/revoke`, `GET /v1/admin/deny`, `POST /v1/admin/bloom/rebuild`,
-//!   `GET /v1/admin/stats`: admin.
+//! - `POST /v1/admin/revoke`, `GET /v1/admin/deny`, `POST /v1/admin/bloom/rebuild`: admin.
+//! - `GET /v1/admin/stats`: admin or auditor.
+//! - `GET /v1/partner/feed?after=&limit=`: partner (`partner.rs`); webhooks (`webhook.rs`).
 //! - `GET /health`, `GET /metrics`.
+//!
+//! Background loops of [`Coordinator::serve`]: the Bloom rebuild, the issuance follower (node
+//! logs -> `issued` events, [`Coordinator::follow_issuance`]) and webhook delivery
+//! ([`Coordinator::deliver_webhooks`]); each is also callable directly.
 //!
 //! A scan goes through two stages shared by all requests (`pipeline.rs`): checks (parse,
 //! keyset, window, epoch, holder signature, then one batched BLS verification for every
@@ -30,24 +37,29 @@ use ticketing_config::cluster::{self, ServiceBundle};
 use ticketing_config::{CoordinatorSettings, HttpSettings, Settings};
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::manifest::Manifest;
+use ticketing_protocol::partner::{FeedQuery, PartnerFeed};
 use ticketing_protocol::redeem::{
     DenyEntry, DenyReason, KeysetStats, RedeemBatch, RedeemBatchResponse, RedeemResponse,
     RevokeRequest, Scan, Stats, SyncRequest, SyncResponse, SyncResult,
 };
 use ticketing_protocol::{ErrorCode, ProtocolError};
-use ticketing_service::{ApiError, Json, Metrics};
+use ticketing_service::{ApiError, Json, Metrics, Query};
 use tokio::sync::RwLock;
 
 pub mod auth;
 mod error;
 mod issued;
+pub mod partner;
 mod pipeline;
 mod publication;
 pub mod store;
+pub mod webhook;
 
 pub use error::CoordinatorError;
+pub use issued::FollowReport;
 pub use publication::Published;
-use store::{Device, LedgerStore, Role};
+use store::{Device, Fare, LedgerStore, Role};
+pub use webhook::{DeliveryReport, WebhookSecret};
 
 /// A running coordinator's shared state.
 #[derive(Debug, Clone)]
@@ -64,7 +76,8 @@ struct Inner {
     metrics: Metrics,
     pipeline: pipeline::Pipeline,
     published: RwLock<Option<Arc<Published>>>,
-    issued: issued::IssuedCounter,
+    issued: issued::IssuanceFollower,
+    webhooks: webhook::Deliverer,
     counters: Counters,
 }
 
@@ -75,6 +88,7 @@ pub(crate) struct Counters {
     pub(crate) synced: Counter,
     pub(crate) conflicts: Counter,
     pub(crate) rebuilds: Counter,
+    pub(crate) issuance_events: Counter,
 }
 
 impl std::fmt::Debug for Inner {
@@ -104,7 +118,24 @@ impl Coordinator {
                 "Offline scans recorded as duplicates or suspected sharing",
             ),
             rebuilds: metrics.counter("bloom_rebuilds", "Bloom snapshots published"),
+            issuance_events: metrics.counter(
+                "issuance_events",
+                "Purchases recorded as issued events (seen in t node logs)",
+            ),
         };
+        let webhooks = webhook::Deliverer::new(
+            settings.coordinator.webhook_timeout_ms,
+            settings.coordinator.webhook_max_attempts,
+            metrics.counter(
+                "webhook_delivered",
+                "Partner webhook events delivered (2xx)",
+            ),
+            metrics.counter("webhook_failed", "Partner webhook delivery attempts failed"),
+            metrics.counter(
+                "webhook_skipped",
+                "Partner webhook events given up after the maximum attempts",
+            ),
+        );
         let manifest = Arc::new(manifest);
         let store: Arc<dyn LedgerStore> = Arc::from(store);
         let writers = if settings.coordinator_database_url().starts_with("postgres") {
@@ -115,7 +146,8 @@ impl Coordinator {
         let pipeline = pipeline::Pipeline::start(manifest.clone(), &store, writers);
         let coordinator = Self {
             inner: Arc::new(Inner {
-                issued: issued::IssuedCounter::new(&manifest, settings.http.request_timeout_ms),
+                issued: issued::IssuanceFollower::new(&manifest, settings.http.request_timeout_ms),
+                webhooks,
                 manifest,
                 key,
                 store,
@@ -171,34 +203,85 @@ impl Coordinator {
             .route("/v1/admin/deny", get(deny_list))
             .route("/v1/admin/bloom/rebuild", post(rebuild))
             .route("/v1/admin/stats", get(stats))
+            .route("/v1/partner/feed", get(partner_feed))
             .with_state(self.clone());
         ticketing_service::finish(routes, &self.inner.http, self.inner.metrics.clone())
     }
 
-    /// Serve until `shutdown` resolves, rebuilding the Bloom snapshot (and pruning expired
-    /// keysets) every `bloom_rebuild_seconds` meanwhile.
+    /// Serve until `shutdown` resolves, meanwhile rebuilding the Bloom snapshot (and pruning
+    /// expired keysets) every `bloom_rebuild_seconds`, following the node logs every
+    /// `issuance_poll_seconds` and delivering due webhooks every second.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        let every = Duration::from_secs(self.inner.settings.bloom_rebuild_seconds);
+        let settings = &self.inner.settings;
         let me = self.clone();
-        let maintenance = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
+        let maintenance = every(settings.bloom_rebuild_seconds, true, move || {
+            let me = me.clone();
+            async move {
                 if let Err(e) = me.maintain(ticketing_service::now()).await {
                     tracing::warn!(error = %e, "periodic rebuild failed; serving the previous snapshot");
                 }
             }
         });
+        let me = self.clone();
+        let follower = every(settings.issuance_poll_seconds, false, move || {
+            let me = me.clone();
+            async move {
+                if let Err(e) = me.follow_issuance(ticketing_service::now()).await {
+                    tracing::warn!(error = %e, "following the node logs failed; retrying");
+                }
+            }
+        });
+        let me = self.clone();
+        let deliveries = every(1, false, move || {
+            let me = me.clone();
+            async move {
+                if let Err(e) = me.deliver_webhooks(ticketing_service::now()).await {
+                    tracing::warn!(error = %e, "webhook delivery pass failed; retrying");
+                }
+            }
+        });
         let result = ticketing_service::serve(listener, router, shutdown).await;
-        maintenance.abort();
+        for task in [maintenance, follower, deliveries] {
+            task.abort();
+        }
         result
+    }
+
+    /// Read the nodes' logs for new purchases and record each receipt found in t of them as
+    /// one `issued` event at time `now` (idempotent: a receipt is recorded once, ever).
+    pub async fn follow_issuance(&self, now: u64) -> Result<FollowReport, CoordinatorError> {
+        let report = self
+            .inner
+            .issued
+            .follow(self.inner.store.as_ref(), now)
+            .await?;
+        if report.recorded > 0 {
+            self.inner.counters.issuance_events.inc_by(report.recorded);
+            tracing::info!(
+                events = report.recorded,
+                "purchases recorded from the node logs"
+            );
+        }
+        Ok(report)
+    }
+
+    /// One pass of webhook delivery at time `now` (the signatures' `t`): every partner whose
+    /// next attempt is due gets its events after its cursor, in order, until one fails.
+    pub async fn deliver_webhooks(&self, now: u64) -> Result<DeliveryReport, CoordinatorError> {
+        self.inner
+            .webhooks
+            .run(self.inner.store.as_ref(), &self.inner.key, now)
+            .await
+    }
+
+    /// The webhook secret of partner `id` (derived from the coordinator's key).
+    pub fn webhook_secret(&self, id: &ticketing_protocol::Id16) -> WebhookSecret {
+        WebhookSecret::derive(&self.inner.key, id)
     }
 
     /// Prune keysets that ended more than `prune_after_seconds` ago, then rebuild the filter.
@@ -319,25 +402,44 @@ impl Coordinator {
                 "the keyset is not in the manifest".into(),
             ));
         }
+        let fare = self
+            .inner
+            .manifest
+            .keyset(&req.keyset_id)
+            .map(|k| fare_of(&self.inner.manifest, &k.params.product))
+            .unwrap_or_default();
         self.inner
             .store
-            .deny(&req.keyset_id, &req.serial, DenyReason::Revoked, now)
+            .deny(&req.keyset_id, &req.serial, DenyReason::Revoked, &fare, now)
             .await?;
         Ok(())
     }
 
-    /// Per-keyset counts: issued (from the nodes' logs) against redeemed (ledger).
+    /// Per-keyset counts: issued (purchases the nodes' logs agree on, recorded by the
+    /// follower, which runs first) against redeemed (ledger). `issued` is `None` when no
+    /// node could be read.
     pub async fn stats(&self) -> Result<Stats, CoordinatorError> {
-        let issued = self.inner.issued.refresh().await;
+        let reached = match self.follow_issuance(ticketing_service::now()).await {
+            Ok(report) => report.nodes_reached > 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "following the node logs failed");
+                false
+            }
+        };
         let mut keysets = Vec::with_capacity(self.inner.manifest.keysets.len());
         for k in &self.inner.manifest.keysets {
             let counts = self.inner.store.counts(&k.id).await?;
+            let issued = if reached {
+                Some(self.inner.store.issued(&k.id).await?)
+            } else {
+                None
+            };
             keysets.push(KeysetStats {
                 keyset_id: k.id,
                 product: k.params.product.clone(),
                 valid_from: k.params.valid_from,
                 valid_until: k.params.valid_until,
-                issued: issued.as_ref().map(|m| m.get(&k.id).copied().unwrap_or(0)),
+                issued,
                 redeemed: counts.redeemed,
                 scans: counts.scans,
                 denied: counts.denied,
@@ -357,7 +459,38 @@ impl Coordinator {
     }
 }
 
-/// Register a device (or admin) token directly in the coordinator's database (an ops command
+/// A product's fare from the manifest (zero price and no currency for an unknown product).
+pub(crate) fn fare_of(manifest: &Manifest, product: &str) -> Fare {
+    manifest
+        .product(product)
+        .map_or_else(Fare::default, |p| Fare {
+            product: p.name.clone(),
+            price: p.price,
+            currency: p.currency.clone(),
+        })
+}
+
+/// Run `f` every `seconds` until aborted: the first run at once, or after one interval when
+/// `skip_first`.
+fn every<F, Fut>(seconds: u64, skip_first: bool, f: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(seconds.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if skip_first {
+            tick.tick().await;
+        }
+        loop {
+            tick.tick().await;
+            f().await;
+        }
+    })
+}
+
+/// Register a device (or admin, or auditor) token directly in the coordinator's database (an ops command
 /// run where the coordinator runs). The token is returned once; only its hash is stored.
 pub async fn register(
     settings: &Settings,
@@ -500,8 +633,19 @@ async fn rebuild(
     Ok(Json(serde_json::json!({ "version": p.version })))
 }
 
-async fn stats(State(c): State<Coordinator>, _admin: auth::Admin) -> Result<Json<Stats>, ApiError> {
+async fn stats(
+    State(c): State<Coordinator>,
+    _reader: auth::Reader,
+) -> Result<Json<Stats>, ApiError> {
     Ok(Json(c.stats().await?))
+}
+
+async fn partner_feed(
+    State(c): State<Coordinator>,
+    auth::PartnerAuth(partner): auth::PartnerAuth,
+    Query(query): Query<FeedQuery>,
+) -> Result<Json<PartnerFeed>, ApiError> {
+    Ok(Json(partner::feed(&c, &partner, query).await?))
 }
 
 impl From<ProtocolError> for CoordinatorError {

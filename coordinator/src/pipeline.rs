@@ -20,7 +20,7 @@ use ticketing_protocol::verify;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::CoordinatorError;
-use crate::store::{LedgerStore, Mode, Outcome, ScanRecord, Usage};
+use crate::store::{Fare, LedgerStore, Mode, Outcome, ScanRecord, Usage};
 
 /// Scans checked together at most (bounds the latency a large batch adds to others).
 const MAX_CHECK: usize = 2048;
@@ -251,6 +251,7 @@ fn check(manifest: &Manifest, jobs: Vec<Job>) -> Vec<Checked> {
                     at,
                     device,
                     usage: screened.usage,
+                    fare: screened.fare,
                 }
             });
             slots.push(slot);
@@ -278,6 +279,7 @@ struct Screened {
     serial: ticketing_crypto::ticket::Serial,
     epoch: u32,
     usage: Usage,
+    fare: Fare,
 }
 
 fn screen(
@@ -307,7 +309,9 @@ fn screen(
             valid_until: s.keyset.params.valid_until,
         },
     };
+    let fare = crate::fare_of(manifest, &s.keyset.params.product);
     Ok(Screened {
+        fare,
         ticket: s.presentation.ticket,
         keyset: s.keyset.clone(),
         serial: s.serial,

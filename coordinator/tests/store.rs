@@ -13,10 +13,12 @@
 use std::sync::Arc;
 
 use ticketing_coordinator::store::{
-    LedgerStore, Mode, Outcome, PostgresStore, Role, ScanRecord, SqliteStore, Usage,
+    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PostgresStore, Role, ScanRecord,
+    SqliteStore, Usage, Webhook,
 };
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
+use ticketing_protocol::partner::{EventKind, PartnerEvent};
 use ticketing_protocol::redeem::{DenyReason, SyncStatus, Verdict};
 use ticketing_protocol::{ErrorCode, Id16};
 
@@ -34,6 +36,14 @@ const OFFLINE: Mode = Mode::Offline {
     sharing_window: 300,
 };
 
+fn fare(product: &str, price: u64) -> Fare {
+    Fare {
+        product: product.into(),
+        price,
+        currency: "EUR".into(),
+    }
+}
+
 fn scan(id: u16, serial: u8, epoch: u32, at: u64, device: i64, usage: Usage) -> ScanRecord {
     let mut scan_id = [0u8; 16];
     scan_id[..2].copy_from_slice(&id.to_be_bytes());
@@ -45,7 +55,41 @@ fn scan(id: u16, serial: u8, epoch: u32, at: u64, device: i64, usage: Usage) -> 
         at,
         device,
         usage,
+        fare: fare("single", 250),
     }
+}
+
+fn issuance(id: u8, product: &str, tickets: u32, amount: u64) -> Issuance {
+    Issuance {
+        receipt_id: Id16([id; 16]),
+        keyset_id: KS,
+        product: product.into(),
+        tickets,
+        amount,
+        currency: "EUR".into(),
+        at: 1_000 + u64::from(id),
+    }
+}
+
+fn partner(id: u8, name: &str, products: &[&str], webhook: bool) -> Partner {
+    Partner {
+        id: Id16([id; 16]),
+        name: name.into(),
+        products: products.iter().map(|p| (*p).to_owned()).collect(),
+        webhook: webhook.then(|| Webhook {
+            url: format!("https://{name}.test/hook"),
+            cursor: 0,
+            attempts: 0,
+            next_at: 0,
+            delivered: 0,
+            skipped: 0,
+        }),
+        created_at: 5,
+    }
+}
+
+async fn all_events(s: &dyn LedgerStore, partner: &Id16) -> Vec<PartnerEvent> {
+    s.partner_events(partner, 0, 10_000).await.unwrap()
 }
 
 async fn one(store: &dyn LedgerStore, mode: Mode, s: ScanRecord) -> Outcome {
@@ -255,12 +299,17 @@ mod cases {
 
     pub(crate) async fn revoked_serials_are_refused(store: Arc<dyn LedgerStore>) {
         let s = store.as_ref();
-        s.deny(&KS, &Serial([3; 32]), DenyReason::Revoked, 100)
-            .await
-            .unwrap();
-        s.deny(&KS, &Serial([3; 32]), DenyReason::Duplicate, 200)
-            .await
-            .unwrap();
+        let single = fare("single", 250);
+        assert!(
+            s.deny(&KS, &Serial([3; 32]), DenyReason::Revoked, &single, 100)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.deny(&KS, &Serial([3; 32]), DenyReason::Duplicate, &single, 200)
+                .await
+                .unwrap()
+        );
         let deny = s.deny_list().await.unwrap();
         assert_eq!(deny.len(), 1);
         assert_eq!(
@@ -290,9 +339,15 @@ mod cases {
         both.sort();
         assert_eq!(both, vec![Serial([1; 32]), Serial([2; 32])]);
         assert!(s.spent(&[KeysetId([8; 8])], 900).await.unwrap().is_empty());
-        s.deny(&KS, &Serial([4; 32]), DenyReason::Revoked, 100)
-            .await
-            .unwrap();
+        s.deny(
+            &KS,
+            &Serial([4; 32]),
+            DenyReason::Revoked,
+            &fare("single", 250),
+            100,
+        )
+        .await
+        .unwrap();
         assert!(s.prune(&[KS]).await.unwrap() > 0);
         assert!(s.spent(&[KS], 900).await.unwrap().is_empty());
         assert!(s.deny_list().await.unwrap().is_empty());
@@ -324,6 +379,243 @@ mod cases {
             s.latest_publication().await.unwrap(),
             Some((2, "two".into()))
         );
+        // Auditor tokens are a role of their own.
+        s.add_device(&[4; 32], "books", Role::Auditor, 7)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.device(&[4; 32]).await.unwrap().unwrap().role,
+            Role::Auditor
+        );
+    }
+
+    pub(crate) async fn issuances_are_recorded_once(store: Arc<dyn LedgerStore>) {
+        let s = store.as_ref();
+        let batch = [issuance(1, "single", 2, 500), issuance(2, "day", 1, 700)];
+        assert_eq!(s.record_issuances(&batch).await.unwrap(), 2);
+        // The follower after a restart reads every log again: nothing new.
+        assert_eq!(s.record_issuances(&batch).await.unwrap(), 0);
+        assert_eq!(
+            s.record_issuances(&[issuance(2, "day", 1, 700), issuance(3, "single", 1, 250)])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.record_issuances(&[]).await.unwrap(), 0);
+        assert_eq!(s.issued(&KS).await.unwrap(), 4);
+        assert_eq!(s.issued(&KeysetId([8; 8])).await.unwrap(), 0);
+        s.add_partner(&partner(1, "all", &["single", "day"], false), &[1; 32])
+            .await
+            .unwrap();
+        let events = all_events(s, &Id16([1; 16])).await;
+        assert_eq!(events.len(), 3);
+        assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(
+            events[0].kind,
+            EventKind::Issued {
+                receipt_id: Id16([1; 16])
+            }
+        );
+        assert_eq!(
+            (events[0].tickets, events[0].amount, events[0].time),
+            (2, 500, 1_001)
+        );
+    }
+
+    pub(crate) async fn denials_write_events_without_serials(store: Arc<dyn LedgerStore>) {
+        let s = store.as_ref();
+        s.add_partner(&partner(1, "metro", &["single"], false), &[1; 32])
+            .await
+            .unwrap();
+        // An offline copy: the serial is denied as a duplicate, one event at the price.
+        one(s, OFFLINE, scan(1, 1, 10, 300, 1, SINGLE)).await;
+        one(s, OFFLINE, scan(2, 1, 11, 330, 2, SINGLE)).await;
+        one(s, OFFLINE, scan(3, 1, 12, 360, 3, SINGLE)).await;
+        // A pass copied: another product, not metro's.
+        let mut pass = scan(4, 5, 10, 300, 1, PASS);
+        pass.fare = fare("day", 700);
+        one(s, OFFLINE, pass.clone()).await;
+        pass.scan_id = Id16([9; 16]);
+        pass.device = 2;
+        one(s, OFFLINE, pass).await;
+        // An operator revokes a serial, twice: one event.
+        for _ in 0..2 {
+            s.deny(
+                &KS,
+                &Serial([7; 32]),
+                DenyReason::Revoked,
+                &fare("single", 250),
+                400,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.deny_list().await.unwrap().len(), 3);
+        let events = all_events(s, &Id16([1; 16])).await;
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.amount, e.tickets))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (
+                    EventKind::Revoked {
+                        reason: DenyReason::Duplicate
+                    },
+                    250,
+                    1
+                ),
+                (
+                    EventKind::Revoked {
+                        reason: DenyReason::Revoked
+                    },
+                    250,
+                    1
+                ),
+            ]
+        );
+        let json = serde_json::to_string(&events).unwrap();
+        for serial in [Serial([1; 32]), Serial([7; 32])] {
+            assert!(!json.contains(&serial.to_string()), "{json}");
+        }
+        let totals = s.partner_totals(&Id16([1; 16])).await.unwrap();
+        assert_eq!(totals.len(), 1);
+        assert_eq!(
+            (totals[0].revoked_tickets, totals[0].revoked_amount),
+            (2, 500)
+        );
+        assert_eq!(totals[0].issued_tickets, 0);
+    }
+
+    pub(crate) async fn partners_see_their_products_only(store: Arc<dyn LedgerStore>) {
+        let s = store.as_ref();
+        let metro = partner(1, "metro", &["day", "single"], true);
+        let bus = partner(2, "bus", &["week"], false);
+        s.add_partner(&metro, &[1; 32]).await.unwrap();
+        s.add_partner(&bus, &[2; 32]).await.unwrap();
+        // Names and tokens are unique.
+        assert!(
+            s.add_partner(&partner(3, "metro", &["day"], false), &[3; 32])
+                .await
+                .is_err()
+        );
+        assert!(
+            s.add_partner(&partner(4, "tram", &["day"], false), &[1; 32])
+                .await
+                .is_err()
+        );
+        assert_eq!(s.partner(&[1; 32]).await.unwrap(), Some(metro.clone()));
+        assert_eq!(s.partner(&[9; 32]).await.unwrap(), None);
+        let names: Vec<_> = s
+            .partners()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["bus", "metro"]);
+
+        let batch: Vec<_> = (1..=10u8)
+            .map(|i| issuance(i, ["single", "day", "week"][usize::from(i % 3)], 1, 100))
+            .collect();
+        s.record_issuances(&batch).await.unwrap();
+        let mine = all_events(s, &metro.id).await;
+        assert_eq!(mine.len(), 7);
+        assert!(mine.iter().all(|e| e.product != "week"));
+        assert_eq!(all_events(s, &bus.id).await.len(), 3);
+        // Pages of 3 after a cursor.
+        let first = s.partner_events(&metro.id, 0, 3).await.unwrap();
+        let second = s.partner_events(&metro.id, first[2].id, 3).await.unwrap();
+        assert_eq!(first.len(), 3);
+        assert_eq!(second.len(), 3);
+        assert_eq!([first, second].concat(), mine[..6].to_vec());
+        let totals = s.partner_totals(&metro.id).await.unwrap();
+        let summary: Vec<_> = totals
+            .iter()
+            .map(|t| (t.product.as_str(), t.issued_tickets, t.issued_amount))
+            .collect();
+        assert_eq!(summary, vec![("day", 4, 400), ("single", 3, 300)]);
+
+        // Webhook state: a failure, then a delivery; the cursor never moves back.
+        s.webhook_failed(&metro.id, 2, 77).await.unwrap();
+        let w = s.partner(&[1; 32]).await.unwrap().unwrap().webhook.unwrap();
+        assert_eq!((w.cursor, w.attempts, w.next_at), (0, 2, 77));
+        s.webhook_done(&metro.id, mine[1].id, true).await.unwrap();
+        s.webhook_done(&metro.id, mine[0].id, true).await.unwrap();
+        s.webhook_done(&metro.id, mine[2].id, false).await.unwrap();
+        let w = s.partner(&[1; 32]).await.unwrap().unwrap().webhook.unwrap();
+        assert_eq!(
+            (w.cursor, w.attempts, w.next_at, w.delivered, w.skipped),
+            (mine[2].id, 0, 0, 1, 1)
+        );
+    }
+
+    /// Event ids are the feed cursor: a reader following concurrent writers must never step
+    /// over an id that commits after a larger one (Postgres: the events lock).
+    pub(crate) async fn a_feed_reader_misses_nothing(store: Arc<dyn LedgerStore>) {
+        let reader = Id16([1; 16]);
+        store
+            .add_partner(&partner(1, "metro", &["single"], false), &[1; 32])
+            .await
+            .unwrap();
+        let writers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..40u8 {
+                        if i % 2 == 0 {
+                            let mut serial = [w; 32];
+                            serial[1] = i;
+                            store
+                                .deny(
+                                    &KS,
+                                    &Serial(serial),
+                                    DenyReason::Revoked,
+                                    &fare("single", 250),
+                                    9,
+                                )
+                                .await
+                                .unwrap();
+                        } else {
+                            let mut r = issuance(i, "single", 1, 250);
+                            r.receipt_id.0[1] = w;
+                            store.record_issuances(&[r]).await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let done = writers.iter().all(tokio::task::JoinHandle::is_finished);
+            let page = store.partner_events(&reader, after, 1000).await.unwrap();
+            if let Some(last) = page.last() {
+                after = last.id;
+            }
+            seen.extend(page.into_iter().map(|e| e.id));
+            if done
+                && store
+                    .partner_events(&reader, after, 1)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let all: Vec<u64> = all_events(store.as_ref(), &reader)
+            .await
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(all.len(), 160);
+        assert_eq!(seen, all, "the reader skipped an event");
     }
 }
 
@@ -369,4 +661,8 @@ conformance!(
     revoked_serials_are_refused,
     spent_after_transfer_and_prune,
     devices_and_publications,
+    issuances_are_recorded_once,
+    denials_write_events_without_serials,
+    partners_see_their_products_only,
+    a_feed_reader_misses_nothing,
 );

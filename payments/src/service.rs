@@ -1,5 +1,6 @@
 //! The HTTP service: `POST /v1/checkout` turns a [`CheckoutRequest`] into a [`SignedReceipt`];
-//! `GET /v1/receipts/{digest}` returns the receipt stored for a digest.
+//! `GET /v1/receipts/{digest}` returns the receipt stored for a digest;
+//! `GET /v1/audit/totals` returns the receipt totals per keyset, signed, for auditors.
 //!
 //! # Card checkout: reserve, charge, issue
 //!
@@ -46,6 +47,7 @@ use ticketing_config::cluster::{
 };
 use ticketing_config::{HttpSettings, PaymentsSettings, Settings};
 use ticketing_crypto::keyset::KeysetId;
+use ticketing_protocol::audit::ReceiptTotals;
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::manifest::{Manifest, Product};
 use ticketing_protocol::receipt::{CheckoutRequest, PaymentMethod, Receipt, SignedReceipt};
@@ -161,6 +163,12 @@ impl Payments {
         let key = bundle.sign_key()?;
         let store = open_store(&settings.payments_database_url()).await?;
         Self::new(manifest, key, store, settings)
+    }
+
+    /// Receipt totals per keyset, signed with the receipt key.
+    pub async fn totals(&self, now: u64) -> Result<ReceiptTotals, PaymentsError> {
+        let keysets = self.inner.store.totals().await?;
+        Ok(ReceiptTotals::sign(now, keysets, &self.inner.key))
     }
 
     /// The manifest the service checks requests against.
@@ -561,15 +569,22 @@ async fn receipt(
     Ok(Json(payments.receipt(&digest).await?))
 }
 
-/// The service's routes (`POST /v1/checkout`, `GET /v1/receipts/{digest}`) with the shared
-/// plumbing (`/health`,
-/// `/metrics`, body limit, CORS, JSON 404).
+/// Receipt totals are public like the nodes' logs, which already carry every receipt: they
+/// are counts and sums per keyset, nothing about a payer.
+async fn totals(State(payments): State<Payments>) -> Result<Json<ReceiptTotals>, ApiError> {
+    Ok(Json(payments.totals(ticketing_service::now()).await?))
+}
+
+/// The service's routes (`POST /v1/checkout`, `GET /v1/receipts/{digest}`,
+/// `GET /v1/audit/totals`) with the shared plumbing (`/health`, `/metrics`, body limit, CORS,
+/// JSON 404).
 pub fn router(state: Payments) -> Router {
     let http = state.inner.http.clone();
     let metrics = state.inner.metrics.clone();
     let routes = Router::new()
         .route("/v1/checkout", post(checkout))
         .route("/v1/receipts/{digest}", get(receipt))
+        .route("/v1/audit/totals", get(totals))
         .with_state(state);
     ticketing_service::finish(routes, &http, metrics)
 }

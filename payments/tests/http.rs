@@ -72,6 +72,19 @@ async fn a_card_checkout_returns_a_receipt_that_verifies_and_binds_the_digest() 
             amount: 750
         }]
     );
+    // The same figures over HTTP, signed with the receipt key.
+    let totals: ticketing_protocol::audit::ReceiptTotals = s
+        .client
+        .get(format!("{}/v1/audit/totals", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    totals.verify(&s.manifest().payments.key).unwrap();
+    assert_eq!(totals.keyset(&ks).tickets, 3);
+    assert_eq!(totals.keyset(&ks).amount, 750);
     let metrics = s.metrics().await;
     assert!(
         metrics.contains("ticketing_payments_receipts_issued_total 1"),

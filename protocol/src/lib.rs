@@ -7,12 +7,14 @@
 //! deserializes holds only valid points ("parse, don't validate"). Signed objects sign a fixed
 //! binary encoding with a domain tag (`signing_bytes`), never their JSON.
 
+pub mod audit;
 mod error;
 mod ids;
 pub mod issue;
 pub mod keys;
 pub mod log;
 pub mod manifest;
+pub mod partner;
 pub mod publication;
 pub mod receipt;
 pub mod redeem;
@@ -34,6 +36,8 @@ pub mod domain {
     pub const SNAPSHOT: &[u8] = b"ticketing/v1/bloom-snapshot";
     /// The manifest digest.
     pub const MANIFEST: &[u8] = b"ticketing/v1/manifest";
+    /// The payments service's receipt totals for auditors.
+    pub const RECEIPT_TOTALS: &[u8] = b"ticketing/v1/receipt-totals";
 }
 
 /// Append a length-prefixed byte string (u32 big-endian length) to a signing encoding.

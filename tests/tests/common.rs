@@ -7,6 +7,9 @@ use std::time::Duration;
 use ticketing_cli::demo::{Databases, LocalCluster};
 use ticketing_client::Client;
 use ticketing_config::Settings;
+use ticketing_coordinator::TokenRole;
+use ticketing_crypto::ticket::{HolderSecret, Ticket};
+use ticketing_protocol::receipt::PaymentMethod;
 
 /// The PWA origin the test clusters allow (CORS).
 pub(crate) const WALLET_ORIGIN: &str = "http://wallet.test:8080";
@@ -45,6 +48,41 @@ impl TestCluster {
         )
         .unwrap()
     }
+}
+
+/// Buy `count` tickets of `product` with the test card that succeeds.
+pub(crate) async fn buy(
+    c: &TestCluster,
+    product: &str,
+    count: usize,
+) -> Vec<(Ticket, HolderSecret)> {
+    let client = c.client();
+    let secrets: Vec<_> = (0..count)
+        .map(|_| HolderSecret::generate(&mut rand::rng()))
+        .collect();
+    let holders: Vec<_> = secrets.iter().map(HolderSecret::public_key).collect();
+    let card = PaymentMethod::Card {
+        number: "4242424242424242".into(),
+    };
+    let purchase = client
+        .buy(
+            product,
+            &holders,
+            card,
+            ticketing_service::now(),
+            &mut rand::rng(),
+        )
+        .await
+        .unwrap();
+    purchase.tickets.into_iter().zip(secrets).collect()
+}
+
+/// A coordinator token of `role`, registered the way `ticketing validator register` does.
+pub(crate) async fn token(c: &TestCluster, name: &str, role: TokenRole) -> String {
+    let (token, _) = ticketing_coordinator::register(&c.cluster.settings, name, role)
+        .await
+        .unwrap();
+    token.expose().to_owned()
 }
 
 /// Start an n-node threshold-t cluster; `None` when the Postgres run is not configured here
@@ -114,3 +152,33 @@ pub(crate) fn capture_logs() {
             .try_init();
     });
 }
+
+/// One `#[tokio::test]` per case and database: `sqlite::<case>` always, `postgres::<case>` when
+/// `TICKETING_TEST_POSTGRES_URL` is set (required under `TICKETING_REQUIRE_POSTGRES=1`). Each
+/// case is an `async fn(TestCluster)` given a fresh n-node threshold-t cluster.
+macro_rules! on_both_databases {
+    (nodes = $n:expr, threshold = $t:expr; $($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let c = crate::common::start(crate::common::Db::Sqlite, $n, $t).await.unwrap();
+                    super::$case(c).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(c) = crate::common::start(crate::common::Db::Postgres, $n, $t).await
+                    else {
+                        return;
+                    };
+                    super::$case(c).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_databases;

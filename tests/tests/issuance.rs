@@ -454,32 +454,8 @@ pub(crate) async fn cors_allows_the_pwa_origin_only_and_metrics_are_served(c: Te
     c.cluster.stop().await.unwrap();
 }
 
-macro_rules! on_both_databases {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let c = crate::common::start(crate::common::Db::Sqlite, 5, 3).await.unwrap();
-                    super::$case(c).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(c) = crate::common::start(crate::common::Db::Postgres, 5, 3).await else {
-                        return;
-                    };
-                    super::$case(c).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_databases!(
+crate::common::on_both_databases!(
+    nodes = 5, threshold = 3;
     purchase_end_to_end,
     two_nodes_down_still_buys_100_of_100,
     three_down_names_them_and_the_receipt_works_later,

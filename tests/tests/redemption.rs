@@ -10,31 +10,8 @@ use ticketing_crypto::presentation::{Presentation, epoch_at};
 use ticketing_crypto::ticket::{HolderSecret, Ticket};
 use ticketing_protocol::Id16;
 use ticketing_protocol::publication::BloomSnapshot;
-use ticketing_protocol::receipt::PaymentMethod;
 
-use crate::common::TestCluster;
-
-async fn buy(c: &TestCluster, product: &str, count: usize) -> Vec<(Ticket, HolderSecret)> {
-    let client = c.client();
-    let secrets: Vec<_> = (0..count)
-        .map(|_| HolderSecret::generate(&mut rand::rng()))
-        .collect();
-    let holders: Vec<_> = secrets.iter().map(HolderSecret::public_key).collect();
-    let card = PaymentMethod::Card {
-        number: "4242424242424242".into(),
-    };
-    let purchase = client
-        .buy(
-            product,
-            &holders,
-            card,
-            ticketing_service::now(),
-            &mut rand::rng(),
-        )
-        .await
-        .unwrap();
-    purchase.tickets.into_iter().zip(secrets).collect()
-}
+use crate::common::{TestCluster, buy, token};
 
 /// The QR text a wallet shows at unix time `at`.
 fn show(c: &TestCluster, ticket: &(Ticket, HolderSecret), at: u64) -> String {
@@ -48,13 +25,6 @@ fn scan(payload: &str, scanned_at: u64) -> Value {
         "payload": payload,
         "scanned_at": scanned_at,
     })
-}
-
-async fn token(c: &TestCluster, name: &str, role: TokenRole) -> String {
-    let (token, _) = ticketing_coordinator::register(&c.cluster.settings, name, role)
-        .await
-        .unwrap();
-    token.expose().to_owned()
 }
 
 struct Api {
@@ -416,32 +386,8 @@ pub(crate) async fn scan_batches_answer_in_order(c: TestCluster) {
     assert_eq!(body["code"], "malformed");
 }
 
-macro_rules! on_both_databases {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let c = crate::common::start(crate::common::Db::Sqlite, 3, 2).await.unwrap();
-                    super::$case(c).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(c) = crate::common::start(crate::common::Db::Postgres, 3, 2).await else {
-                        return;
-                    };
-                    super::$case(c).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_databases!(
+crate::common::on_both_databases!(
+    nodes = 3, threshold = 2;
     a_thousand_concurrent_redeems_accept_one,
     every_rejection_has_its_code,
     offline_sync_is_idempotent_and_catches_copies,

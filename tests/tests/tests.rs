@@ -1,5 +1,10 @@
 //! End-to-end tests, one binary (ripgrep-style table of contents):
 //!
+//! - `audit`: the auditor against a real 2-of-3 cluster, on SQLite and on real Postgres: a
+//!   clean cluster audits clean (and a later audit extends the recorded checkpoints); an
+//!   edited log row, a dropped row, a history rewritten after a recorded checkpoint, an entry
+//!   with a forged receipt, a ledger redeeming more than was issued, and a byzantine node's
+//!   signed wrong answer handed in by a wallet are each detected and named.
 //! - `issuance`: payments + a 3-of-5 cluster over HTTP on 127.0.0.1:0, on SQLite and on real
 //!   Postgres: a purchase end to end; two nodes down still buys 100 of 100; three down names
 //!   the unreachable nodes and the same receipt works once they return; a byzantine node is
@@ -24,6 +29,7 @@
     unreachable_pub
 )]
 
+mod audit;
 mod common;
 mod issuance;
 mod redemption;

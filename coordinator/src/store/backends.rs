@@ -21,11 +21,24 @@ use ticketing_protocol::Id16;
 use ticketing_protocol::redeem::{DenyEntry, DenyReason, SyncStatus, Verdict};
 use tokio::sync::Mutex;
 
+use ticketing_protocol::partner::{EventKind, PartnerEvent, ProductTotals};
+
 use super::{
-    Device, FlagCounts, LedgerCounts, LedgerStore, Mode, Outcome, Role, ScanRecord, StoreError,
-    Usage, encode_outcome, keyset_of, parse_reason, reason_str, repeat_outcome, serial_of, to_i64,
-    to_u64,
+    Device, Fare, FlagCounts, Issuance, LedgerCounts, LedgerStore, Mode, NewEvent, Outcome,
+    Partner, Role, ScanRecord, StoreError, Usage, Webhook, encode_outcome, id16_of, keyset_of,
+    parse_reason, reason_str, repeat_outcome, serial_of, to_i64, to_u64,
 };
+
+/// `SELECT` of a partner row, then the rest of the query.
+macro_rules! select_partner {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, name, webhook_url, webhook_cursor, webhook_attempts, webhook_next_at, ",
+            "webhook_delivered, webhook_skipped, created_at FROM partners ",
+            $rest
+        )
+    };
+}
 
 /// Attempts of one batch transaction (conflicting scan ids found late, Postgres deadlocks).
 const ATTEMPTS: usize = 4;
@@ -39,7 +52,7 @@ struct Applied {
 
 macro_rules! sql_store {
     ($name:ident, $db:ty, $pool:ty, $connect:path, $migrations:literal, $sigil:literal,
-     $begin:literal, $doc:literal) => {
+     $begin:literal, $events_lock:literal, $doc:literal) => {
         #[doc = $doc]
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -86,6 +99,7 @@ macro_rules! sql_store {
                 repeats: &HashMap<Id16, Outcome>,
             ) -> Result<Result<Vec<Outcome>, Vec<Id16>>, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
+                let mut events = Vec::new();
                 let mut outcomes: Vec<Outcome> = Vec::with_capacity(scans.len());
                 let mut in_batch: HashMap<Id16, usize> = HashMap::new();
                 let mut taken = Vec::new();
@@ -102,7 +116,7 @@ macro_rules! sql_store {
                         outcomes.push(repeat_outcome(mode, &encode_outcome(&first)?)?);
                         continue;
                     }
-                    let applied = Self::apply(&mut tx, mode, scan).await?;
+                    let applied = Self::apply(&mut tx, mode, scan, &mut events).await?;
                     let inserted = sqlx::query(&Self::sql(
                         "INSERT INTO scans (scan_id, keyset_id, serial, epoch, scanned_at, \
                          device_id, offline, accepted, flag, outcome) \
@@ -132,8 +146,82 @@ macro_rules! sql_store {
                     tx.rollback().await?;
                     return Ok(Err(taken));
                 }
+                // Last, so the events lock (Postgres) is held only for the commit.
+                Self::insert_events(&mut tx, &events).await?;
                 tx.commit().await?;
                 Ok(Ok(outcomes))
+            }
+
+            /// Append events (the feed) inside `tx`; returns how many were new (a purchase
+            /// already recorded is skipped by `receipt_id UNIQUE`). On Postgres an advisory lock
+            /// held until the commit serializes event writers, so ids become visible in order.
+            async fn insert_events(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                events: &[NewEvent],
+            ) -> Result<u64, StoreError> {
+                if events.is_empty() {
+                    return Ok(0);
+                }
+                if !$events_lock.is_empty() {
+                    sqlx::query($events_lock).execute(&mut **tx).await?;
+                }
+                let mut inserted = 0;
+                for e in events {
+                    inserted += sqlx::query(&Self::sql(
+                        "INSERT INTO events (kind, reason, event_time, keyset_id, product, tickets, \
+                         amount, currency, receipt_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (receipt_id) DO NOTHING",
+                    ))
+                    .bind(e.kind)
+                    .bind(e.reason)
+                    .bind(to_i64(e.at)?)
+                    .bind(e.keyset_id.0.as_slice())
+                    .bind(&e.product)
+                    .bind(i64::from(e.tickets))
+                    .bind(to_i64(e.amount)?)
+                    .bind(&e.currency)
+                    .bind(e.receipt_id.as_ref().map(|r| r.0.to_vec()))
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                }
+                Ok(inserted)
+            }
+
+            async fn products_of(&self, partner: &[u8]) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query(&Self::sql(
+                    "SELECT product FROM partner_products WHERE partner_id = $1 ORDER BY product",
+                ))
+                .bind(partner)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>("product").map_err(StoreError::from))
+                    .collect()
+            }
+
+            async fn partner_of(&self, row: &<$db as sqlx::Database>::Row) -> Result<Partner, StoreError> {
+                let id: &[u8] = row.try_get("id")?;
+                let url: Option<String> = row.try_get("webhook_url")?;
+                let webhook = match url {
+                    None => None,
+                    Some(url) => Some(Webhook {
+                        url,
+                        cursor: to_u64(row.try_get("webhook_cursor")?)?,
+                        attempts: u32::try_from(row.try_get::<i64, _>("webhook_attempts")?)
+                            .map_err(|_| StoreError::Corrupt("webhook attempts".into()))?,
+                        next_at: to_u64(row.try_get("webhook_next_at")?)?,
+                        delivered: to_u64(row.try_get("webhook_delivered")?)?,
+                        skipped: to_u64(row.try_get("webhook_skipped")?)?,
+                    }),
+                };
+                Ok(Partner {
+                    id: id16_of(id)?,
+                    name: row.try_get("name")?,
+                    products: self.products_of(id).await?,
+                    webhook,
+                    created_at: to_u64(row.try_get("created_at")?)?,
+                })
             }
 
             /// The ledger rules for one scan (see the crate docs).
@@ -141,6 +229,7 @@ macro_rules! sql_store {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 mode: Mode,
                 scan: &ScanRecord,
+                events: &mut Vec<NewEvent>,
             ) -> Result<Applied, StoreError> {
                 let serial = scan.serial.0.as_slice();
                 let rejected = |code| Applied {
@@ -165,10 +254,10 @@ macro_rules! sql_store {
                 }
                 match scan.usage {
                     Usage::Single { transfer_seconds } => {
-                        Self::apply_single(tx, mode, scan, transfer_seconds).await
+                        Self::apply_single(tx, mode, scan, transfer_seconds, events).await
                     }
                     Usage::Pass { valid_until } => {
-                        Self::apply_pass(tx, mode, scan, valid_until).await
+                        Self::apply_pass(tx, mode, scan, valid_until, events).await
                     }
                 }
             }
@@ -190,22 +279,32 @@ macro_rules! sql_store {
                 Ok(n == 1)
             }
 
+            /// Deny a serial inside `tx`; a new deny row queues its `revoked` event (no serial).
             async fn deny_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                scan: &ScanRecord,
+                keyset_id: &KeysetId,
+                serial: &Serial,
                 reason: DenyReason,
-            ) -> Result<(), StoreError> {
-                sqlx::query(&Self::sql(
+                fare: &Fare,
+                at: u64,
+                events: &mut Vec<NewEvent>,
+            ) -> Result<bool, StoreError> {
+                let new = sqlx::query(&Self::sql(
                     "INSERT INTO deny (serial, keyset_id, reason, denied_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (serial) DO NOTHING",
                 ))
-                .bind(scan.serial.0.as_slice())
-                .bind(scan.keyset_id.0.as_slice())
+                .bind(serial.0.as_slice())
+                .bind(keyset_id.0.as_slice())
                 .bind(reason_str(reason))
-                .bind(to_i64(scan.at)?)
+                .bind(to_i64(at)?)
                 .execute(&mut **tx)
-                .await?;
-                Ok(())
+                .await?
+                .rows_affected()
+                    == 1;
+                if new {
+                    events.push(NewEvent::revoked(*keyset_id, reason, fare, at));
+                }
+                Ok(new)
             }
 
             async fn apply_single(
@@ -213,6 +312,7 @@ macro_rules! sql_store {
                 mode: Mode,
                 scan: &ScanRecord,
                 transfer: u64,
+                events: &mut Vec<NewEvent>,
             ) -> Result<Applied, StoreError> {
                 let accepted = |outcome| Applied {
                     outcome,
@@ -293,7 +393,16 @@ macro_rules! sql_store {
                         if in_transfer && Self::use_epoch(tx, scan).await? {
                             return Ok(accepted(Outcome::Offline(SyncStatus::Recorded)));
                         }
-                        Self::deny_in(tx, scan, DenyReason::Duplicate).await?;
+                        Self::deny_in(
+                            tx,
+                            &scan.keyset_id,
+                            &scan.serial,
+                            DenyReason::Duplicate,
+                            &scan.fare,
+                            scan.at,
+                            events,
+                        )
+                        .await?;
                         if scan.at < first_at {
                             // This scan is the winner; the one recorded before is the copy.
                             sqlx::query(&Self::sql(
@@ -327,6 +436,7 @@ macro_rules! sql_store {
                 mode: Mode,
                 scan: &ScanRecord,
                 valid_until: u64,
+                events: &mut Vec<NewEvent>,
             ) -> Result<Applied, StoreError> {
                 let fresh = Self::use_epoch(tx, scan).await?;
                 match mode {
@@ -357,7 +467,16 @@ macro_rules! sql_store {
                             .fetch_one(&mut **tx)
                             .await?;
                             let first: Option<i64> = row.try_get("first")?;
-                            Self::deny_in(tx, scan, DenyReason::Duplicate).await?;
+                            Self::deny_in(
+                            tx,
+                            &scan.keyset_id,
+                            &scan.serial,
+                            DenyReason::Duplicate,
+                            &scan.fare,
+                            scan.at,
+                            events,
+                        )
+                        .await?;
                             return Ok(Applied {
                                 outcome: Outcome::Offline(SyncStatus::Conflict {
                                     code: ErrorCode::ReplayedEpoch,
@@ -453,17 +572,228 @@ macro_rules! sql_store {
                 keyset_id: &KeysetId,
                 serial: &Serial,
                 reason: DenyReason,
+                fare: &Fare,
                 now: u64,
+            ) -> Result<bool, StoreError> {
+                let _guard = self.write_guard().await;
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut events = Vec::new();
+                let new =
+                    Self::deny_in(&mut tx, keyset_id, serial, reason, fare, now, &mut events).await?;
+                Self::insert_events(&mut tx, &events).await?;
+                tx.commit().await?;
+                Ok(new)
+            }
+
+            async fn record_issuances(&self, issuances: &[Issuance]) -> Result<u64, StoreError> {
+                if issuances.is_empty() {
+                    return Ok(0);
+                }
+                let _guard = self.write_guard().await;
+                let mut tx = self.pool.begin_with($begin).await?;
+                let events: Vec<NewEvent> = issuances.iter().map(NewEvent::issued).collect();
+                let inserted = Self::insert_events(&mut tx, &events).await?;
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn issued(&self, keyset_id: &KeysetId) -> Result<u64, StoreError> {
+                let row = sqlx::query(&Self::sql(
+                    "SELECT CAST(COALESCE(SUM(tickets), 0) AS BIGINT) AS issued FROM events \
+                     WHERE keyset_id = $1 AND kind = 'issued'",
+                ))
+                .bind(keyset_id.0.as_slice())
+                .fetch_one(&self.pool)
+                .await?;
+                to_u64(row.try_get("issued")?)
+            }
+
+            async fn add_partner(&self, partner: &Partner, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+                let _guard = self.write_guard().await;
+                let mut tx = self.pool.begin_with($begin).await?;
+                sqlx::query(&Self::sql(
+                    "INSERT INTO partners (id, name, token_hash, webhook_url, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                ))
+                .bind(partner.id.0.as_slice())
+                .bind(&partner.name)
+                .bind(token_hash.as_slice())
+                .bind(partner.webhook.as_ref().map(|w| w.url.clone()))
+                .bind(to_i64(partner.created_at)?)
+                .execute(&mut *tx)
+                .await?;
+                for product in &partner.products {
+                    sqlx::query(&Self::sql(
+                        "INSERT INTO partner_products (partner_id, product) VALUES ($1, $2) \
+                         ON CONFLICT (partner_id, product) DO NOTHING",
+                    ))
+                    .bind(partner.id.0.as_slice())
+                    .bind(product)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn partner(&self, token_hash: &[u8; 32]) -> Result<Option<Partner>, StoreError> {
+                let row = sqlx::query(&Self::sql(select_partner!("WHERE token_hash = $1")))
+                    .bind(token_hash.as_slice())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) => Ok(Some(self.partner_of(&row).await?)),
+                    None => Ok(None),
+                }
+            }
+
+            async fn partners(&self) -> Result<Vec<Partner>, StoreError> {
+                let rows = sqlx::query(select_partner!("ORDER BY name"))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    out.push(self.partner_of(row).await?);
+                }
+                Ok(out)
+            }
+
+            async fn partner_events(
+                &self,
+                partner: &Id16,
+                after: u64,
+                limit: u32,
+            ) -> Result<Vec<PartnerEvent>, StoreError> {
+                let rows = sqlx::query(&Self::sql(
+                    "SELECT e.id, e.kind, e.reason, e.event_time, e.keyset_id, e.product, e.tickets, \
+                     e.amount, e.currency, e.receipt_id FROM events e \
+                     JOIN partner_products p ON p.product = e.product \
+                     WHERE p.partner_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
+                ))
+                .bind(partner.0.as_slice())
+                .bind(to_i64(after)?)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let kind = match row.try_get::<&str, _>("kind")? {
+                            "issued" => EventKind::Issued {
+                                receipt_id: id16_of(
+                                    row.try_get::<Option<&[u8]>, _>("receipt_id")?
+                                        .unwrap_or_default(),
+                                )?,
+                            },
+                            "revoked" => EventKind::Revoked {
+                                reason: parse_reason(
+                                    row.try_get::<Option<&str>, _>("reason")?.unwrap_or_default(),
+                                )?,
+                            },
+                            other => {
+                                return Err(StoreError::Corrupt(format!(
+                                    "unknown event kind {other:?}"
+                                )));
+                            }
+                        };
+                        Ok(PartnerEvent {
+                            id: to_u64(row.try_get("id")?)?,
+                            time: to_u64(row.try_get("event_time")?)?,
+                            keyset_id: keyset_of(row.try_get::<&[u8], _>("keyset_id")?)?,
+                            product: row.try_get("product")?,
+                            tickets: u32::try_from(row.try_get::<i64, _>("tickets")?)
+                                .map_err(|_| StoreError::Corrupt("event tickets".into()))?,
+                            amount: to_u64(row.try_get("amount")?)?,
+                            currency: row.try_get("currency")?,
+                            kind,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn partner_totals(&self, partner: &Id16) -> Result<Vec<ProductTotals>, StoreError> {
+                let rows = sqlx::query(&Self::sql(
+                    "SELECT e.product, e.currency, e.kind, \
+                     CAST(SUM(e.tickets) AS BIGINT) AS tickets, CAST(SUM(e.amount) AS BIGINT) AS amount \
+                     FROM events e JOIN partner_products p ON p.product = e.product \
+                     WHERE p.partner_id = $1 GROUP BY e.product, e.currency, e.kind \
+                     ORDER BY e.product, e.currency",
+                ))
+                .bind(partner.0.as_slice())
+                .fetch_all(&self.pool)
+                .await?;
+                let mut totals: Vec<ProductTotals> = Vec::new();
+                for row in &rows {
+                    let product: String = row.try_get("product")?;
+                    let currency: String = row.try_get("currency")?;
+                    let tickets = to_u64(row.try_get("tickets")?)?;
+                    let amount = to_u64(row.try_get("amount")?)?;
+                    let i = match totals
+                        .iter()
+                        .position(|t| t.product == product && t.currency == currency)
+                    {
+                        Some(i) => i,
+                        None => {
+                            totals.push(ProductTotals {
+                                product,
+                                currency,
+                                issued_tickets: 0,
+                                issued_amount: 0,
+                                revoked_tickets: 0,
+                                revoked_amount: 0,
+                            });
+                            totals.len() - 1
+                        }
+                    };
+                    let Some(t) = totals.get_mut(i) else { continue };
+                    match row.try_get::<&str, _>("kind")? {
+                        "issued" => {
+                            t.issued_tickets = tickets;
+                            t.issued_amount = amount;
+                        }
+                        _ => {
+                            t.revoked_tickets = tickets;
+                            t.revoked_amount = amount;
+                        }
+                    }
+                }
+                Ok(totals)
+            }
+
+            async fn webhook_done(
+                &self,
+                partner: &Id16,
+                event_id: u64,
+                delivered: bool,
+            ) -> Result<(), StoreError> {
+                let _guard = self.write_guard().await;
+                let column = if delivered {
+                    "UPDATE partners SET webhook_cursor = $2, webhook_attempts = 0, webhook_next_at = 0, \
+                     webhook_delivered = webhook_delivered + 1 WHERE id = $1 AND webhook_cursor < $2"
+                } else {
+                    "UPDATE partners SET webhook_cursor = $2, webhook_attempts = 0, webhook_next_at = 0, \
+                     webhook_skipped = webhook_skipped + 1 WHERE id = $1 AND webhook_cursor < $2"
+                };
+                sqlx::query(&Self::sql(column))
+                    .bind(partner.0.as_slice())
+                    .bind(to_i64(event_id)?)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn webhook_failed(
+                &self,
+                partner: &Id16,
+                attempts: u32,
+                next_at: u64,
             ) -> Result<(), StoreError> {
                 let _guard = self.write_guard().await;
                 sqlx::query(&Self::sql(
-                    "INSERT INTO deny (serial, keyset_id, reason, denied_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (serial) DO NOTHING",
+                    "UPDATE partners SET webhook_attempts = $2, webhook_next_at = $3 WHERE id = $1",
                 ))
-                .bind(serial.0.as_slice())
-                .bind(keyset_id.0.as_slice())
-                .bind(reason_str(reason))
-                .bind(to_i64(now)?)
+                .bind(partner.0.as_slice())
+                .bind(i64::from(attempts))
+                .bind(to_i64(next_at)?)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -635,6 +965,7 @@ sql_store!(
     "./migrations/sqlite",
     "?",
     "BEGIN IMMEDIATE",
+    "",
     "SQLite ledger (the embedded default)."
 );
 sql_store!(
@@ -645,5 +976,7 @@ sql_store!(
     "./migrations/postgres",
     "$",
     "BEGIN",
+    // The events lock (any constant key, used for nothing else): see `insert_events`.
+    "SELECT pg_advisory_xact_lock(7460150)",
     "Postgres ledger."
 );

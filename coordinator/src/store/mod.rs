@@ -1,14 +1,21 @@
 //! The coordinator's storage: the spent ledger, scans with their answers, the deny list,
-//! device tokens and published snapshots. One trait, a SQLite and a Postgres backend generated
+//! device tokens, published snapshots, and the partner feed (events, partners, webhook
+//! delivery state). One trait, a SQLite and a Postgres backend generated
 //! from one definition (`backends.rs`), one conformance suite (`tests/store.rs`) run on both.
 //!
 //! Ledger rules live here because they are constraints: a single ticket's first use is a
 //! primary key, a (serial, epoch) is a primary key, a scan id is a primary key. A batch of
 //! scans is one transaction; an answer leaves this module only after its commit.
+//!
+//! A serial entering the deny list writes its `revoked` event (product, price, no serial) in
+//! the same transaction, only when the deny row is new; a purchase's `issued` event is unique
+//! on its receipt id. Event ids are the feed's cursor and become visible in increasing order
+//! (SQLite: one writer; Postgres: event writers take an advisory lock held to their commit).
 
 use async_trait::async_trait;
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
+use ticketing_protocol::partner::{PartnerEvent, ProductTotals};
 use ticketing_protocol::redeem::{DenyEntry, DenyReason, SyncStatus, Verdict};
 use ticketing_protocol::{Id16, ProtocolError};
 
@@ -68,6 +75,116 @@ pub struct ScanRecord {
     pub device: i64,
     /// Single or pass.
     pub usage: Usage,
+    /// The product's fare (recorded in the event if the serial gets denied as a copy).
+    pub fare: Fare,
+}
+
+/// A product's name and price as the manifest states them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fare {
+    /// Product name.
+    pub product: String,
+    /// Price of one ticket, minor units.
+    pub price: u64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// A purchase seen in at least t node logs, to record as an `issued` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuance {
+    /// The receipt's id (the event is unique on it).
+    pub receipt_id: Id16,
+    /// Keyset paid for.
+    pub keyset_id: KeysetId,
+    /// The keyset's product.
+    pub product: String,
+    /// Tickets (the receipt's count).
+    pub tickets: u32,
+    /// Amount paid, minor units.
+    pub amount: u64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When the coordinator saw it reach t logs.
+    pub at: u64,
+}
+
+/// An event row to insert.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEvent {
+    pub(crate) kind: &'static str,
+    pub(crate) reason: Option<&'static str>,
+    pub(crate) at: u64,
+    pub(crate) keyset_id: KeysetId,
+    pub(crate) product: String,
+    pub(crate) tickets: u32,
+    pub(crate) amount: u64,
+    pub(crate) currency: String,
+    pub(crate) receipt_id: Option<Id16>,
+}
+
+impl NewEvent {
+    pub(crate) fn issued(i: &Issuance) -> Self {
+        Self {
+            kind: "issued",
+            reason: None,
+            at: i.at,
+            keyset_id: i.keyset_id,
+            product: i.product.clone(),
+            tickets: i.tickets,
+            amount: i.amount,
+            currency: i.currency.clone(),
+            receipt_id: Some(i.receipt_id),
+        }
+    }
+
+    /// One denied ticket, valued at the product's price. Deliberately without the serial.
+    pub(crate) fn revoked(keyset_id: KeysetId, reason: DenyReason, fare: &Fare, at: u64) -> Self {
+        Self {
+            kind: "revoked",
+            reason: Some(reason_str(reason)),
+            at,
+            keyset_id,
+            product: fare.product.clone(),
+            tickets: 1,
+            amount: fare.price,
+            currency: fare.currency.clone(),
+            receipt_id: None,
+        }
+    }
+}
+
+/// A partner (a transit operator owning some products). Its token is stored only hashed; its
+/// webhook secret is derived from the coordinator's key, never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partner {
+    /// Random id (the webhook secret is derived from it).
+    pub id: Id16,
+    /// Unique name, e.g. `metro`.
+    pub name: String,
+    /// Manifest product names it owns.
+    pub products: Vec<String>,
+    /// Its webhook, if any, with the delivery state.
+    pub webhook: Option<Webhook>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A partner's webhook and where its delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// `http(s)://...` receiving one POST per event.
+    pub url: String,
+    /// The last event id delivered (or skipped); the next delivery is the first event after it.
+    pub cursor: u64,
+    /// Failed attempts at the next event.
+    pub attempts: u32,
+    /// Unix seconds when the next attempt is due (0: now).
+    pub next_at: u64,
+    /// Events delivered (answered 2xx).
+    pub delivered: u64,
+    /// Events given up after the maximum number of attempts.
+    pub skipped: u64,
 }
 
 /// Online redemption or offline sync.
@@ -109,6 +226,8 @@ pub enum Role {
     Validator,
     /// Everything, including revocation and stats.
     Admin,
+    /// Read-only: stats. Cannot redeem, sync, revoke or rebuild.
+    Auditor,
 }
 
 impl Role {
@@ -116,6 +235,7 @@ impl Role {
         match self {
             Self::Validator => "validator",
             Self::Admin => "admin",
+            Self::Auditor => "auditor",
         }
     }
 
@@ -123,6 +243,7 @@ impl Role {
         match s {
             "validator" => Ok(Self::Validator),
             "admin" => Ok(Self::Admin),
+            "auditor" => Ok(Self::Auditor),
             other => Err(StoreError::Corrupt(format!("unknown role {other:?}"))),
         }
     }
@@ -155,13 +276,52 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn record(&self, mode: Mode, scans: &[ScanRecord]) -> Result<Vec<Outcome>, StoreError>;
     /// Whether scan `scan_id` is in the ledger, and if so whether it was accepted.
     async fn scan_accepted(&self, scan_id: &Id16) -> Result<Option<bool>, StoreError>;
-    /// Put a serial on the deny list (idempotent; the first reason stays).
+    /// Put a serial on the deny list (idempotent; the first reason stays). A new entry also
+    /// records its `revoked` event (valued at `fare`), in the same transaction. Returns whether
+    /// the entry is new.
     async fn deny(
         &self,
         keyset_id: &KeysetId,
         serial: &Serial,
         reason: DenyReason,
+        fare: &Fare,
         now: u64,
+    ) -> Result<bool, StoreError>;
+    /// Record purchases as `issued` events in one transaction; a receipt already recorded is
+    /// skipped. Returns how many were new.
+    async fn record_issuances(&self, issuances: &[Issuance]) -> Result<u64, StoreError>;
+    /// Tickets of `keyset_id` recorded as issued.
+    async fn issued(&self, keyset_id: &KeysetId) -> Result<u64, StoreError>;
+    /// Add a partner (by its token's hash); its name and token must be new.
+    async fn add_partner(&self, partner: &Partner, token_hash: &[u8; 32])
+    -> Result<(), StoreError>;
+    /// The partner a token hash belongs to.
+    async fn partner(&self, token_hash: &[u8; 32]) -> Result<Option<Partner>, StoreError>;
+    /// Every partner, by name.
+    async fn partners(&self) -> Result<Vec<Partner>, StoreError>;
+    /// Events of the partner's products with `id > after`, ascending, at most `limit`.
+    async fn partner_events(
+        &self,
+        partner: &Id16,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<PartnerEvent>, StoreError>;
+    /// Totals over every event of the partner's products, per product and currency.
+    async fn partner_totals(&self, partner: &Id16) -> Result<Vec<ProductTotals>, StoreError>;
+    /// The partner's webhook is done with event `event_id` (delivered, or skipped after too
+    /// many attempts): its cursor moves there (never backwards) and its attempts reset.
+    async fn webhook_done(
+        &self,
+        partner: &Id16,
+        event_id: u64,
+        delivered: bool,
+    ) -> Result<(), StoreError>;
+    /// A delivery failed: `attempts` so far at the next event, due again at `next_at`.
+    async fn webhook_failed(
+        &self,
+        partner: &Id16,
+        attempts: u32,
+        next_at: u64,
     ) -> Result<(), StoreError>;
     /// The deny list.
     async fn deny_list(&self) -> Result<Vec<DenyEntry>, StoreError>;
@@ -212,6 +372,13 @@ pub(crate) fn serial_of(bytes: &[u8]) -> Result<Serial, StoreError> {
         .try_into()
         .map(Serial)
         .map_err(|_| StoreError::Corrupt("serial is not 32 bytes".into()))
+}
+
+pub(crate) fn id16_of(bytes: &[u8]) -> Result<Id16, StoreError> {
+    bytes
+        .try_into()
+        .map(Id16)
+        .map_err(|_| StoreError::Corrupt("id is not 16 bytes".into()))
 }
 
 pub(crate) fn keyset_of(bytes: &[u8]) -> Result<KeysetId, StoreError> {

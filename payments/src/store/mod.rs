@@ -144,18 +144,8 @@ pub enum Reservation {
     Existing(Stored),
 }
 
-/// Receipt totals of one keyset, for audits (issued tickets must not exceed paid tickets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeysetTotals {
-    /// The keyset.
-    pub keyset_id: KeysetId,
-    /// Number of receipts.
-    pub receipts: u64,
-    /// Sum of their ticket counts.
-    pub tickets: u64,
-    /// Sum of their amounts (minor units; a keyset has one product, so one currency).
-    pub amount: u64,
-}
+/// Receipt totals of one keyset, for audits (the wire type auditors read).
+pub use ticketing_protocol::audit::KeysetTotals;
 
 /// The payments service's storage.
 #[async_trait]

@@ -1,0 +1,140 @@
+//! Reading the sources over HTTP: the nodes' public logs, the coordinator's redemption counts
+//! (an auditor or admin token), the payments service's signed totals.
+//!
+//! Order matters for the invariants between sources read at different moments: redemptions
+//! are read first, then the logs, then the payments totals. Every ticket redeemed before the
+//! first read was issued before it, and every receipt logged before the second was paid before
+//! the third, so sales going on during the audit never look like violations.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ticketing_crypto::keyset::KeysetId;
+use ticketing_protocol::audit::ReceiptTotals;
+use ticketing_protocol::log::{Checkpoint, LogEntry, LogPage, NodeStatus};
+use ticketing_protocol::manifest::{Manifest, NodeInfo};
+use ticketing_protocol::redeem::Stats;
+
+use crate::check::NodeLog;
+
+/// Entries asked for per page.
+const PAGE: u32 = 5000;
+/// Appends racing the last page are re-read at most this many times.
+const MAX_CATCH_UP: usize = 10;
+
+/// An HTTP reader of the audit's sources.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    http: reqwest::Client,
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    // reqwest's message names the URL, which is the manifest's public address.
+    let mut s = e.to_string();
+    if let Some(status) = e.status() {
+        s = format!("HTTP {status}");
+    }
+    s
+}
+
+impl Fetcher {
+    /// A reader whose requests give up after `timeout`.
+    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(timeout).build()?;
+        Ok(Self { http })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        url: String,
+        query: &[(&str, u64)],
+        token: Option<&str>,
+    ) -> Result<T, String> {
+        let mut req = self.http.get(&url).query(query);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let response = req
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| describe(&e))?;
+        response
+            .json::<T>()
+            .await
+            .map_err(|e| format!("{url}: unexpected answer: {e}"))
+    }
+
+    /// Everything one node serves: its status, its whole log, a fresh checkpoint covering it,
+    /// and its stored checkpoints.
+    pub async fn node(&self, node: &NodeInfo) -> Result<NodeLog, String> {
+        let base = node.url.trim_end_matches('/');
+        let status: NodeStatus = self.get(format!("{base}/v1/info"), &[], None).await?;
+        let mut entries: Vec<LogEntry> = Vec::new();
+        let mut catch_up = 0;
+        let head = loop {
+            let after = entries.last().map_or(0, |e| e.seq);
+            let page: LogPage = self
+                .get(
+                    format!("{base}/v1/log"),
+                    &[("after", after), ("limit", u64::from(PAGE))],
+                    None,
+                )
+                .await?;
+            let empty = page.entries.is_empty();
+            entries.extend(page.entries);
+            let covered = entries.last().map_or(0, |e| e.seq);
+            if empty && (page.checkpoint.seq <= covered || catch_up >= MAX_CATCH_UP) {
+                break page.checkpoint;
+            }
+            if empty {
+                // An entry was appended between this page's query and its checkpoint.
+                catch_up += 1;
+            }
+        };
+        let stored: Vec<Checkpoint> = self
+            .get(format!("{base}/v1/log/checkpoints"), &[], None)
+            .await?;
+        Ok(NodeLog {
+            status,
+            entries,
+            head,
+            stored,
+        })
+    }
+
+    /// Every node of the manifest, concurrently, in manifest order.
+    pub async fn nodes(&self, manifest: &Manifest) -> Vec<Result<NodeLog, String>> {
+        futures::future::join_all(manifest.nodes.iter().map(|n| self.node(n))).await
+    }
+
+    /// Distinct tickets redeemed per keyset (`GET /v1/admin/stats` with an auditor token).
+    pub async fn redeemed(
+        &self,
+        manifest: &Manifest,
+        token: Option<&str>,
+    ) -> Result<HashMap<KeysetId, u64>, String> {
+        let Some(token) = token else {
+            return Err(
+                "no coordinator token (pass --coordinator-token or set TICKETING_AUDIT_TOKEN; \
+                 `ticketing validator register --auditor` makes one)"
+                    .to_owned(),
+            );
+        };
+        let base = manifest.coordinator.url.trim_end_matches('/');
+        let stats: Stats = self
+            .get(format!("{base}/v1/admin/stats"), &[], Some(token))
+            .await?;
+        Ok(stats
+            .keysets
+            .into_iter()
+            .map(|k| (k.keyset_id, k.redeemed))
+            .collect())
+    }
+
+    /// The payments service's signed receipt totals.
+    pub async fn totals(&self, manifest: &Manifest) -> Result<ReceiptTotals, String> {
+        let base = manifest.payments.url.trim_end_matches('/');
+        self.get(format!("{base}/v1/audit/totals"), &[], None).await
+    }
+}
