@@ -96,6 +96,21 @@ async fn authenticate(parts: &Parts, coordinator: &Coordinator) -> Result<Device
         .ok_or_else(|| unauthorized("unknown token"))
 }
 
+/// An authenticated device whose role is one of `allowed`; `refusal` says what is needed.
+async fn authorize(
+    parts: &Parts,
+    coordinator: &Coordinator,
+    allowed: &[Role],
+    refusal: &str,
+) -> Result<Device, ApiError> {
+    let device = authenticate(parts, coordinator).await?;
+    if allowed.contains(&device.role) {
+        Ok(device)
+    } else {
+        Err(unauthorized(refusal))
+    }
+}
+
 impl FromRequestParts<Coordinator> for Validator {
     type Rejection = ApiError;
 
@@ -103,11 +118,10 @@ impl FromRequestParts<Coordinator> for Validator {
         parts: &mut Parts,
         state: &Coordinator,
     ) -> Result<Self, Self::Rejection> {
-        let device = authenticate(parts, state).await?;
-        if device.role == Role::Auditor {
-            return Err(unauthorized("an auditor token is read-only"));
-        }
-        Ok(Self(device))
+        let allowed = [Role::Validator, Role::Admin];
+        authorize(parts, state, &allowed, "an auditor token is read-only")
+            .await
+            .map(Self)
     }
 }
 
@@ -118,13 +132,15 @@ impl FromRequestParts<Coordinator> for Reader {
         parts: &mut Parts,
         state: &Coordinator,
     ) -> Result<Self, Self::Rejection> {
-        let device = authenticate(parts, state).await?;
-        if !matches!(device.role, Role::Admin | Role::Auditor) {
-            return Err(unauthorized(
-                "this endpoint needs an admin or an auditor token",
-            ));
-        }
-        Ok(Self(device))
+        let allowed = [Role::Admin, Role::Auditor];
+        authorize(
+            parts,
+            state,
+            &allowed,
+            "this endpoint needs an admin or an auditor token",
+        )
+        .await
+        .map(Self)
     }
 }
 
@@ -153,10 +169,13 @@ impl FromRequestParts<Coordinator> for Admin {
         parts: &mut Parts,
         state: &Coordinator,
     ) -> Result<Self, Self::Rejection> {
-        let device = authenticate(parts, state).await?;
-        if device.role != Role::Admin {
-            return Err(unauthorized("this endpoint needs an admin token"));
-        }
-        Ok(Self(device))
+        authorize(
+            parts,
+            state,
+            &[Role::Admin],
+            "this endpoint needs an admin token",
+        )
+        .await
+        .map(Self)
     }
 }
