@@ -42,26 +42,12 @@ pub struct Inputs {
     pub evidence: Vec<Blame>,
 }
 
-/// The contents nodes must agree on for one receipt id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Terms {
-    keyset_id: KeysetId,
-    count: u32,
-    digest: Digest32,
-    amount: u64,
-    currency: String,
-}
-
-impl Terms {
-    fn of(r: &Receipt) -> Self {
-        Self {
-            keyset_id: r.keyset_id,
-            count: r.count,
-            digest: r.digest,
-            amount: r.amount,
-            currency: r.currency.clone(),
-        }
-    }
+/// One version of a receipt id, as some nodes logged it.
+#[derive(Debug)]
+struct Version {
+    receipt: Receipt,
+    /// Node -> the seq it logged this version at.
+    nodes: BTreeMap<u16, u64>,
 }
 
 /// Run every check. Returns the report and the state to record: the head checkpoint of every
@@ -75,12 +61,11 @@ pub fn audit(
     let mut violations = Vec::new();
     let mut next = previous.clone();
     let mut nodes = Vec::new();
-    // receipt id -> (terms, nodes that validly logged it)
-    let mut receipts: BTreeMap<Id16, (Terms, BTreeSet<u16>)> = BTreeMap::new();
+    // receipt id -> the versions nodes logged (a renewal is the same version: `same_sale`)
+    let mut versions: BTreeMap<Id16, Vec<Version>> = BTreeMap::new();
 
     for (info, read) in manifest.nodes.iter().zip(&inputs.nodes) {
         let index = info.index.get();
-        let before = violations.len();
         let prev = previous.nodes.get(&index);
         let summary = match read {
             Err(why) => {
@@ -106,26 +91,15 @@ pub fn audit(
                 let valid = check_node(manifest, info, log, prev, &mut violations);
                 for entry in valid {
                     let r = &entry.receipt.receipt;
-                    let terms = Terms::of(r);
-                    let seen = receipts
-                        .entry(r.receipt_id)
-                        .or_insert_with(|| (terms.clone(), BTreeSet::new()));
-                    if seen.0 != terms {
-                        violations.push(
-                            Violation::new(
-                                ViolationCode::DigestDisagreement,
-                                format!(
-                                    "node {index} logged this receipt with other contents than \
-                                     node(s) {}",
-                                    join(&seen.1)
-                                ),
-                            )
-                            .node(index)
-                            .seq(entry.seq)
-                            .receipt(r.receipt_id),
-                        );
-                    } else {
-                        seen.1.insert(index);
+                    let all = versions.entry(r.receipt_id).or_default();
+                    match all.iter_mut().find(|v| v.receipt.same_sale(r)) {
+                        Some(v) => {
+                            v.nodes.insert(index, entry.seq);
+                        }
+                        None => all.push(Version {
+                            receipt: r.clone(),
+                            nodes: BTreeMap::from([(index, entry.seq)]),
+                        }),
                     }
                 }
                 NodeSummary {
@@ -140,15 +114,22 @@ pub fn audit(
                 }
             }
         };
-        let clean = violations.len() == before;
-        if let (true, Ok(log)) = (clean, read) {
-            next.nodes.insert(index, log.head.clone());
-        }
         nodes.push(summary);
     }
 
+    let receipts = agree(&versions, &mut violations);
     let keysets = check_keysets(manifest, inputs, &receipts, &mut violations);
     let evidence = check_evidence(manifest, &inputs.evidence, &mut violations);
+
+    // A node's checkpoint is recorded only when nothing at all names it.
+    for (info, read) in manifest.nodes.iter().zip(&inputs.nodes) {
+        let index = info.index.get();
+        if let Ok(log) = read
+            && !violations.iter().any(|v| v.node == Some(index))
+        {
+            next.nodes.insert(index, log.head.clone());
+        }
+    }
 
     for n in &mut nodes {
         n.violations = violations
@@ -167,6 +148,50 @@ pub fn audit(
         violations,
     };
     (report, next)
+}
+
+/// One version per receipt id: the one most nodes logged (the first read on a tie); every node
+/// that logged another version of the id is named. Returns receipt id -> (receipt, nodes).
+fn agree(
+    versions: &BTreeMap<Id16, Vec<Version>>,
+    violations: &mut Vec<Violation>,
+) -> BTreeMap<Id16, (Receipt, BTreeSet<u16>)> {
+    let mut out = BTreeMap::new();
+    for (id, all) in versions {
+        let Some(best) = all
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, v)| (v.nodes.len(), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i)
+        else {
+            continue;
+        };
+        let Some(reference) = all.get(best) else {
+            continue;
+        };
+        let majority: BTreeSet<u16> = reference.nodes.keys().copied().collect();
+        for (i, other) in all.iter().enumerate() {
+            if i == best {
+                continue;
+            }
+            for (&node, &seq) in &other.nodes {
+                violations.push(
+                    Violation::new(
+                        ViolationCode::DigestDisagreement,
+                        format!(
+                            "node {node} logged this receipt with other contents than node(s) {}",
+                            join(&majority)
+                        ),
+                    )
+                    .node(node)
+                    .seq(seq)
+                    .receipt(*id),
+                );
+            }
+        }
+        out.insert(*id, (reference.receipt.clone(), majority));
+    }
+    out
 }
 
 fn join(nodes: &BTreeSet<u16>) -> String {
@@ -221,7 +246,7 @@ fn check_node<'a>(
                     format!(
                         "entries out of order: seq {} after seq {}",
                         e.seq,
-                        expected - 1
+                        expected.saturating_sub(1)
                     ),
                 )
                 .seq(e.seq),
@@ -229,10 +254,13 @@ fn check_node<'a>(
             continue;
         }
         if e.seq > expected {
-            let detail = if e.seq == expected + 1 {
+            let detail = if e.seq == expected.saturating_add(1) {
                 format!("entry {expected} is missing")
             } else {
-                format!("entries {expected} to {} are missing", e.seq - 1)
+                format!(
+                    "entries {expected} to {} are missing",
+                    e.seq.saturating_sub(1)
+                )
             };
             found(Violation::new(ViolationCode::MissingEntry, detail).seq(expected));
         } else if e.prev_hash != prev_hash {
@@ -309,7 +337,7 @@ fn check_node<'a>(
         }
         hashes.insert(e.seq, e.hash);
         prev_hash = e.hash;
-        expected = e.seq + 1;
+        expected = e.seq.saturating_add(1);
     }
     let hash_at = |seq: u64| {
         if seq == 0 {
@@ -375,7 +403,7 @@ fn check_node<'a>(
                         p.seq,
                         p.time,
                         now.map_or_else(
-                            || format!("ends at seq {}", expected - 1),
+                            || format!("ends at seq {}", expected.saturating_sub(1)),
                             |h| format!("has {h} there")
                         )
                     ),
@@ -390,7 +418,7 @@ fn check_node<'a>(
 fn check_keysets(
     manifest: &Manifest,
     inputs: &Inputs,
-    receipts: &BTreeMap<Id16, (Terms, BTreeSet<u16>)>,
+    receipts: &BTreeMap<Id16, (Receipt, BTreeSet<u16>)>,
     violations: &mut Vec<Violation>,
 ) -> Vec<KeysetSummary> {
     let threshold = usize::from(manifest.threshold);
@@ -441,14 +469,14 @@ fn check_keysets(
         };
         // Everything any node validly logged: payments must have signed at least that much.
         let (mut logged_receipts, mut logged_tickets, mut logged_amount) = (0u64, 0u64, 0u64);
-        for (terms, by) in receipts.values().filter(|(t, _)| t.keyset_id == k.id) {
+        for (receipt, by) in receipts.values().filter(|(t, _)| t.keyset_id == k.id) {
             logged_receipts += 1;
-            logged_tickets += u64::from(terms.count);
-            logged_amount = logged_amount.saturating_add(terms.amount);
+            logged_tickets += u64::from(receipt.count);
+            logged_amount = logged_amount.saturating_add(receipt.amount);
             if by.len() >= threshold {
                 s.issued_receipts += 1;
-                s.issued_tickets += u64::from(terms.count);
-                s.issued_amount = s.issued_amount.saturating_add(terms.amount);
+                s.issued_tickets += u64::from(receipt.count);
+                s.issued_amount = s.issued_amount.saturating_add(receipt.amount);
             } else {
                 s.partial_receipts += 1;
             }

@@ -21,6 +21,8 @@ use crate::check::NodeLog;
 const PAGE: u32 = 5000;
 /// Appends racing the last page are re-read at most this many times.
 const MAX_CATCH_UP: usize = 10;
+/// More entries than this in one log are refused rather than held in memory.
+const MAX_ENTRIES: usize = 20_000_000;
 
 /// An HTTP reader of the audit's sources.
 #[derive(Debug, Clone)]
@@ -70,6 +72,11 @@ impl Fetcher {
     pub async fn node(&self, node: &NodeInfo) -> Result<NodeLog, String> {
         let base = node.url.trim_end_matches('/');
         let status: NodeStatus = self.get(format!("{base}/v1/info"), &[], None).await?;
+        // Stored checkpoints first: any checkpoint stored after this read (sales go on) then
+        // covers entries the paging below still reads, never entries it has not seen.
+        let stored: Vec<Checkpoint> = self
+            .get(format!("{base}/v1/log/checkpoints"), &[], None)
+            .await?;
         let mut entries: Vec<LogEntry> = Vec::new();
         let mut catch_up = 0;
         let head = loop {
@@ -81,20 +88,36 @@ impl Fetcher {
                     None,
                 )
                 .await?;
+            // Each page must move forward, or a node could keep the auditor reading forever.
+            let mut last = after;
+            for e in &page.entries {
+                if e.seq <= last {
+                    return Err(format!(
+                        "asked for entries after seq {after}, the node served seq {} after {last}",
+                        e.seq
+                    ));
+                }
+                last = e.seq;
+            }
             let empty = page.entries.is_empty();
             entries.extend(page.entries);
-            let covered = entries.last().map_or(0, |e| e.seq);
-            if empty && (page.checkpoint.seq <= covered || catch_up >= MAX_CATCH_UP) {
-                break page.checkpoint;
+            if entries.len() > MAX_ENTRIES {
+                return Err(format!("the log has more than {MAX_ENTRIES} entries"));
             }
             if empty {
+                if page.checkpoint.seq <= last {
+                    break page.checkpoint;
+                }
                 // An entry was appended between this page's query and its checkpoint.
                 catch_up += 1;
+                if catch_up > MAX_CATCH_UP {
+                    return Err(format!(
+                        "the node signs a head at seq {} but serves no entry after seq {last}",
+                        page.checkpoint.seq
+                    ));
+                }
             }
         };
-        let stored: Vec<Checkpoint> = self
-            .get(format!("{base}/v1/log/checkpoints"), &[], None)
-            .await?;
         Ok(NodeLog {
             status,
             entries,

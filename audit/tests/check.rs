@@ -201,6 +201,44 @@ fn two_versions_of_one_receipt_are_a_disagreement() {
 }
 
 #[test]
+fn the_majority_version_counts_and_the_odd_node_is_named() {
+    let mut w = sales();
+    // Node 1 (read first) logged another version of the first sale than nodes 2 and 3.
+    let first = w.logs[1][0].receipt.clone();
+    let mut other = first.receipt.clone();
+    other.digest = Digest32([9; 32]);
+    let other = other.sign(&w.cluster.payments.sign_key().unwrap());
+    let second = w.logs[0][1].receipt.clone();
+    w.logs[0].clear();
+    w.log(&other, &[1]);
+    w.log(&second, &[1]);
+    let (report, state) = audit(
+        &w.cluster.manifest,
+        &w.inputs(),
+        &AuditState::default(),
+        NOW,
+    );
+    assert!(has(&report, ViolationCode::DigestDisagreement, Some(1)));
+    assert!(!has(&report, ViolationCode::DigestDisagreement, Some(2)));
+    assert!(!has(&report, ViolationCode::DigestDisagreement, Some(3)));
+    assert_eq!(report.keysets[0].issued_tickets, 3, "{}", report.render());
+    assert_eq!(state.nodes.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+}
+
+#[test]
+fn a_renewed_receipt_is_the_same_sale() {
+    let mut w = sales();
+    // Node 3 logged the second sale after payments renewed it (new expiry and signature).
+    let mut renewed = w.logs[0][1].receipt.receipt.clone();
+    renewed.expires_at += 600;
+    let renewed = renewed.sign(&w.cluster.payments.sign_key().unwrap());
+    w.log(&renewed, &[3]);
+    let report = w.run(&w.inputs());
+    assert!(report.clean, "{}", report.render());
+    assert_eq!(report.keysets[0].issued_tickets, 3);
+}
+
+#[test]
 fn duplicate_expired_and_unknown_keyset_entries_are_named() {
     let mut w = sales();
     let again = w.logs[0][0].receipt.clone();

@@ -97,7 +97,10 @@ impl State {
                 }
             });
             let votes = &mut pending.votes;
-            match votes.iter_mut().find(|v| v.receipt == signed.receipt) {
+            match votes
+                .iter_mut()
+                .find(|v| v.receipt.same_sale(&signed.receipt))
+            {
                 Some(v) => {
                     v.nodes.insert(node);
                 }
@@ -287,6 +290,20 @@ mod tests {
         s.finish(ripe[0].receipt_id);
         s.absorb(2, &[entry(receipt(1, 1), &key)], &pk);
         assert!(s.ripe(2).is_empty());
+    }
+
+    #[test]
+    fn a_renewed_receipt_is_the_same_sale() {
+        // Node 1 logged the original; after it expired, payments renewed it (new expiry, new
+        // signature) and node 2 logged the renewal. Two nodes hold the sale: it is issued.
+        let key = SignKey::generate(&mut rand::rng());
+        let pk = key.verify_key();
+        let mut s = State::default();
+        s.absorb(1, &[entry(receipt(4, 4), &key)], &pk);
+        let mut renewed = receipt(4, 4);
+        renewed.expires_at += 600;
+        s.absorb(2, &[entry(renewed, &key)], &pk);
+        assert_eq!(s.ripe(2).len(), 1);
     }
 
     #[test]

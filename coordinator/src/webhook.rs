@@ -175,8 +175,12 @@ impl Deliverer {
         }
         let secret = WebhookSecret::derive(key, &partner.id);
         let mut attempts = webhook.attempts;
+        let started = std::time::Instant::now();
         for event in &events {
-            if self.send(&webhook.url, &secret, event, now).await {
+            // Each request is signed with the time it is sent: a pass over many events to a
+            // slow receiver must not carry stale timestamps that receivers refuse.
+            let sent_at = now.saturating_add(started.elapsed().as_secs());
+            if self.send(&webhook.url, &secret, event, sent_at).await {
                 store.webhook_done(&partner.id, event.id, true).await?;
                 self.delivered.inc();
                 report.delivered += 1;

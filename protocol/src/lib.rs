@@ -37,7 +37,7 @@ pub mod domain {
     /// The manifest digest.
     pub const MANIFEST: &[u8] = b"ticketing/v1/manifest";
     /// The payments service's receipt totals for auditors.
-    pub const RECEIPT_TOTALS: &[u8] = b"ticketing/v1/receipt-totals";
+    pub const RECEIPT_TOTALS: &[u8] = b"ticketing/v1/payments-totals";
 }
 
 /// Append a length-prefixed byte string (u32 big-endian length) to a signing encoding.

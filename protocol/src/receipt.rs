@@ -56,6 +56,18 @@ impl Receipt {
         out
     }
 
+    /// Whether `other` is this sale: the same id, keyset, count, digest, amount and currency.
+    /// A renewal changes only `expires_at` (and the signature), so nodes that logged the
+    /// original and nodes that logged a renewal agree on the sale.
+    pub fn same_sale(&self, other: &Self) -> bool {
+        self.receipt_id == other.receipt_id
+            && self.keyset_id == other.keyset_id
+            && self.count == other.count
+            && self.digest == other.digest
+            && self.amount == other.amount
+            && self.currency == other.currency
+    }
+
     /// Sign with the payments key.
     pub fn sign(self, key: &SignKey) -> SignedReceipt {
         let signature = key.sign(&self.signing_bytes());
