@@ -428,16 +428,27 @@ pub(crate) async fn cors_allows_the_pwa_origin_only_and_metrics_are_served(c: Te
 
     let _ = buy(&c.client(), "day", 1).await.unwrap();
     // The wallet stops waiting after t answers, so which nodes signed varies: at least t did.
+    // A node still answering may have counted its ticket and not yet its request: re-read
+    // until both counters agree (bounded).
     let mut signed = 0;
     for node in &c.cluster.cluster.manifest.nodes {
-        let metrics = http
-            .get(format!("{}/metrics", node.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let metrics = loop {
+            let metrics = http
+                .get(format!("{}/metrics", node.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let counted = metrics.contains("ticketing_node_tickets_signed_total 1");
+            let answered = metrics.contains(r#"route="/v1/issue",status="200""#);
+            if !counted || answered || std::time::Instant::now() > deadline {
+                break metrics;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         assert!(
             metrics.contains("ticketing_node_tickets_signed_total"),
             "{metrics}"
