@@ -15,6 +15,8 @@ use ticketing_protocol::log::{Checkpoint, LogEntry, LogPage, NodeStatus};
 use ticketing_protocol::manifest::{Manifest, NodeInfo};
 use ticketing_protocol::redeem::Stats;
 
+use ticketing_client::{ClientError, Http};
+
 use crate::check::NodeLog;
 
 /// Entries asked for per page.
@@ -24,58 +26,48 @@ const MAX_CATCH_UP: usize = 10;
 /// More entries than this in one log are refused rather than held in memory.
 const MAX_ENTRIES: usize = 20_000_000;
 
-/// An HTTP reader of the audit's sources.
+/// An HTTP reader of the audit's sources, on the clients' one HTTP layer (so a 5xx, a refusal
+/// and an unreachable node are told apart the same way everywhere).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    http: reqwest::Client,
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    // reqwest's message names the URL, which is the manifest's public address.
-    let mut s = e.to_string();
-    if let Some(status) = e.status() {
-        s = format!("HTTP {status}");
-    }
-    s
+    http: Http,
 }
 
 impl Fetcher {
     /// A reader whose requests give up after `timeout`.
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(timeout).build()?;
-        Ok(Self { http })
+    pub fn new(timeout: Duration) -> Result<Self, ClientError> {
+        Ok(Self {
+            http: Http::new(timeout)?,
+        })
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
+        service: &str,
         url: String,
         query: &[(&str, u64)],
         token: Option<&str>,
-    ) -> Result<T, String> {
-        let mut req = self.http.get(&url).query(query);
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        let response = req
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| describe(&e))?;
-        response
-            .json::<T>()
-            .await
-            .map_err(|e| format!("{url}: unexpected answer: {e}"))
+    ) -> Result<T, ClientError> {
+        self.http.get(service, &url, query, token).await
     }
 
     /// Everything one node serves: its status, its whole log, a fresh checkpoint covering it,
     /// and its stored checkpoints.
-    pub async fn node(&self, node: &NodeInfo) -> Result<NodeLog, String> {
+    pub async fn node(&self, node: &NodeInfo) -> Result<NodeLog, ClientError> {
         let base = node.url.trim_end_matches('/');
-        let status: NodeStatus = self.get(format!("{base}/v1/info"), &[], None).await?;
+        let service = format!("node {}", node.index);
+        let service = service.as_str();
+        let invalid = |reason: String| ClientError::Unavailable {
+            service: service.to_owned(),
+            reason,
+        };
+        let status: NodeStatus = self
+            .get(service, format!("{base}/v1/info"), &[], None)
+            .await?;
         // Stored checkpoints first: any checkpoint stored after this read (sales go on) then
         // covers entries the paging below still reads, never entries it has not seen.
         let stored: Vec<Checkpoint> = self
-            .get(format!("{base}/v1/log/checkpoints"), &[], None)
+            .get(service, format!("{base}/v1/log/checkpoints"), &[], None)
             .await?;
         let mut entries: Vec<LogEntry> = Vec::new();
         let mut catch_up = 0;
@@ -83,6 +75,7 @@ impl Fetcher {
             let after = entries.last().map_or(0, |e| e.seq);
             let page: LogPage = self
                 .get(
+                    service,
                     format!("{base}/v1/log"),
                     &[("after", after), ("limit", u64::from(PAGE))],
                     None,
@@ -92,17 +85,19 @@ impl Fetcher {
             let mut last = after;
             for e in &page.entries {
                 if e.seq <= last {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "asked for entries after seq {after}, the node served seq {} after {last}",
                         e.seq
-                    ));
+                    )));
                 }
                 last = e.seq;
             }
             let empty = page.entries.is_empty();
             entries.extend(page.entries);
             if entries.len() > MAX_ENTRIES {
-                return Err(format!("the log has more than {MAX_ENTRIES} entries"));
+                return Err(invalid(format!(
+                    "the log has more than {MAX_ENTRIES} entries"
+                )));
             }
             if empty {
                 if page.checkpoint.seq <= last {
@@ -111,10 +106,10 @@ impl Fetcher {
                 // An entry was appended between this page's query and its checkpoint.
                 catch_up += 1;
                 if catch_up > MAX_CATCH_UP {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "the node signs a head at seq {} but serves no entry after seq {last}",
                         page.checkpoint.seq
-                    ));
+                    )));
                 }
             }
         };
@@ -127,7 +122,7 @@ impl Fetcher {
     }
 
     /// Every node of the manifest, concurrently, in manifest order.
-    pub async fn nodes(&self, manifest: &Manifest) -> Vec<Result<NodeLog, String>> {
+    pub async fn nodes(&self, manifest: &Manifest) -> Vec<Result<NodeLog, ClientError>> {
         futures::future::join_all(manifest.nodes.iter().map(|n| self.node(n))).await
     }
 
@@ -135,18 +130,16 @@ impl Fetcher {
     pub async fn redeemed(
         &self,
         manifest: &Manifest,
-        token: Option<&str>,
-    ) -> Result<HashMap<KeysetId, u64>, String> {
-        let Some(token) = token else {
-            return Err(
-                "no coordinator token (pass --coordinator-token or set TICKETING_AUDIT_TOKEN; \
-                 `ticketing validator register --auditor` makes one)"
-                    .to_owned(),
-            );
-        };
+        token: &str,
+    ) -> Result<HashMap<KeysetId, u64>, ClientError> {
         let base = manifest.coordinator.url.trim_end_matches('/');
         let stats: Stats = self
-            .get(format!("{base}/v1/admin/stats"), &[], Some(token))
+            .get(
+                "coordinator",
+                format!("{base}/v1/admin/stats"),
+                &[],
+                Some(token),
+            )
             .await?;
         Ok(stats
             .keysets
@@ -156,8 +149,9 @@ impl Fetcher {
     }
 
     /// The payments service's signed receipt totals.
-    pub async fn totals(&self, manifest: &Manifest) -> Result<ReceiptTotals, String> {
+    pub async fn totals(&self, manifest: &Manifest) -> Result<ReceiptTotals, ClientError> {
         let base = manifest.payments.url.trim_end_matches('/');
-        self.get(format!("{base}/v1/audit/totals"), &[], None).await
+        self.get("payments", format!("{base}/v1/audit/totals"), &[], None)
+            .await
     }
 }

@@ -54,6 +54,10 @@ impl std::fmt::Debug for Options {
     }
 }
 
+/// The reason given when no coordinator token was passed (the redemption counts need one).
+pub const NO_TOKEN: &str = "no coordinator token (pass --coordinator-token or set \
+     TICKETING_AUDIT_TOKEN; `ticketing validator register --auditor` makes one)";
+
 /// Read every source and check it against `previous` (verified first: a state file that is
 /// not signed by the nodes it names is refused). Returns the report and the state to keep.
 pub async fn run(
@@ -67,11 +71,20 @@ pub async fn run(
         .map_err(|e| AuditError::State(format!("HTTP client: {e}")))?;
     // Redemptions, then logs, then payments (see `fetch`): a sale during the audit cannot
     // look like a violation.
-    let redeemed = fetcher
-        .redeemed(manifest, options.coordinator_token.as_deref())
-        .await;
-    let nodes = fetcher.nodes(manifest).await;
-    let totals = fetcher.totals(manifest).await;
+    let redeemed = match options.coordinator_token.as_deref() {
+        Some(token) => fetcher
+            .redeemed(manifest, token)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err(NO_TOKEN.to_owned()),
+    };
+    let nodes = fetcher
+        .nodes(manifest)
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect();
+    let totals = fetcher.totals(manifest).await.map_err(|e| e.to_string());
     let inputs = Inputs {
         nodes,
         redeemed,

@@ -91,6 +91,24 @@ pub async fn spawn_coordinator(settings: &Settings, listener: TcpListener) -> Re
     })
 }
 
+/// Serve the browser apps for the cluster of `manifest` on `listener`.
+pub fn spawn_apps(
+    manifest: &ticketing_protocol::manifest::Manifest,
+    listener: TcpListener,
+) -> Result<Running> {
+    let router = crate::apps::router(manifest)?;
+    Running::spawn("apps".into(), listener, move |l, rx| {
+        ticketing_service::serve(l, router, on_stop(rx))
+    })
+}
+
+/// The apps' origin for a cluster whose payments service is at `payments_url`: the same host,
+/// port `port`.
+fn apps_origin(payments_url: &str, port: u16) -> Result<String> {
+    let addr = socket_addr(payments_url)?;
+    Ok(format!("http://{}:{port}", addr.ip()))
+}
+
 /// The validator state directory the CLI validator uses by default.
 pub fn validator_dir(settings: &Settings) -> std::path::PathBuf {
     settings.data_dir.join("validator")
@@ -157,6 +175,18 @@ pub async fn run(settings: &Settings) -> Result<()> {
         Cluster::read(dir).with_context(|| format!("reading the cluster in {}", dir.display()))?;
     let manifest = &cluster.manifest;
 
+    // The apps' origin, allowed by CORS on every service (the wallet calls payments and nodes).
+    let apps_url = apps_origin(
+        &manifest.payments.url,
+        settings.demo.base_port.saturating_add(2),
+    )?;
+    let mut settings = settings.clone();
+    if !settings.http.cors_origins.contains(&apps_url) {
+        settings.http.cors_origins.push(apps_url.clone());
+    }
+    let settings = &settings;
+    let apps = spawn_apps(manifest, bind(&apps_url).await?)?;
+
     let mut running = vec![spawn_payments(settings, bind(&manifest.payments.url).await?).await?];
     running.push(spawn_coordinator(settings, bind(&manifest.coordinator.url).await?).await?);
     for node in &manifest.nodes {
@@ -193,7 +223,11 @@ pub async fn run(settings: &Settings) -> Result<()> {
         cluster::manifest_path(dir).display(),
         manifest.digest()
     );
-    println!("  wallet PWA and validator PWA: not built yet (later issues); use the CLIs:");
+    println!(
+        "  wallet      {apps_url}/wallet/   (passengers: open in a browser; build {})",
+        crate::apps::wallet_build()
+    );
+    println!("  or the CLIs:");
     println!("    ticketing wallet buy --product single --card 4242424242424242");
     println!("    ticketing wallet show --png ticket.png");
     println!(
@@ -207,6 +241,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
 
     shutdown_signal().await;
     println!("stopping ...");
+    running.push(apps);
     for r in running {
         r.stop().await?;
     }
@@ -272,6 +307,8 @@ pub struct LocalCluster {
     pub coordinator: Option<Running>,
     /// Node i at position i-1; `None` while stopped.
     pub nodes: Vec<Option<Running>>,
+    /// The browser apps (`/wallet/`), on an origin every service allows.
+    pub apps: Option<Running>,
 }
 
 impl LocalCluster {
@@ -284,6 +321,9 @@ impl LocalCluster {
         databases: Databases,
     ) -> Result<Self> {
         settings.data_dir = dir.to_owned();
+        let apps_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let apps_origin = format!("http://{}", apps_listener.local_addr()?);
+        settings.http.cors_origins.push(apps_origin);
         if let Some(url) = &databases.payments {
             settings.payments.database_url.clone_from(url);
         }
@@ -320,6 +360,7 @@ impl LocalCluster {
         for ((listener, i), s) in node_listeners.into_iter().zip(1u16..).zip(&node_settings) {
             running.push(Some(spawn_node(s, i, listener).await?));
         }
+        let apps = Some(spawn_apps(&cluster.manifest, apps_listener)?);
         Ok(Self {
             settings,
             node_settings,
@@ -327,6 +368,7 @@ impl LocalCluster {
             payments,
             coordinator,
             nodes: running,
+            apps,
         })
     }
 
@@ -408,6 +450,14 @@ impl LocalCluster {
         if let Some(c) = self.coordinator.take() {
             c.stop().await?;
         }
+        if let Some(a) = self.apps.take() {
+            a.stop().await?;
+        }
         Ok(())
+    }
+
+    /// The wallet PWA's URL.
+    pub fn wallet_url(&self) -> Option<String> {
+        self.apps.as_ref().map(|a| format!("{}/wallet/", a.url))
     }
 }

@@ -12,9 +12,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ticketing_config::Settings;
 
+pub mod apps;
 pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod devices;
 pub mod partner;
 mod setup;
 pub mod validator;
@@ -123,8 +125,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Run one command line (`args` without the program name) with `settings` instead of the ones
+/// the environment would give: the CLI in process, for tests.
+pub async fn run_with(settings: &Settings, args: &[&str]) -> Result<ExitCode> {
+    let cli = Cli::try_parse_from(std::iter::once("ticketing").chain(args.iter().copied()))?;
+    dispatch(cli, &|| Ok(settings.clone())).await
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let settings = || Settings::load(cli.config.as_deref()).context("loading the configuration");
+    let config = cli.config.clone();
+    dispatch(cli, &move || {
+        Settings::load(config.as_deref()).context("loading the configuration")
+    })
+    .await
+}
+
+async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<ExitCode> {
     match cli.command {
         Command::Config(ConfigCommand::Example) => {
             print!("{}", ticketing_config::EXAMPLE);

@@ -15,7 +15,7 @@
 //! valid and queued. Output names only the verdict and the expiry, never the serial or keys.
 //! Every file is written atomically with mode 0600, under a lock for concurrent commands.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,23 +24,19 @@ use anyhow::{Context, Result, anyhow};
 use clap::{ArgGroup, Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use ticketing_client::{ClientError, CoordinatorClient};
+use ticketing_client::validator::{
+    Decision, Failure, Mode, Note, Outcome, SeenEntry, SyncFailure, SyncReport, Validator,
+    ValidatorStore, decode_qr,
+};
+use ticketing_client::{ClientError, Http};
 use ticketing_config::Settings;
 use ticketing_config::cluster::{manifest_path, read_manifest, write_private};
-use ticketing_coordinator::TokenRole;
 use ticketing_crypto::ticket::Serial;
-use ticketing_protocol::ErrorCode;
-use ticketing_protocol::Id16;
-use ticketing_protocol::manifest::{Manifest, ProductKind};
-use ticketing_protocol::publication::{BloomSnapshot, SerialFilter};
-use ticketing_protocol::redeem::{Scan, SyncStatus, Verdict as CoordinatorVerdict};
-use ticketing_protocol::verify::{self, Screened};
+use ticketing_protocol::redeem::{Scan, TokenRole};
+use ticketing_protocol::{Digest32, Id16};
 
 /// Environment variable holding the device token (else `<dir>/token`).
 pub const TOKEN_ENV: &str = "TICKETING_VALIDATOR_TOKEN";
-
-/// Most scans per `POST /v1/sync` (the coordinator's default `max_scans_per_request`).
-const SYNC_CHUNK: usize = 1000;
 
 const EXIT_VALID: u8 = 0;
 const EXIT_INVALID: u8 = 1;
@@ -121,15 +117,6 @@ pub struct SyncArgs {
 // ---------------------------------------------------------------------------------------------
 // State files
 
-/// One (serial, epoch) this device accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct SeenEntry {
-    serial: Serial,
-    epoch: u32,
-    /// End of the ticket's keyset window: the entry is useless afterwards.
-    until: u64,
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Seen {
     entries: Vec<SeenEntry>,
@@ -148,24 +135,27 @@ struct Queue {
     scans: Vec<Scan>,
 }
 
-/// The validator's state directory.
+/// The validator's state directory: the [`ValidatorStore`] of the CLI.
 #[derive(Debug)]
-struct State {
+pub struct State {
     dir: PathBuf,
 }
 
 impl State {
-    fn new(settings: &Settings, dir: Option<&Path>) -> Self {
+    /// `dir`, else `<data_dir>/validator`.
+    pub fn new(settings: &Settings, dir: Option<&Path>) -> Self {
         Self {
             dir: dir.map_or_else(|| settings.data_dir.join("validator"), Path::to_owned),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    /// A file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    fn create(&self) -> Result<()> {
+    /// Create the directory (mode 0700).
+    pub fn create(&self) -> Result<()> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -194,7 +184,7 @@ impl State {
     }
 
     /// The device token: `TICKETING_VALIDATOR_TOKEN`, else `<dir>/token`.
-    fn token(&self) -> Result<Option<String>> {
+    fn read_token(&self) -> Result<Option<String>> {
         if let Ok(t) = std::env::var(TOKEN_ENV)
             && !t.trim().is_empty()
         {
@@ -213,8 +203,7 @@ impl State {
         }
     }
 
-    /// The cached snapshot, if there is one whose signature verifies.
-    fn snapshot(&self, manifest: &Manifest) -> Option<Snapshot> {
+    fn read_snapshot(&self) -> Option<ticketing_protocol::publication::BloomSnapshot> {
         let path = self.path("bloom.json");
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -224,10 +213,7 @@ impl State {
                 return None;
             }
         };
-        let checked = serde_json::from_slice::<BloomSnapshot>(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|s| Snapshot::check(s, manifest));
-        match checked {
+        match serde_json::from_slice(&bytes) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!(
@@ -239,8 +225,10 @@ impl State {
         }
     }
 
-    /// Store a verified snapshot unless a newer one is already stored.
-    fn save_snapshot(&self, snapshot: &BloomSnapshot) -> Result<()> {
+    fn write_snapshot(
+        &self,
+        snapshot: &ticketing_protocol::publication::BloomSnapshot,
+    ) -> Result<()> {
         let _lock = self.lock()?;
         let path = self.path("bloom.json");
         #[derive(Deserialize)]
@@ -283,9 +271,7 @@ impl State {
         }
     }
 
-    /// Record an accepted scan: mark (serial, epoch) seen, queue the scan if it was accepted
-    /// offline, and forget entries of keysets that ended.
-    fn record(&self, entry: SeenEntry, queued: Option<Scan>, now: u64) -> Result<()> {
+    fn write_record(&self, entry: SeenEntry, queued: Option<Scan>, now: u64) -> Result<()> {
         let _lock = self.lock()?;
         let mut seen = self.load_seen();
         seen.entries.retain(|e| e.until > now);
@@ -304,8 +290,7 @@ impl State {
         Ok(())
     }
 
-    /// Remove answered scans from the queue.
-    fn dequeue(&self, answered: &HashSet<Id16>) -> Result<()> {
+    fn write_dequeue(&self, answered: &HashSet<Id16>) -> Result<()> {
         let _lock = self.lock()?;
         let mut queue = self.load_queue()?;
         queue.scans.retain(|s| !answered.contains(&s.scan_id));
@@ -315,122 +300,133 @@ impl State {
         )?;
         Ok(())
     }
+
+    fn read_pin(&self) -> Result<Option<Digest32>> {
+        let path = self.path("manifest.digest");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Digest32::from_hex(text.trim())
+                .map(Some)
+                .with_context(|| format!("{} is not a manifest digest", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
 }
 
-/// A snapshot whose signature verified, with its decoded filter.
-struct Snapshot {
-    raw: BloomSnapshot,
-    filter: Option<SerialFilter>,
+fn store_error(e: &anyhow::Error) -> ClientError {
+    ClientError::Store(format!("{e:#}"))
 }
 
-impl Snapshot {
-    /// Verify the signature. A signed snapshot whose filter does not decode is kept for its
-    /// exact deny list, and then "may contain" every serial (offline: check manually).
-    fn check(raw: BloomSnapshot, manifest: &Manifest) -> Result<Self, String> {
-        raw.verify(&manifest.coordinator.key)
-            .map_err(|e| e.to_string())?;
-        let filter = raw
-            .decode_filter()
-            .map_err(|e| {
-                eprintln!(
-                    "warning: the spent list's filter does not decode ({e}); offline scans need a manual check"
-                );
-            })
-            .ok();
-        Ok(Self { raw, filter })
+impl ValidatorStore for State {
+    async fn snapshot(
+        &self,
+    ) -> Result<Option<ticketing_protocol::publication::BloomSnapshot>, ClientError> {
+        Ok(self.read_snapshot())
     }
 
-    fn denies(&self, serial: &Serial) -> bool {
-        self.raw.deny.contains(serial)
+    async fn save_snapshot(
+        &self,
+        snapshot: &ticketing_protocol::publication::BloomSnapshot,
+    ) -> Result<(), ClientError> {
+        self.write_snapshot(snapshot).map_err(|e| store_error(&e))
     }
 
-    fn may_contain(&self, serial: &Serial) -> bool {
-        self.denies(serial) || self.filter.as_ref().is_none_or(|f| f.contains(serial))
+    async fn seen(&self, serial: &Serial, epoch: u32) -> Result<bool, ClientError> {
+        Ok(self.load_seen().contains(serial, epoch))
+    }
+
+    async fn record(
+        &self,
+        entry: SeenEntry,
+        queued: Option<Scan>,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        self.write_record(entry, queued, now)
+            .map_err(|e| store_error(&e))
+    }
+
+    async fn queue(&self) -> Result<Vec<Scan>, ClientError> {
+        let _lock = self.lock().map_err(|e| store_error(&e))?;
+        self.load_queue()
+            .map(|q| q.scans)
+            .map_err(|e| store_error(&e))
+    }
+
+    async fn dequeue(&self, answered: &HashSet<Id16>) -> Result<(), ClientError> {
+        self.write_dequeue(answered).map_err(|e| store_error(&e))
+    }
+
+    async fn token(&self) -> Result<Option<String>, ClientError> {
+        self.read_token().map_err(|e| store_error(&e))
+    }
+
+    async fn pinned_manifest(&self) -> Result<Option<Digest32>, ClientError> {
+        self.read_pin().map_err(|e| store_error(&e))
+    }
+
+    async fn pin_manifest(&self, digest: Digest32) -> Result<(), ClientError> {
+        (|| {
+            self.create()?;
+            write_private(
+                &self.path("manifest.digest"),
+                format!("{digest}\n").as_bytes(),
+            )?;
+            Ok(())
+        })()
+        .map_err(|e: anyhow::Error| store_error(&e))
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // validate
 
-/// How a verdict was reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Online,
-    Offline,
+fn exit_code(outcome: &Outcome) -> ExitCode {
+    ExitCode::from(match outcome {
+        Outcome::Valid { .. } => EXIT_VALID,
+        Outcome::Invalid { .. } => EXIT_INVALID,
+        Outcome::CheckManually => EXIT_CHECK,
+    })
 }
 
-impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Online => "online",
-            Self::Offline => "offline",
-        }
-    }
-}
-
-/// What the conductor is told.
-#[derive(Debug)]
-enum Outcome {
-    Valid { valid_until: u64, mode: Mode },
-    Invalid { code: ErrorCode, mode: Mode },
-    CheckManually,
-}
-
-impl Outcome {
-    fn exit(&self) -> ExitCode {
-        ExitCode::from(match self {
-            Self::Valid { .. } => EXIT_VALID,
-            Self::Invalid { .. } => EXIT_INVALID,
-            Self::CheckManually => EXIT_CHECK,
+fn print_outcome(outcome: &Outcome, as_json: bool) {
+    let line = match (outcome, as_json) {
+        (Outcome::Valid { valid_until, mode }, true) => json!({
+            "verdict": "valid",
+            "valid_until": valid_until,
+            "mode": mode.as_str(),
+            "queued": *mode == Mode::Offline,
         })
-    }
-
-    fn print(&self, as_json: bool) {
-        let line = match (self, as_json) {
-            (Self::Valid { valid_until, mode }, true) => json!({
-                "verdict": "valid",
-                "valid_until": valid_until,
-                "mode": mode.as_str(),
-                "queued": *mode == Mode::Offline,
-            })
-            .to_string(),
-            (Self::Valid { valid_until, mode }, false) => format!(
-                "VALID until {} ({})",
-                utc(*valid_until),
-                match mode {
-                    Mode::Online => "online",
-                    Mode::Offline => "offline, queued for sync",
-                }
-            ),
-            (Self::Invalid { code, mode }, true) => {
-                json!({ "verdict": "invalid", "code": code.as_str(), "mode": mode.as_str() })
-                    .to_string()
+        .to_string(),
+        (Outcome::Valid { valid_until, mode }, false) => format!(
+            "VALID until {} ({})",
+            utc(*valid_until),
+            match mode {
+                Mode::Online => "online",
+                Mode::Offline => "offline, queued for sync",
             }
-            (Self::Invalid { code, .. }, false) => format!("INVALID: {code}"),
-            (Self::CheckManually, true) => json!({
-                "verdict": "check_manually",
-                "reason": "possibly_spent",
-                "mode": "offline",
-            })
-            .to_string(),
-            (Self::CheckManually, false) => "CHECK MANUALLY (possibly spent)".to_owned(),
-        };
-        println!("{line}");
-    }
+        ),
+        (Outcome::Invalid { code, mode }, true) => {
+            json!({ "verdict": "invalid", "code": code.as_str(), "mode": mode.as_str() })
+                .to_string()
+        }
+        (Outcome::Invalid { code, .. }, false) => format!("INVALID: {code}"),
+        (Outcome::CheckManually, true) => json!({
+            "verdict": "check_manually",
+            "reason": "possibly_spent",
+            "mode": "offline",
+        })
+        .to_string(),
+        (Outcome::CheckManually, false) => "CHECK MANUALLY (possibly spent)".to_owned(),
+    };
+    println!("{line}");
 }
 
-/// Why `validate` could not give a verdict (exit 2).
-#[derive(Debug)]
-enum Failure {
-    /// The coordinator does not know the device token.
-    Unauthorized,
-    /// Anything else.
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Self::Other(e)
+fn print_notes(notes: &[Note]) {
+    for note in notes {
+        match note {
+            Note::DecidingOffline(_) => eprintln!("{note}"),
+            _ => eprintln!("warning: {note}"),
+        }
     }
 }
 
@@ -438,189 +434,83 @@ const REGISTER_HINT: &str = "run `ticketing validator register --name NAME --sav
 
 /// Run `ticketing validate`; never fails: errors are printed and exit 2.
 pub async fn validate(settings: &Settings, args: &ValidateArgs) -> ExitCode {
-    match decide(settings, args).await {
+    let failed = |code: &str, message: String| {
+        eprintln!("error: {message}");
+        if args.json {
+            println!(
+                "{}",
+                json!({ "verdict": "error", "code": code, "detail": message })
+            );
+        }
+        ExitCode::from(EXIT_ERROR)
+    };
+    let state = State::new(settings, args.state.dir.as_deref());
+    let token_path = state.path("token");
+    let Decision { outcome, notes } = match decide(settings, args, state).await {
+        Ok(d) => d,
+        Err(e) => return failed("error", format!("{e:#}")),
+    };
+    print_notes(&notes);
+    match outcome {
         Ok(outcome) => {
-            outcome.print(args.json);
-            outcome.exit()
+            print_outcome(&outcome, args.json);
+            exit_code(&outcome)
         }
-        Err(failure) => {
-            let (code, message) = match failure {
-                Failure::Unauthorized => (
-                    "unauthorized",
-                    format!("the coordinator refused this device's token: {REGISTER_HINT}"),
-                ),
-                Failure::Other(e) => ("error", format!("{e:#}")),
-            };
-            eprintln!("error: {message}");
-            if args.json {
-                println!(
-                    "{}",
-                    json!({ "verdict": "error", "code": code, "detail": message })
-                );
-            }
-            ExitCode::from(EXIT_ERROR)
-        }
+        Err(Failure::Unauthorized) => failed(
+            "unauthorized",
+            format!("the coordinator refused this device's token: {REGISTER_HINT}"),
+        ),
+        Err(Failure::NoToken) => failed(
+            "error",
+            format!(
+                "no device token in {} or {TOKEN_ENV}: {REGISTER_HINT}; or decide with --offline",
+                token_path.display()
+            ),
+        ),
+        Err(other) => failed("error", other.to_string()),
     }
 }
 
-async fn decide(settings: &Settings, args: &ValidateArgs) -> Result<Outcome, Failure> {
-    let manifest_file = args
-        .state
+async fn validator(
+    settings: &Settings,
+    state_args: &StateArgs,
+    state: State,
+) -> Result<Validator<State>> {
+    let manifest_file = state_args
         .manifest
         .clone()
         .unwrap_or_else(|| manifest_path(&settings.data_dir));
     let manifest = read_manifest(&manifest_file)
         .with_context(|| format!("reading the manifest {}", manifest_file.display()))?;
+    let http = Http::new(Duration::from_millis(settings.http.request_timeout_ms))?;
+    let pin_file = state.path("manifest.digest");
+    Validator::open(manifest, state, http)
+        .await
+        .map_err(|e| match e {
+            ClientError::Manifest(m)
+                if m.code() == ticketing_protocol::ErrorCode::ManifestMismatch =>
+            {
+                anyhow!(
+                    "{m} ({}); if the operator published this manifest, delete {} to trust it",
+                    m.code(),
+                    pin_file.display()
+                )
+            }
+            other => other.into(),
+        })
+}
+
+async fn decide(settings: &Settings, args: &ValidateArgs, state: State) -> Result<Decision> {
+    let validator = validator(settings, &args.state, state).await?;
     let payload = match (&args.payload, &args.image) {
         (Some(text), _) => text.trim().to_owned(),
         (None, Some(image)) => read_qr(image)?,
-        (None, None) => return Err(anyhow!("give the payload text or --image FILE").into()),
+        (None, None) => return Err(anyhow!("give the payload text or --image FILE")),
     };
-    let now = ticketing_service::now();
-
-    // Everything a ticket can be checked on by itself, BLS included.
-    let screened = match verify::check(&manifest, &payload, now) {
-        Ok(s) => s,
-        Err(code) => {
-            return Ok(Outcome::Invalid {
-                code,
-                mode: Mode::Offline,
-            });
-        }
-    };
-    let state = State::new(settings, args.state.dir.as_deref());
-    let cached = state.snapshot(&manifest);
-    if let Some(outcome) = local_checks(&state, cached.as_ref(), &screened) {
-        return Ok(outcome);
-    }
-    let scan = Scan {
-        scan_id: Id16::random(&mut rand::rng()),
-        payload,
-        scanned_at: now,
-    };
-    if args.offline {
-        return offline(&state, cached.as_ref(), &screened, scan, now);
-    }
-
-    let Some(token) = state.token()? else {
-        return Err(anyhow!(
-            "no device token in {} or {TOKEN_ENV}: {REGISTER_HINT}; or decide with --offline",
-            state.path("token").display()
-        )
-        .into());
-    };
-    let client = CoordinatorClient::new(
-        &manifest.coordinator.url,
-        Some(token),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    )
-    .map_err(anyhow::Error::from)?;
-    // Both at once: the conductor waits for one round trip, not two.
-    let cached_version = cached.as_ref().map(|s| s.raw.version);
-    let (fresh, answer) = futures::join!(client.bloom(cached_version), client.redeem(&scan));
-    let snapshot = match fresh {
-        Ok(Some(raw)) => match Snapshot::check(raw, &manifest) {
-            Ok(s) => {
-                if let Err(e) = state.save_snapshot(&s.raw) {
-                    eprintln!("warning: could not store the spent list: {e:#}");
-                }
-                Some(s)
-            }
-            Err(e) => {
-                eprintln!("warning: the coordinator's spent list does not verify ({e}); ignored");
-                cached
-            }
-        },
-        Ok(None) => cached,
-        Err(e) => {
-            // When the coordinator is down altogether, the redeem below says so once.
-            if !matches!(e, ClientError::Unreachable { .. }) || answer.is_ok() {
-                eprintln!("warning: could not refresh the spent list: {e}");
-            }
-            cached
-        }
-    };
-
-    match answer {
-        Ok(response) => match response.verdict {
-            CoordinatorVerdict::Accepted { valid_until } => {
-                state.record(seen_entry(&screened), None, now)?;
-                Ok(Outcome::Valid {
-                    valid_until,
-                    mode: Mode::Online,
-                })
-            }
-            CoordinatorVerdict::Rejected { code } => Ok(Outcome::Invalid {
-                code,
-                mode: Mode::Online,
-            }),
-        },
-        Err(ClientError::Refused { body, .. }) if body.code == ErrorCode::Unauthorized => {
-            Err(Failure::Unauthorized)
-        }
-        Err(ClientError::Unreachable { reason, .. }) => {
-            eprintln!("coordinator unreachable ({reason}): deciding offline");
-            // The freshest snapshot may deny it outright now.
-            if let Some(outcome) = local_checks(&state, snapshot.as_ref(), &screened) {
-                return Ok(outcome);
-            }
-            offline(&state, snapshot.as_ref(), &screened, scan, now)
-        }
-        Err(e) => Err(anyhow!("the coordinator refused the scan: {e}").into()),
-    }
-}
-
-/// The checks against this device's state: the exact deny list, then (serial, epoch) seen.
-fn local_checks(state: &State, snapshot: Option<&Snapshot>, s: &Screened<'_>) -> Option<Outcome> {
-    if snapshot.is_some_and(|snap| snap.denies(&s.serial)) {
-        return Some(Outcome::Invalid {
-            code: ErrorCode::Revoked,
-            mode: Mode::Offline,
-        });
-    }
-    if state.load_seen().contains(&s.serial, s.presentation.epoch) {
-        return Some(Outcome::Invalid {
-            code: ErrorCode::ReplayedEpoch,
-            mode: Mode::Offline,
-        });
-    }
-    None
-}
-
-/// Decide without the coordinator: maybe spent => check manually; else valid, queued.
-fn offline(
-    state: &State,
-    snapshot: Option<&Snapshot>,
-    s: &Screened<'_>,
-    scan: Scan,
-    now: u64,
-) -> Result<Outcome, Failure> {
-    match snapshot {
-        Some(snap) if snap.may_contain(&s.serial) => return Ok(Outcome::CheckManually),
-        Some(_) => {}
-        None => eprintln!(
-            "warning: no spent list cached yet (run once online); accepting on the ticket's own checks"
-        ),
-    }
-    let valid_until = match s.kind {
-        ProductKind::Single { transfer_minutes } => {
-            now.saturating_add(u64::from(transfer_minutes).saturating_mul(60))
-        }
-        ProductKind::Pass => s.keyset.params.valid_until,
-    };
-    state.record(seen_entry(s), Some(scan), now)?;
-    Ok(Outcome::Valid {
-        valid_until,
-        mode: Mode::Offline,
-    })
-}
-
-fn seen_entry(s: &Screened<'_>) -> SeenEntry {
-    SeenEntry {
-        serial: s.serial,
-        epoch: s.presentation.epoch,
-        until: s.keyset.params.valid_until,
-    }
+    let scan_id = Id16::random(&mut rand::rng());
+    Ok(validator
+        .validate(&payload, ticketing_service::now(), args.offline, scan_id)
+        .await)
 }
 
 /// The text of the first decodable QR code in a PNG or JPEG picture.
@@ -634,18 +524,7 @@ fn read_qr(path: &Path) -> Result<String> {
         .to_luma8();
     let width = usize::try_from(picture.width())?;
     let height = usize::try_from(picture.height())?;
-    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| {
-        u32::try_from(x)
-            .ok()
-            .zip(u32::try_from(y).ok())
-            .and_then(|(x, y)| picture.get_pixel_checked(x, y))
-            .map_or(u8::MAX, |p| p.0[0])
-    });
-    prepared
-        .detect_grids()
-        .into_iter()
-        .find_map(|grid| grid.decode().ok().map(|(_, text)| text))
-        .map(|text| text.trim().to_owned())
+    decode_qr(width, height, picture.as_raw())
         .ok_or_else(|| anyhow!("no readable QR code in {}", path.display()))
 }
 
@@ -706,19 +585,13 @@ async fn register(
     save: bool,
     dir: Option<&Path>,
 ) -> Result<ExitCode> {
-    let (token, device) = ticketing_coordinator::register(settings, name, role)
-        .await
-        .context("registering the device in the coordinator's database")?;
-    let kind = match role {
-        TokenRole::Admin => "admin",
-        TokenRole::Auditor => "auditor",
-        TokenRole::Validator => "validator",
-    };
+    let (token, device) = crate::devices::register(settings, name, role).await?;
+    let kind = role.as_str();
     if save {
         let state = State::new(settings, dir);
         state.create()?;
         let path = state.path("token");
-        write_private(&path, format!("{}\n", token.expose()).as_bytes())?;
+        write_private(&path, format!("{}\n", token.as_str()).as_bytes())?;
         eprintln!(
             "registered {kind} `{}` (device {}); token saved to {} (mode 0600)",
             device.name,
@@ -732,157 +605,97 @@ async fn register(
             device.name, device.id
         );
     }
-    println!("{}", token.expose());
+    println!("{}", &*token);
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the coordinator made of the queue.
-#[derive(Debug, Default)]
-struct SyncReport {
-    sent: usize,
-    recorded: usize,
-    already_synced: usize,
-    suspected_sharing: usize,
-    /// (code, our scan time, the winning scan's time), one per conflicting scan.
-    conflicts: Vec<(ErrorCode, u64, u64)>,
-    rejected: BTreeMap<&'static str, usize>,
-}
-
-impl SyncReport {
-    fn rejected_total(&self) -> usize {
-        self.rejected.values().sum()
-    }
-
-    fn print(&self, remaining: usize, error: Option<&str>, as_json: bool) {
-        if as_json {
-            let conflicts: Vec<_> = self
-                .conflicts
-                .iter()
-                .map(|(code, at, first)| {
-                    json!({ "code": code.as_str(), "scanned_at": at, "first_scanned_at": first })
-                })
-                .collect();
-            println!(
-                "{}",
-                json!({
-                    "sent": self.sent,
-                    "recorded": self.recorded,
-                    "already_synced": self.already_synced,
-                    "conflicts": conflicts,
-                    "suspected_sharing": self.suspected_sharing,
-                    "rejected": self.rejected,
-                    "remaining": remaining,
-                    "error": error,
-                })
-            );
-            return;
-        }
-        println!("sent {} scan(s)", self.sent);
-        println!("recorded {}", self.recorded);
-        println!("already synced {}", self.already_synced);
-        println!("conflicts {}", self.conflicts.len());
-        println!("suspected sharing {}", self.suspected_sharing);
-        let codes: Vec<String> = self
-            .rejected
+fn print_report(report: &SyncReport, error: Option<&str>, as_json: bool) {
+    let remaining = report.remaining;
+    if as_json {
+        let conflicts: Vec<_> = report
+            .conflicts
             .iter()
-            .map(|(code, n)| format!("{code} {n}"))
+            .map(|(code, at, first)| {
+                json!({ "code": code.as_str(), "scanned_at": at, "first_scanned_at": first })
+            })
             .collect();
-        if codes.is_empty() {
-            println!("rejected 0");
-        } else {
-            println!("rejected {} ({})", self.rejected_total(), codes.join(", "));
-        }
-        for (code, at, first) in &self.conflicts {
-            println!(
-                "conflict: {code} (scanned {}, first used {})",
-                utc(*at),
-                utc(*first)
-            );
-        }
-        if remaining > 0 {
-            println!("{remaining} scan(s) still queued");
-        }
+        println!(
+            "{}",
+            json!({
+                "sent": report.sent,
+                "recorded": report.recorded,
+                "already_synced": report.already_synced,
+                "conflicts": conflicts,
+                "suspected_sharing": report.suspected_sharing,
+                "rejected": report.rejected,
+                "remaining": remaining,
+                "error": error,
+            })
+        );
+        return;
+    }
+    println!("sent {} scan(s)", report.sent);
+    println!("recorded {}", report.recorded);
+    println!("already synced {}", report.already_synced);
+    println!("conflicts {}", report.conflicts.len());
+    println!("suspected sharing {}", report.suspected_sharing);
+    let codes: Vec<String> = report
+        .rejected
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect();
+    if codes.is_empty() {
+        println!("rejected 0");
+    } else {
+        println!(
+            "rejected {} ({})",
+            report.rejected_total(),
+            codes.join(", ")
+        );
+    }
+    for (code, at, first) in &report.conflicts {
+        println!(
+            "conflict: {code} (scanned {}, first used {})",
+            utc(*at),
+            utc(*first)
+        );
+    }
+    if remaining > 0 {
+        println!("{remaining} scan(s) still queued");
     }
 }
 
 async fn sync(settings: &Settings, args: &SyncArgs) -> Result<ExitCode> {
-    let manifest_file = args
-        .state
-        .manifest
-        .clone()
-        .unwrap_or_else(|| manifest_path(&settings.data_dir));
-    let manifest = read_manifest(&manifest_file)
-        .with_context(|| format!("reading the manifest {}", manifest_file.display()))?;
     let state = State::new(settings, args.state.dir.as_deref());
-    let queued = {
-        let _lock = state.lock()?;
-        state.load_queue()?.scans
-    };
-    if queued.is_empty() {
+    let token_path = state.path("token");
+    let validator = validator(settings, &args.state, state).await?;
+    let (report, failure) = validator.sync().await;
+    if report.sent == 0 && report.remaining == 0 && failure.is_none() {
         if args.json {
-            SyncReport::default().print(0, None, true);
+            print_report(&report, None, true);
         } else {
             println!("nothing to sync");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let token = state.token()?.ok_or_else(|| {
-        anyhow!(
-            "no device token in {} or {TOKEN_ENV}: {REGISTER_HINT}",
-            state.path("token").display()
-        )
-    })?;
-    let client = CoordinatorClient::new(
-        &manifest.coordinator.url,
-        Some(token),
-        Duration::from_millis(settings.http.request_timeout_ms),
-    )?;
-
-    let mut report = SyncReport::default();
-    let mut pending: HashSet<Id16> = queued.iter().map(|s| s.scan_id).collect();
-    let mut failure: Option<String> = None;
-    for chunk in queued.chunks(SYNC_CHUNK) {
-        let at: BTreeMap<Id16, u64> = chunk.iter().map(|s| (s.scan_id, s.scanned_at)).collect();
-        let response = match client.sync(chunk.to_vec()).await {
-            Ok(r) => r,
-            Err(ClientError::Refused { body, .. }) if body.code == ErrorCode::Unauthorized => {
-                failure = Some(format!(
-                    "the coordinator refused this device's token: {REGISTER_HINT}"
-                ));
-                break;
-            }
-            Err(e) => {
-                failure = Some(e.to_string());
-                break;
-            }
-        };
-        report.sent = report.sent.saturating_add(chunk.len());
-        let mut answered = HashSet::new();
-        for result in response.results {
-            let Some(scanned_at) = at.get(&result.scan_id) else {
-                continue;
-            };
-            if !answered.insert(result.scan_id) {
-                continue;
-            }
-            match result.status {
-                SyncStatus::Recorded => report.recorded += 1,
-                SyncStatus::AlreadySynced => report.already_synced += 1,
-                SyncStatus::SuspectedSharing => report.suspected_sharing += 1,
-                SyncStatus::Conflict {
-                    code,
-                    first_scanned_at,
-                } => report.conflicts.push((code, *scanned_at, first_scanned_at)),
-                SyncStatus::Rejected { code } => {
-                    *report.rejected.entry(code.as_str()).or_default() += 1;
-                }
-            }
+    let failure = match failure {
+        None => None,
+        Some(SyncFailure::NoToken) => {
+            return Err(anyhow!(
+                "no device token in {} or {TOKEN_ENV}: {REGISTER_HINT}",
+                token_path.display()
+            ));
         }
-        state.dequeue(&answered)?;
-        pending.retain(|id| !answered.contains(id));
-    }
-
-    report.print(pending.len(), failure.as_deref(), args.json);
+        // Nothing sent and nothing left: the queue itself could not be read.
+        Some(SyncFailure::Other(e)) if report.sent == 0 && report.remaining == 0 => {
+            return Err(e.into());
+        }
+        Some(SyncFailure::Unauthorized) => Some(format!(
+            "the coordinator refused this device's token: {REGISTER_HINT}"
+        )),
+        Some(SyncFailure::Other(e)) => Some(e.to_string()),
+    };
+    print_report(&report, failure.as_deref(), args.json);
     if let Some(reason) = &failure {
         eprintln!("error: coordinator: {reason}; the unsent scans stay queued");
         return Ok(ExitCode::from(EXIT_ERROR));
@@ -890,7 +703,7 @@ async fn sync(settings: &Settings, args: &SyncArgs) -> Result<ExitCode> {
     if !report.conflicts.is_empty() || report.rejected_total() > 0 {
         return Ok(ExitCode::from(EXIT_INVALID));
     }
-    if !pending.is_empty() {
+    if report.remaining > 0 {
         eprintln!("error: the coordinator did not answer every scan; the rest stay queued");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
@@ -936,11 +749,11 @@ mod tests {
             epoch: 7,
             until,
         };
-        state.record(entry(1, 100), None, 50).unwrap();
-        state.record(entry(2, 1000), None, 50).unwrap();
+        state.write_record(entry(1, 100), None, 50).unwrap();
+        state.write_record(entry(2, 1000), None, 50).unwrap();
         assert!(state.load_seen().contains(&Serial([1; 32]), 7));
         assert!(!state.load_seen().contains(&Serial([1; 32]), 8));
-        state.record(entry(3, 1000), None, 200).unwrap();
+        state.write_record(entry(3, 1000), None, 200).unwrap();
         let seen = state.load_seen();
         assert!(!seen.contains(&Serial([1; 32]), 7));
         assert!(seen.contains(&Serial([2; 32]), 7));

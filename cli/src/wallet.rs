@@ -1,19 +1,23 @@
-//! The passenger's command-line wallet: a JSON file (mode 0600) of tickets with their holder
-//! secrets, and of purchases paid but not yet issued (so nothing paid is ever lost).
+//! The passenger's command-line wallet: the wallet core (`ticketing_client::wallet`) over a
+//! JSON file (mode 0600) of tickets with their holder secrets, and of purchases paid but not
+//! yet issued (so nothing paid is ever lost). This module only parses arguments, keeps the
+//! file and prints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
-use ticketing_client::{Client, ClientError, PendingPurchase, PreparedPurchase};
+use ticketing_client::wallet::{
+    Finished, PayOutcome, Recovered, SoftwareKeys, TicketStatus, Wallet, WalletData, WalletStore,
+    status as ticket_status,
+};
+use ticketing_client::{Client, ClientError};
 use ticketing_config::Settings;
 use ticketing_config::cluster::{manifest_path, read_manifest, write_private};
-use ticketing_crypto::presentation::{Presentation, epoch_at};
-use ticketing_crypto::ticket::{HolderSecret, Ticket};
-use ticketing_protocol::manifest::Manifest;
+use ticketing_protocol::ErrorCode;
+use ticketing_protocol::manifest::{Manifest, ManifestError};
 use ticketing_protocol::receipt::PaymentMethod;
 use ticketing_protocol::voucher::VoucherCode;
 
@@ -31,6 +35,9 @@ pub enum WalletCommand {
     /// Print the blame evidence this wallet kept (nodes caught signing wrong partials) as
     /// JSON, for `ticketing audit --evidence FILE`. It holds no ticket or secret.
     Evidence(WalletFile),
+    /// Trust the manifest as it is now. A wallet pins the manifest it is first used with and
+    /// refuses another (`manifest_mismatch`); run this when the operator published a new one.
+    Pin(WalletFile),
 }
 
 /// Where the wallet lives.
@@ -79,91 +86,32 @@ pub struct ShowArgs {
     payload_only: bool,
 }
 
-/// A ticket in the wallet.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct StoredTicket {
-    /// Product name.
-    pub product: String,
-    /// Keyset window start.
-    pub valid_from: u64,
-    /// Keyset window end.
-    pub valid_until: u64,
-    /// The ticket.
-    pub ticket: Ticket,
-    /// Holder secret seed (hex).
-    pub holder_secret: String,
+/// The CLI wallet's store: a JSON file of [`WalletData`], written atomically with mode 0600,
+/// changed under an exclusive lock so two wallet commands running at once cannot overwrite
+/// each other's purchases.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
 }
 
-impl std::fmt::Debug for StoredTicket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredTicket")
-            .field("product", &self.product)
-            .field("valid_until", &self.valid_until)
-            .finish_non_exhaustive()
+impl FileStore {
+    /// The wallet file at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
     }
-}
 
-/// A purchase in progress, with its holder secrets. `pending` is `None` until the receipt is
-/// known: a purchase whose payment outcome is unknown is kept, never dropped, and `wallet
-/// retry` asks the payments service for its receipt by digest.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct StoredPurchase {
-    /// Blinded, maybe not yet paid.
-    pub prepared: PreparedPurchase,
-    /// The receipt, once paid.
-    pub pending: Option<PendingPurchase>,
-    /// Holder secret seeds (hex), in order.
-    pub holder_secrets: Vec<String>,
-}
-
-impl std::fmt::Debug for StoredPurchase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredPurchase")
-            .field("product", &self.prepared.product)
-            .field("paid", &self.pending.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl StoredPurchase {
-    fn digest(&self) -> ticketing_protocol::Digest32 {
-        ticketing_protocol::receipt::blinded_digest(&self.prepared.blinded)
-    }
-}
-
-/// The wallet file.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Wallet {
-    /// Tickets.
-    pub tickets: Vec<StoredTicket>,
-    /// Purchases not finished.
-    pub purchases: Vec<StoredPurchase>,
-    /// Signed answers of nodes caught signing wrong partials, for the auditors.
-    #[serde(default)]
-    pub evidence: Vec<ticketing_client::Blame>,
-}
-
-impl Wallet {
-    /// Read, or an empty wallet if the file does not exist.
-    pub fn load(path: &Path) -> Result<Self> {
+    fn read(&self) -> Result<WalletData> {
+        let path = &self.path;
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a wallet file", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WalletData::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
 
-    /// Write with mode 0600, atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self)?;
-        write_private(path, &bytes)?;
-        Ok(())
-    }
-
-    /// Load, change and save under an exclusive lock, so two wallet commands running at once
-    /// cannot overwrite each other's purchases.
-    pub fn update<T>(path: &Path, change: impl FnOnce(&mut Self) -> T) -> Result<T> {
+    fn locked_update<T>(&self, change: impl FnOnce(&mut WalletData) -> T) -> Result<T> {
+        let path = &self.path;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -176,13 +124,29 @@ impl Wallet {
             .with_context(|| format!("opening {}", lock_path.display()))?;
         lock.lock()
             .with_context(|| format!("locking {}", lock_path.display()))?;
-        let mut wallet = Self::load(path)?;
+        let mut wallet = self.read()?;
         let out = change(&mut wallet);
-        wallet.save(path)?;
+        write_private(path, &serde_json::to_vec_pretty(&wallet)?)?;
         drop(lock);
         Ok(out)
     }
 }
+
+fn store_error(e: &anyhow::Error) -> ClientError {
+    ClientError::Store(format!("{e:#}"))
+}
+
+impl WalletStore for FileStore {
+    async fn load(&self) -> Result<WalletData, ClientError> {
+        self.read().map_err(|e| store_error(&e))
+    }
+
+    async fn update<T>(&self, change: impl FnOnce(&mut WalletData) -> T) -> Result<T, ClientError> {
+        self.locked_update(change).map_err(|e| store_error(&e))
+    }
+}
+
+type CliWallet = Wallet<FileStore, SoftwareKeys>;
 
 fn paths(settings: &Settings, f: &WalletFile) -> (PathBuf, PathBuf) {
     (
@@ -202,29 +166,59 @@ fn client(settings: &Settings, manifest: Manifest) -> Result<Client> {
     )?)
 }
 
+/// The wallet at `file`, bound to the manifest it pinned.
+async fn open(settings: &Settings, file: &WalletFile) -> Result<CliWallet> {
+    let (wallet_path, manifest_file) = paths(settings, file);
+    let client = client(settings, read_manifest(&manifest_file)?)?;
+    Wallet::open(client, FileStore::new(wallet_path), SoftwareKeys)
+        .await
+        .map_err(|e| match e {
+            ClientError::Manifest(m @ ManifestError::Mismatch { .. }) => anyhow::anyhow!(
+                "{m} ({}); if the operator published this manifest, trust it with \
+                 `ticketing wallet pin --manifest {}`",
+                ErrorCode::ManifestMismatch,
+                manifest_file.display()
+            ),
+            other => other.into(),
+        })
+}
+
 /// Run a wallet subcommand.
 pub async fn run(settings: &Settings, cmd: WalletCommand) -> Result<ExitCode> {
     match cmd {
         WalletCommand::Buy(args) => buy(settings, args).await,
         WalletCommand::Retry(f) => retry(settings, &f).await,
-        WalletCommand::List(f) => list(settings, &f),
-        WalletCommand::Show(args) => show(settings, &args),
-        WalletCommand::Evidence(f) => evidence(settings, &f),
+        WalletCommand::List(f) => list(settings, &f).await,
+        WalletCommand::Show(args) => show(settings, &args).await,
+        WalletCommand::Evidence(f) => evidence(settings, &f).await,
+        WalletCommand::Pin(f) => pin(settings, &f).await,
     }
 }
 
-fn evidence(settings: &Settings, file: &WalletFile) -> Result<ExitCode> {
+async fn pin(settings: &Settings, file: &WalletFile) -> Result<ExitCode> {
+    let (wallet_path, manifest_file) = paths(settings, file);
+    let manifest = read_manifest(&manifest_file)?;
+    let before = CliWallet::pin(&FileStore::new(wallet_path), &manifest).await?;
+    let now = manifest.digest();
+    match before {
+        Some(old) if old == now => println!("the wallet already trusts manifest {now}"),
+        Some(old) => println!("the wallet now trusts manifest {now} (was {old})"),
+        None => println!("the wallet now trusts manifest {now}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn evidence(settings: &Settings, file: &WalletFile) -> Result<ExitCode> {
     let (wallet_path, _) = paths(settings, file);
-    let wallet = Wallet::load(&wallet_path)?;
-    println!("{}", serde_json::to_string_pretty(&wallet.evidence)?);
-    if wallet.evidence.is_empty() {
+    let data = FileStore::new(wallet_path).load().await?;
+    println!("{}", serde_json::to_string_pretty(&data.evidence)?);
+    if data.evidence.is_empty() {
         eprintln!("no evidence: no node was caught signing wrong partials");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
-    let (wallet_path, manifest_file) = paths(settings, &args.file);
     let payment = match (&args.card, &args.voucher) {
         (Some(card), None) => PaymentMethod::Card {
             number: card.clone(),
@@ -241,44 +235,25 @@ async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let manifest = read_manifest(&manifest_file)?;
-    let client = client(settings, manifest)?;
+    let wallet = open(settings, &args.file).await?;
     let mut rng = rand::rng();
-    let secrets: Vec<HolderSecret> = (0..args.count)
-        .map(|_| HolderSecret::generate(&mut rng))
-        .collect();
-    let holders: Vec<_> = secrets.iter().map(HolderSecret::public_key).collect();
-    let prepared = client.prepare(&args.product, &holders, ticketing_service::now(), &mut rng)?;
-
-    // Saved before paying: if the answer to the payment is lost, `wallet retry` finds the
+    // Stored before paying: if the answer to the payment is lost, `wallet retry` finds the
     // receipt by the points' digest and nothing paid is lost.
-    let stored = StoredPurchase {
-        prepared: prepared.clone(),
-        pending: None,
-        holder_secrets: secrets
-            .iter()
-            .map(|s| hex::encode(s.to_bytes().as_ref()))
-            .collect(),
-    };
-    let digest = stored.digest();
-    Wallet::update(&wallet_path, |w| w.purchases.push(stored))?;
-
-    match client.checkout(&prepared, payment).await {
-        Ok(pending) => {
-            Wallet::update(&wallet_path, |w| {
-                if let Some(p) = w.purchases.iter_mut().find(|p| p.digest() == digest) {
-                    p.pending = Some(pending);
-                }
-            })?;
-        }
-        Err(ClientError::Refused { body, .. }) if not_charged(body.code) => {
-            // A definite refusal: nothing was paid, forget the purchase.
-            Wallet::update(&wallet_path, |w| {
-                w.purchases.retain(|p| p.digest() != digest);
-            })?;
+    let digest = wallet
+        .prepare(
+            &args.product,
+            args.count,
+            ticketing_service::now(),
+            &mut rng,
+        )
+        .await?;
+    match wallet.pay(&digest, payment).await? {
+        PayOutcome::Paid => {}
+        PayOutcome::Refused(body) => {
+            // A definite refusal: nothing was paid, the purchase is forgotten.
             bail!("payment refused: {} ({})", body.detail, body.code);
         }
-        Err(e) => {
+        PayOutcome::Unknown(e) => {
             eprintln!("error: payment: {e}");
             eprintln!(
                 "the payment may or may not have gone through; the purchase is kept: run `ticketing wallet retry`"
@@ -286,112 +261,57 @@ async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    finish(&client, &wallet_path).await
-}
-
-/// Refusals after which the payments service guarantees nothing was charged.
-fn not_charged(code: ticketing_protocol::ErrorCode) -> bool {
-    use ticketing_protocol::ErrorCode as C;
-    matches!(
-        code,
-        C::CardDeclined
-            | C::InvalidVoucher
-            | C::VoucherUsed
-            | C::Malformed
-            | C::NotFound
-            | C::UnknownKeyset
-            | C::KeysetNotActive
-            | C::PayloadTooLarge
-    )
+    finish(&wallet).await
 }
 
 async fn retry(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
-    let (wallet_path, manifest_file) = paths(settings, f);
-    let client = client(settings, read_manifest(&manifest_file)?)?;
-    let purchases = Wallet::load(&wallet_path)?.purchases;
-    if purchases.is_empty() {
+    let wallet = open(settings, f).await?;
+    if wallet.data().await?.purchases.is_empty() {
         println!("no purchase is waiting");
         return Ok(ExitCode::SUCCESS);
     }
-    // Ask payments for each purchase's receipt: it confirms unknown payments (or shows they
-    // never happened) and renews receipts that expired while the nodes were away.
-    for p in purchases {
-        let digest = p.digest();
-        match client.find_receipt(&p.prepared).await {
-            Ok(Some(pending)) => Wallet::update(&wallet_path, |w| {
-                if let Some(p) = w.purchases.iter_mut().find(|p| p.digest() == digest) {
-                    p.pending = Some(pending);
-                }
-            })?,
-            Ok(None) if p.pending.is_none() => {
-                println!("a {} purchase was never paid; removed", p.prepared.product);
-                Wallet::update(&wallet_path, |w| {
-                    w.purchases.retain(|p| p.digest() != digest);
-                })?;
+    for found in wallet.recover_receipts().await? {
+        match found {
+            Recovered::NeverPaid { product } => {
+                println!("a {product} purchase was never paid; removed");
             }
-            Ok(None) => {}
-            Err(e) => eprintln!("warning: could not ask the payments service: {e}"),
+            Recovered::Unknown { error, .. } => {
+                eprintln!("warning: could not ask the payments service: {error}");
+            }
+            Recovered::Paid { .. } | Recovered::Unchanged => {}
         }
     }
-    finish(&client, &wallet_path).await
+    finish(&wallet).await
 }
 
 /// Complete every paid purchase; keep the ones that still cannot reach t nodes.
-async fn finish(client: &Client, path: &Path) -> Result<ExitCode> {
+async fn finish(wallet: &CliWallet) -> Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
-    let purchases = Wallet::load(path)?.purchases;
-    for purchase in purchases {
-        let Some(pending) = &purchase.pending else {
-            eprintln!(
-                "a {} purchase awaits confirmation of its payment: run `ticketing wallet retry`",
-                purchase.prepared.product
-            );
-            code = ExitCode::from(2);
-            continue;
-        };
-        let digest = purchase.digest();
-        match client.complete(pending).await {
-            Ok(done) => {
-                let keyset = client.manifest().keyset(&purchase.prepared.keyset_id);
-                let tickets: Vec<StoredTicket> = done
-                    .tickets
-                    .iter()
-                    .zip(&purchase.holder_secrets)
-                    .map(|(ticket, secret)| StoredTicket {
-                        product: purchase.prepared.product.clone(),
-                        valid_from: keyset.map_or(0, |k| k.params.valid_from),
-                        valid_until: keyset.map_or(0, |k| k.params.valid_until),
-                        ticket: *ticket,
-                        holder_secret: secret.clone(),
-                    })
-                    .collect();
-                let blamed = done.blamed.clone();
-                Wallet::update(path, |w| {
-                    w.purchases.retain(|p| p.digest() != digest);
-                    w.tickets.extend(tickets);
-                    w.evidence.extend(blamed);
-                })?;
-                for b in &done.blamed {
+    for finished in wallet.complete_all(&mut |_| {}).await? {
+        match finished {
+            Finished::AwaitingPayment { product } => {
+                eprintln!(
+                    "a {product} purchase awaits confirmation of its payment: run `ticketing wallet retry`"
+                );
+                code = ExitCode::from(2);
+            }
+            Finished::Bought(done) => {
+                for node in &done.blamed {
                     eprintln!(
-                        "warning: node {} signed wrong partials; its signed answer is kept in the wallet as evidence",
-                        b.node
+                        "warning: node {node} signed wrong partials; its signed answer is kept in the wallet as evidence"
                     );
                 }
-                println!(
-                    "bought {} {} ticket(s)",
-                    done.tickets.len(),
-                    purchase.prepared.product
-                );
+                println!("bought {} {} ticket(s)", done.tickets, done.product);
             }
-            Err(e @ ClientError::NotEnoughNodes { .. }) => {
-                eprintln!("error: {e}");
+            Finished::NotEnoughNodes { error, .. } => {
+                eprintln!("error: {error}");
                 eprintln!(
                     "the purchase is paid and kept in the wallet; run `ticketing wallet retry` later"
                 );
                 code = ExitCode::from(2);
             }
-            Err(e) => {
-                eprintln!("error: {e}");
+            Finished::Failed { error, .. } => {
+                eprintln!("error: {error}");
                 code = ExitCode::FAILURE;
             }
         }
@@ -399,17 +319,21 @@ async fn finish(client: &Client, path: &Path) -> Result<ExitCode> {
     Ok(code)
 }
 
-fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
-    let (wallet_path, _) = paths(settings, f);
-    let wallet = Wallet::load(&wallet_path)?;
+async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
+    let (wallet_path, manifest_file) = paths(settings, f);
+    let data = FileStore::new(wallet_path).load().await?;
+    let manifest = read_manifest(&manifest_file).ok();
     let now = ticketing_service::now();
-    for (i, t) in wallet.tickets.iter().enumerate() {
-        let state = if now >= t.valid_until {
-            "expired"
-        } else if now < t.valid_from {
-            "not yet valid"
-        } else {
-            "valid"
+    for (i, t) in data.tickets.iter().enumerate() {
+        let state = match &manifest {
+            Some(m) => match ticket_status(m, t, now) {
+                TicketStatus::Active => "valid",
+                TicketStatus::Upcoming => "not yet valid",
+                other => other.as_str(),
+            },
+            None if now >= t.valid_until => "expired",
+            None if now < t.valid_from => "not yet valid",
+            None => "valid",
         };
         println!(
             "{:>3}  {:<8} {:<13} until {}",
@@ -420,31 +344,31 @@ fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
         );
     }
     // Paid ones and ones whose payment outcome is still unknown alike.
-    let waiting = wallet.purchases.len();
+    let waiting = data.purchases.len();
     if waiting > 0 {
         println!("{waiting} purchase(s) waiting: run `ticketing wallet retry`");
     }
-    if wallet.tickets.is_empty() && waiting == 0 {
+    if data.tickets.is_empty() && waiting == 0 {
         println!("no tickets yet: ticketing wallet buy --product day --card 4242424242424242");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
-    let (wallet_path, manifest_file) = paths(settings, &args.file);
-    let wallet = Wallet::load(&wallet_path)?;
-    let Some(stored) = wallet.tickets.get(args.number.saturating_sub(1)) else {
+async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
+    let wallet = open(settings, &args.file).await?;
+    let data = wallet.data().await?;
+    let Some(stored) = data.tickets.get(args.number.saturating_sub(1)) else {
         bail!(
             "no ticket number {} (the wallet has {})",
             args.number,
-            wallet.tickets.len()
+            data.tickets.len()
         );
     };
-    let rotation = read_manifest(&manifest_file).map_or(30, |m| m.rotation_seconds);
-    let secret =
-        HolderSecret::from_bytes(&hex::decode(&stored.holder_secret).context("holder secret")?)?;
-    let epoch = epoch_at(ticketing_service::now(), rotation);
-    let text = Presentation::sign(&stored.ticket, &secret, epoch).to_text();
+    let rotation = wallet.client().manifest().rotation_seconds;
+    let text = wallet
+        .present(args.number.saturating_sub(1), ticketing_service::now())
+        .await?
+        .to_text();
     if args.payload_only {
         println!("{text}");
         return Ok(ExitCode::SUCCESS);

@@ -12,7 +12,11 @@
 use std::time::Duration;
 
 pub mod coordinator;
+pub mod http;
+pub mod validator;
+pub mod wallet;
 pub use coordinator::CoordinatorClient;
+pub use http::Http;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -22,7 +26,7 @@ use ticketing_crypto::keyset::{KeysetId, ShareIndex};
 use ticketing_crypto::ticket::{HolderPublicKey, Ticket};
 pub use ticketing_protocol::issue::Blame;
 use ticketing_protocol::issue::{IssueRequest, IssueResponse};
-use ticketing_protocol::manifest::{KeysetInfo, Manifest, NodeInfo};
+use ticketing_protocol::manifest::{KeysetInfo, Manifest, ManifestError, NodeInfo};
 use ticketing_protocol::receipt::{CheckoutRequest, PaymentMethod, SignedReceipt, blinded_digest};
 use ticketing_protocol::{ErrorBody, ErrorCode};
 
@@ -45,7 +49,7 @@ pub enum ClientError {
         /// Its answer.
         body: ErrorBody,
     },
-    /// A service could not be reached or answered nonsense.
+    /// A service could not be reached: no answer at all (connection, timeout). Temporary.
     #[error("{service}: {reason}")]
     Unreachable {
         /// Which service.
@@ -53,6 +57,23 @@ pub enum ClientError {
         /// What happened.
         reason: String,
     },
+    /// A service answered "not now" (5xx, 408, 429) or nonsense. Temporary.
+    #[error("{service} is unavailable: {reason}")]
+    Unavailable {
+        /// Which service.
+        service: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The manifest is invalid or not the pinned one (`manifest_mismatch`).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The wallet's or validator's storage failed (file, IndexedDB).
+    #[error("storage: {0}")]
+    Store(String),
+    /// A holder key could not be made or used (WebCrypto, a stored secret).
+    #[error("holder key: {0}")]
+    HolderKey(String),
     /// The payments service returned a receipt that does not match what was asked.
     #[error("the receipt does not match the request: {0}")]
     BadReceipt(String),
@@ -69,6 +90,22 @@ pub enum ClientError {
         /// Everything needed to retry with the same receipt.
         pending: Box<PendingPurchase>,
     },
+}
+
+impl ClientError {
+    /// Whether retrying later may succeed (unreachable or unavailable service).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Unavailable { .. })
+    }
+
+    /// The stable code of a refusal (or of a manifest problem).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Refused { body, .. } => Some(body.code),
+            Self::Manifest(e) => Some(e.code()),
+            _ => None,
+        }
+    }
 }
 
 fn describe(failures: &[NodeFailure]) -> String {
@@ -140,26 +177,59 @@ pub struct Purchase {
     pub failures: Vec<NodeFailure>,
 }
 
+/// What happens to each node during [`Client::complete_with`], for a progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// The request was sent to every node.
+    Asked {
+        /// The nodes asked, in manifest order.
+        nodes: Vec<u16>,
+    },
+    /// A node gave a well-formed, signed answer.
+    Answered {
+        /// Node index.
+        node: u16,
+    },
+    /// A node failed (unreachable, refused, or caught signing wrong partials).
+    Failed(NodeFailure),
+}
+
 /// A client bound to one manifest.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Http,
     manifest: Manifest,
+}
+
+/// Fetch the manifest a cluster publishes (`GET {url}/v1/manifest` of a node or the
+/// coordinator), check it ([`Manifest::validate`]) and, when a digest is pinned, that it is the
+/// pinned one (`manifest_mismatch` otherwise).
+pub async fn fetch_manifest(
+    http: &Http,
+    base_url: &str,
+    pinned: Option<&ticketing_protocol::Digest32>,
+) -> Result<Manifest, ClientError> {
+    let url = format!("{}/v1/manifest", base_url.trim_end_matches('/'));
+    let bytes = http.get_bytes("manifest", &url).await?;
+    Ok(Manifest::parse_pinned(&bytes, pinned)?)
 }
 
 impl Client {
     /// A client with a per-request timeout (native; browsers use their own fetch limits).
+    /// The manifest is checked ([`Manifest::validate`]) before it is trusted.
     pub fn new(manifest: Manifest, timeout: Duration) -> Result<Self, ClientError> {
-        let builder = reqwest::Client::builder();
-        #[cfg(not(target_arch = "wasm32"))]
-        let builder = builder.timeout(timeout).connect_timeout(timeout);
-        #[cfg(target_arch = "wasm32")]
-        let _ = timeout;
-        let http = builder.build().map_err(|e| ClientError::Unreachable {
-            service: "http client".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self { http, manifest })
+        manifest
+            .validate()
+            .map_err(|e| ClientError::Manifest(ManifestError::Invalid(e)))?;
+        Ok(Self {
+            http: Http::new(timeout)?,
+            manifest,
+        })
+    }
+
+    /// The HTTP layer (shared with the coordinator client and the auditor).
+    pub fn http(&self) -> &Http {
+        &self.http
     }
 
     /// The manifest.
@@ -238,7 +308,7 @@ impl Client {
             payment,
         };
         let url = format!("{}/v1/checkout", self.manifest.payments.url);
-        let receipt: SignedReceipt = self.post_json("payments", &url, &request).await?;
+        let receipt: SignedReceipt = self.http.post("payments", &url, &request, None).await?;
         receipt
             .verify(&self.manifest.payments.key)
             .map_err(|e| ClientError::BadReceipt(e.to_string()))?;
@@ -265,7 +335,7 @@ impl Client {
     ) -> Result<Option<PendingPurchase>, ClientError> {
         let digest = blinded_digest(&prepared.blinded);
         let url = format!("{}/v1/receipts/{digest}", self.manifest.payments.url);
-        let receipt: SignedReceipt = match self.get_json("payments", &url).await {
+        let receipt: SignedReceipt = match self.http.get("payments", &url, &[], None).await {
             Ok(r) => r,
             Err(ClientError::Refused { body, .. }) if body.code == ErrorCode::NotFound => {
                 return Ok(None);
@@ -324,6 +394,15 @@ impl Client {
     /// Turn a paid purchase into tickets: ask every node, combine the first t good answers.
     /// Safe to call again with the same pending purchase (nodes are idempotent per receipt).
     pub async fn complete(&self, pending: &PendingPurchase) -> Result<Purchase, ClientError> {
+        self.complete_with(pending, &mut |_| {}).await
+    }
+
+    /// [`Client::complete`], telling `progress` what each node does as it happens.
+    pub async fn complete_with<F: FnMut(NodeEvent) + ?Sized>(
+        &self,
+        pending: &PendingPurchase,
+        progress: &mut F,
+    ) -> Result<Purchase, ClientError> {
         let t = usize::from(self.manifest.threshold);
         let keyset = self
             .manifest
@@ -346,18 +425,30 @@ impl Client {
             .iter()
             .map(|node| self.ask_node(node, &request))
             .collect();
+        progress(NodeEvent::Asked {
+            nodes: self.manifest.nodes.iter().map(|n| n.index.get()).collect(),
+        });
         let mut good: Vec<(ShareIndex, IssueResponse, Vec<PartialSignature>)> = Vec::new();
         let mut failures = Vec::new();
         let mut blamed = Vec::new();
 
         while let Some((node, outcome)) = inflight.next().await {
             match outcome {
-                Ok((response, partials)) => good.push((node.index, response, partials)),
-                Err(reason) => failures.push(NodeFailure {
-                    node: node.index.get(),
-                    url: node.url.clone(),
-                    reason,
-                }),
+                Ok((response, partials)) => {
+                    progress(NodeEvent::Answered {
+                        node: node.index.get(),
+                    });
+                    good.push((node.index, response, partials));
+                }
+                Err(reason) => {
+                    let failure = NodeFailure {
+                        node: node.index.get(),
+                        url: node.url.clone(),
+                        reason,
+                    };
+                    progress(NodeEvent::Failed(failure.clone()));
+                    failures.push(failure);
+                }
             }
             if good.len() < t {
                 continue;
@@ -383,11 +474,13 @@ impl Client {
                     good = kept;
                     for (node, response, _) in bad {
                         tracing::warn!(node = node.get(), "node signed wrong partials; blamed");
-                        failures.push(NodeFailure {
+                        let failure = NodeFailure {
                             node: node.get(),
                             url: self.node_url(node),
                             reason: "signed wrong partials (blamed)".into(),
-                        });
+                        };
+                        progress(NodeEvent::Failed(failure.clone()));
+                        failures.push(failure);
                         blamed.push(Blame {
                             node,
                             response,
@@ -426,86 +519,21 @@ impl Client {
         let url = format!("{}/v1/issue", node.url);
         let service = format!("node {}", node.index);
         let outcome = match self
-            .post_json::<_, IssueResponse>(&service, &url, request)
+            .http
+            .post::<_, IssueResponse>(&service, &url, request, None)
             .await
         {
             Err(ClientError::Refused { body, .. }) => {
                 Err(format!("refused: {} ({})", body.detail, body.code))
             }
+            // The node is named by the caller; only what happened.
+            Err(ClientError::Unreachable { reason, .. }) => Err(format!("unreachable: {reason}")),
+            Err(ClientError::Unavailable { reason, .. }) => Err(format!("unavailable: {reason}")),
             Err(e) => Err(e.to_string()),
             Ok(response) => check_response(node, request, response),
         };
         (node, outcome)
     }
-
-    async fn post_json<Q: Serialize + ?Sized, R: for<'de> Deserialize<'de>>(
-        &self,
-        service: &str,
-        url: &str,
-        body: &Q,
-    ) -> Result<R, ClientError> {
-        self.send(service, self.http.post(url).json(body)).await
-    }
-
-    async fn get_json<R: for<'de> Deserialize<'de>>(
-        &self,
-        service: &str,
-        url: &str,
-    ) -> Result<R, ClientError> {
-        self.send(service, self.http.get(url)).await
-    }
-
-    async fn send<R: for<'de> Deserialize<'de>>(
-        &self,
-        service: &str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<R, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            service: service.to_owned(),
-            reason,
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| unreachable(without_url(e)))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| unreachable(without_url(e)))?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| unreachable(format!("bad answer: {e}")))
-        } else {
-            let body = serde_json::from_slice::<ErrorBody>(&bytes)
-                .unwrap_or_else(|_| ErrorBody::new(ErrorCode::Internal, format!("HTTP {status}")));
-            Err(ClientError::Refused {
-                service: service.to_owned(),
-                body,
-            })
-        }
-    }
-}
-
-fn without_url(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if is_connect(&e) {
-        "connection refused"
-    } else {
-        "request failed"
-    };
-    format!("{kind}: {}", e.without_url())
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn is_connect(e: &reqwest::Error) -> bool {
-    e.is_connect()
-}
-
-// The browser's fetch does not tell connection failures apart.
-#[cfg(target_arch = "wasm32")]
-fn is_connect(_: &reqwest::Error) -> bool {
-    false
 }
 
 /// Check a node's answer before using it: signed by its identity key, about this request.

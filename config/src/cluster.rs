@@ -468,20 +468,10 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigE
 /// PK_i match its Feldman commitments (so any t nodes' partials combine under PK).
 pub fn read_manifest(path: &Path) -> Result<Manifest, ConfigError> {
     let manifest: Manifest = read_json(path)?;
-    let bad = |reason: String| ConfigError::BadFile {
+    manifest.validate().map_err(|e| ConfigError::BadFile {
         path: path.to_owned(),
-        reason,
-    };
-    for k in &manifest.keysets {
-        if !k.check_id() {
-            return Err(bad(format!(
-                "keyset {} does not match its key and window",
-                k.id
-            )));
-        }
-        k.check_commitments(manifest.threshold)
-            .map_err(|e| bad(e.to_string()))?;
-    }
+        reason: e.to_string(),
+    })?;
     Ok(manifest)
 }
 

@@ -21,11 +21,7 @@ pub struct Token(Zeroizing<String>);
 impl Token {
     /// A new random token for `role`.
     pub fn generate(role: Role) -> Self {
-        Self::with_prefix(match role {
-            Role::Validator => "tkv_",
-            Role::Admin => "tka_",
-            Role::Auditor => "tkr_",
-        })
+        Self::with_prefix(role.token_prefix())
     }
 
     /// A new random partner token (`tkp_`).

@@ -12,7 +12,11 @@
 //! | 64 | holder signature over (tag, keyset id, holder key, epoch) |
 //!
 //! In the QR code the payload travels as Base45 text (RFC 9285) so it uses the QR alphanumeric
-//! mode and survives any scanner's text handling (ADR-0002); 236 characters, version 9 at ECC M.
+//! mode and survives any scanner's text handling (ADR-0002). The text form is framed:
+//! `TK1:` + 236 Base45 characters + `:` (241 characters, still version 9 at ECC M). Base45
+//! includes the space, so an unframed payload could begin or end with one, and every browser,
+//! terminal or test helper that trims would break it; the frame makes trimming harmless
+//! (ADR-0009). The unframed form of earlier wallets is still read.
 
 use crate::issuance::Signature;
 use crate::keyset::{KeysetId, PublicKey};
@@ -23,6 +27,14 @@ use crate::{CryptoError, domain};
 pub const VERSION: u8 = 1;
 /// Payload size in bytes.
 pub const LEN: usize = 1 + KeysetId::LEN + HolderPublicKey::LEN + Signature::LEN + 4 + 64;
+/// Start of the framed text form.
+pub const TEXT_PREFIX: &str = "TK1:";
+/// End of the framed text form.
+pub const TEXT_SUFFIX: &str = ":";
+/// Characters of the Base45 text of [`LEN`] bytes.
+pub const BASE45_LEN: usize = LEN / 2 * 3 + 2;
+/// Characters of the framed text form.
+pub const TEXT_LEN: usize = TEXT_PREFIX.len() + BASE45_LEN + TEXT_SUFFIX.len();
 /// Default rotation period.
 pub const DEFAULT_ROTATION_SECONDS: u64 = 30;
 
@@ -115,16 +127,28 @@ impl Presentation {
         })
     }
 
-    /// The QR text form (Base45).
+    /// The QR text form: `TK1:` + Base45 + `:`, safe to trim.
     pub fn to_text(&self) -> String {
-        base45::encode(self.encode())
+        let mut text = String::with_capacity(TEXT_LEN);
+        text.push_str(TEXT_PREFIX);
+        text.push_str(&base45::encode(self.encode()));
+        text.push_str(TEXT_SUFFIX);
+        text
     }
 
-    /// Parse the QR text form. Surrounding line breaks and tabs are ignored; spaces are not,
-    /// since the space is one of Base45's 45 characters (a payload can start with one).
+    /// Parse the QR text form. Surrounding whitespace is ignored. The unframed Base45 text of
+    /// earlier wallets is read too; there the space is data (it is one of Base45's 45
+    /// characters), so only line breaks and tabs around it are ignored.
     pub fn from_text(text: &str) -> Result<Self, CryptoError> {
-        let text = text.trim_matches(['\n', '\r', '\t']);
-        let bytes = base45::decode(text).map_err(|_| CryptoError::Malformed {
+        let trimmed = text.trim();
+        let base45_text = match trimmed
+            .strip_prefix(TEXT_PREFIX)
+            .and_then(|t| t.strip_suffix(TEXT_SUFFIX))
+        {
+            Some(inner) if trimmed.len() == TEXT_LEN => inner,
+            _ => text.trim_matches(['\n', '\r', '\t']),
+        };
+        let bytes = base45::decode(base45_text).map_err(|_| CryptoError::Malformed {
             what: "presentation",
             reason: "not Base45 text",
         })?;

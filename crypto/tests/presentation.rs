@@ -40,22 +40,89 @@ fn a_fresh_presentation_verifies_within_one_epoch_of_the_clock() {
     assert_eq!(presentation::LEN, 157);
 }
 
-/// Base45 includes the space, and the first character is `(256 * version + keyset_id[0]) % 45`:
-/// for keyset ids starting with 5, 50, 95, 140, 185 or 230 (about 1 in 43) the payload starts
-/// with a space. It must survive parsing, with or without a trailing line break.
+/// Base45 includes the space. In each 3-character group of the Base45 text only the first two
+/// characters can be a space (the third encodes at most 32, the space is 36), and so can the
+/// first of the final 2-character group: at most 157 positions, the first one among them (a
+/// keyset id starting with 5, 50, 95, 140, 185 or 230 puts a space there). Two of those never
+/// hold one: the second character (the version byte is 1) and the final group's (the last byte
+/// of an Ed25519 signature is below 32). Random presentations (random keyset id, holder key, sigma point
+/// and epoch) put a space at every position that can hold one; the framed text form survives
+/// every trim at each of them; the unframed form of earlier wallets is still read (there the
+/// space is data: only line breaks around it are ignored).
 #[test]
-fn a_payload_starting_with_a_space_round_trips() {
+fn a_payload_with_a_space_at_any_position_survives_trimming() {
+    use rand::{Rng, SeedableRng};
     let (s, t) = ticket();
+    let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(9);
+    // Position 1 encodes (256 + keyset_id[0]) / 45 in 5..=11; position 234 the last byte of the
+    // holder signature (< 32) mod 45: never a space.
+    let last = presentation::BASE45_LEN - 1;
+    let possible: std::collections::BTreeSet<usize> = (0..presentation::BASE45_LEN)
+        .filter(|i| i % 3 != 2 && ![1, last - 1, last].contains(i))
+        .collect();
+    assert_eq!(possible.len(), 155);
+    let mut covered = std::collections::BTreeSet::new();
+    for _ in 0..4_000 {
+        if covered.len() == possible.len() {
+            break;
+        }
+        // Random bytes in every field: a random point for sigma, a fresh holder key.
+        let holder = HolderSecret::generate(&mut rng);
+        let mut moved = t;
+        rng.fill_bytes(&mut moved.keyset_id.0);
+        moved.holder = holder.public_key();
+        let (point, _) =
+            ticketing_crypto::issuance::blind(&moved.keyset_id, &moved.holder, &mut rng);
+        moved.signature =
+            ticketing_crypto::issuance::Signature::from_bytes(&point.to_bytes()).unwrap();
+        let shown = Presentation::sign(&moved, &holder, rng.next_u32());
+        let text = shown.to_text();
+        assert_eq!(text.len(), presentation::TEXT_LEN);
+        let inner = &text[presentation::TEXT_PREFIX.len()..text.len() - 1];
+        let new: Vec<usize> = inner
+            .char_indices()
+            .filter(|(i, c)| *c == ' ' && !covered.contains(i))
+            .map(|(i, _)| i)
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        for variant in [
+            text.clone(),
+            text.trim().to_owned(),
+            format!("  {text}\n"),
+            format!("\t{text}\r\n"),
+            format!(" {text} "),
+        ] {
+            assert_eq!(
+                Presentation::from_text(&variant).unwrap(),
+                shown,
+                "{variant:?}"
+            );
+        }
+        // The unframed form of earlier wallets still reads, with a line break after it.
+        let legacy = base45::encode(shown.encode());
+        for variant in [
+            legacy.clone(),
+            format!("{legacy}\n"),
+            format!("{legacy}\r\n"),
+        ] {
+            assert_eq!(Presentation::from_text(&variant).unwrap(), shown);
+        }
+        covered.extend(new);
+    }
+    assert!(
+        covered.is_subset(&possible),
+        "a space where none can be: {covered:?}"
+    );
+    assert_eq!(covered, possible, "positions never holding a space");
+    // Trimmed, an unframed text with a leading space is another (broken) payload: the reason
+    // for the frame.
     let mut moved = t;
     moved.keyset_id.0[0] = 5;
-    let shown = Presentation::sign(&moved, &s.holder, EPOCH);
-    let text = shown.to_text();
-    assert!(text.starts_with(' '), "{text}");
-    for variant in [text.clone(), format!("{text}\n"), format!("{text}\r\n")] {
-        assert_eq!(Presentation::from_text(&variant).unwrap(), shown);
-    }
-    // Trimmed, it is a different (broken) payload: the space is data.
-    assert!(Presentation::from_text(text.trim_start()).is_err());
+    let legacy = base45::encode(Presentation::sign(&moved, &s.holder, EPOCH).encode());
+    assert!(legacy.starts_with(' '));
+    assert!(Presentation::from_text(legacy.trim_start()).is_err());
 }
 
 #[test]

@@ -54,6 +54,7 @@ fn case(seed: u64, t: usize, n: usize) -> Value {
         "presentation_epoch": shown.epoch,
         "presentation": hex::encode(shown.encode()),
         "presentation_text": shown.to_text(),
+        "presentation_base45": base45::encode(shown.encode()),
     })
 }
 
@@ -113,6 +114,9 @@ fn stored_vectors_are_self_consistent() {
         );
         let shown = Presentation::from_text(c["presentation_text"].as_str().unwrap()).unwrap();
         assert_eq!(shown.encode().to_vec(), h("presentation"));
+        // The unframed text of earlier wallets reads to the same presentation.
+        let legacy = Presentation::from_text(c["presentation_base45"].as_str().unwrap()).unwrap();
+        assert_eq!(legacy, shown);
         assert_eq!(shown.ticket.signature.to_bytes().to_vec(), h("signature"));
     }
 }

@@ -51,6 +51,8 @@ pub enum ErrorCode {
     Internal,
     /// A dependency (database, another service) is unavailable; retry later.
     Unavailable,
+    /// The manifest is not the one this wallet or validator pinned (by digest).
+    ManifestMismatch,
 }
 
 impl ErrorCode {
@@ -79,6 +81,7 @@ impl ErrorCode {
             Self::Revoked => "revoked",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
+            Self::ManifestMismatch => "manifest_mismatch",
         }
     }
 }

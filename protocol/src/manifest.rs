@@ -8,6 +8,35 @@ use ticketing_crypto::keyset::{FeldmanCommitments, KeysetId, KeysetParams, Publi
 use crate::keys::VerifyKey;
 use crate::{Digest32, ProtocolError};
 
+/// Why a manifest is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// It does not parse or fails [`Manifest::validate`].
+    #[error("the manifest is invalid: {0}")]
+    Invalid(ProtocolError),
+    /// It is valid but not the pinned one (`manifest_mismatch`).
+    #[error(
+        "the manifest (digest {found}) is not the one pinned (digest {pinned}): \
+         the cluster's published manifest changed or this is another cluster"
+    )]
+    Mismatch {
+        /// The digest pinned.
+        pinned: Digest32,
+        /// The digest of the manifest found.
+        found: Digest32,
+    },
+}
+
+impl ManifestError {
+    /// The stable code: `manifest_mismatch` or `malformed`.
+    pub fn code(&self) -> crate::ErrorCode {
+        match self {
+            Self::Invalid(_) => crate::ErrorCode::Malformed,
+            Self::Mismatch { .. } => crate::ErrorCode::ManifestMismatch,
+        }
+    }
+}
+
 /// Everything a client needs to buy, show, verify and audit tickets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -159,6 +188,77 @@ impl Manifest {
         // Serializing plain structs of strings and numbers cannot fail.
         h.update(serde_json::to_vec(self).unwrap_or_default());
         Digest32(h.finalize().into())
+    }
+
+    /// The checks every reader of a manifest runs before trusting it: the threshold fits the
+    /// nodes, each node index appears once, every keyset id matches its key and window, and
+    /// every PK_i matches the published Feldman commitments (`C_0 = PK`), so any t partials
+    /// combine under PK. Products of keysets must be listed.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |reason: String| ProtocolError::Malformed {
+            what: "manifest",
+            reason,
+        };
+        if self.threshold == 0 || self.threshold > self.nodes_total {
+            return Err(bad(format!(
+                "threshold {} does not fit {} nodes",
+                self.threshold, self.nodes_total
+            )));
+        }
+        if self.nodes.len() != usize::from(self.nodes_total) {
+            return Err(bad(format!(
+                "{} nodes listed, nodes_total is {}",
+                self.nodes.len(),
+                self.nodes_total
+            )));
+        }
+        let mut indices: Vec<_> = self.nodes.iter().map(|n| n.index).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        if indices.len() != self.nodes.len() {
+            return Err(bad("a node index is listed twice".into()));
+        }
+        for k in &self.keysets {
+            if !k.check_id() {
+                return Err(bad(format!(
+                    "keyset {} does not match its key and window",
+                    k.id
+                )));
+            }
+            k.check_commitments(self.threshold)?;
+            if self.product(&k.params.product).is_none() {
+                return Err(bad(format!(
+                    "keyset {} is of product `{}`, which is not listed",
+                    k.id, k.params.product
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse and [`validate`](Self::validate) a manifest, and check it against a pinned digest
+    /// when one is given: another manifest is refused with [`ManifestError::Mismatch`].
+    pub fn parse_pinned(bytes: &[u8], pinned: Option<&Digest32>) -> Result<Self, ManifestError> {
+        let manifest: Self = serde_json::from_slice(bytes).map_err(|e| {
+            ManifestError::Invalid(ProtocolError::Malformed {
+                what: "manifest",
+                reason: e.to_string(),
+            })
+        })?;
+        manifest.validate().map_err(ManifestError::Invalid)?;
+        manifest.check_pin(pinned)?;
+        Ok(manifest)
+    }
+
+    /// `Ok` when no digest is pinned or the digest is this manifest's.
+    pub fn check_pin(&self, pinned: Option<&Digest32>) -> Result<(), ManifestError> {
+        match pinned {
+            Some(p) if *p != self.digest() => Err(ManifestError::Mismatch {
+                pinned: *p,
+                found: self.digest(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// A keyset by id.

@@ -175,3 +175,46 @@ pub struct Stats {
     /// Offline scans recorded as duplicates.
     pub duplicates: u64,
 }
+
+/// What a coordinator token may do. Tokens carry their role in a prefix (`tkv_`, `tka_`,
+/// `tkr_`) so a device, an operator and a test can tell them apart at a glance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    /// Redeem and sync.
+    Validator,
+    /// Everything, including revocation and stats.
+    Admin,
+    /// Read-only: stats. Cannot redeem, sync, revoke or rebuild.
+    Auditor,
+}
+
+impl TokenRole {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validator => "validator",
+            Self::Admin => "admin",
+            Self::Auditor => "auditor",
+        }
+    }
+
+    /// The inverse of [`TokenRole::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "validator" => Some(Self::Validator),
+            "admin" => Some(Self::Admin),
+            "auditor" => Some(Self::Auditor),
+            _ => None,
+        }
+    }
+
+    /// The prefix of this role's tokens.
+    pub fn token_prefix(self) -> &'static str {
+        match self {
+            Self::Validator => "tkv_",
+            Self::Admin => "tka_",
+            Self::Auditor => "tkr_",
+        }
+    }
+}

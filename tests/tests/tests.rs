@@ -5,6 +5,13 @@
 //!   edited log row, a dropped row, a history rewritten after a recorded checkpoint, an entry
 //!   with a forged receipt, a ledger redeeming more than was issued, and a byzantine node's
 //!   signed wrong answer handed in by a wallet are each detected and named.
+//! - `cores`: the wallet core and the validator core on their in-memory stores against a
+//!   3-of-5 cluster: a purchase interrupted at every step (before paying, payment answer lost,
+//!   fewer than t nodes, nodes signed but tickets not stored) resumes to its tickets; a declined
+//!   card keeps nothing; ticket status over a window and a single's first showing; a manifest
+//!   other than the pinned one is refused (`manifest_mismatch`); a scan decided online, as a
+//!   replay, offline by choice and with the coordinator down, queued, synced, re-synced; a
+//!   camera frame decodes to a payload that verifies.
 //! - `issuance`: payments + a 3-of-5 cluster over HTTP on 127.0.0.1:0, on SQLite and on real
 //!   Postgres: a purchase end to end; two nodes down still buys 100 of 100; three down names
 //!   the unreachable nodes and the same receipt works once they return; a byzantine node is
@@ -16,6 +23,12 @@
 //!   and tampered payloads, unknown keyset, replayed epoch, revoked); 401 without a device or
 //!   admin token; the same offline sync twice records once; conflicting offline scans are
 //!   flagged and denied; the signed Bloom snapshot and its ETag; issued-versus-redeemed stats.
+//! - `wallet_pwa`: the wallet PWA in headless Chromium over WebDriver (`browser`), against a
+//!   3-of-5 cluster and the apps server: buy with a test card and a voucher (typo caught as
+//!   typed, reuse refused), a declined card, the QR read from a screenshot accepted by the CLI
+//!   validator, fewer than t nodes named and the paid purchase kept across a reload and
+//!   retried, then everything stopped: the page reloads from its service worker and the QR
+//!   still renders and rotates. Screenshots in `target/pwa-screenshots/`.
 //! - `wasm_flow`: the crypto flow (deal, blind, partial sign, combine, unblind, verify,
 //!   present) runs inside wasm32 under Node.js; its bytes equal the native run's, and the
 //!   `blst` crate verifies the wasm-made ticket.
@@ -30,7 +43,10 @@
 )]
 
 mod audit;
+mod browser;
 mod common;
+mod cores;
 mod issuance;
 mod redemption;
+mod wallet_pwa;
 mod wasm_flow;

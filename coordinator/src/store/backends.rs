@@ -26,7 +26,7 @@ use ticketing_protocol::partner::{EventKind, PartnerEvent, ProductTotals};
 use super::{
     Device, Fare, FlagCounts, Issuance, LedgerCounts, LedgerStore, Mode, NewEvent, Outcome,
     Partner, Role, ScanRecord, StoreError, Usage, Webhook, encode_outcome, id16_of, keyset_of,
-    parse_reason, reason_str, repeat_outcome, serial_of, to_i64, to_u64,
+    parse_reason, parse_role, reason_str, repeat_outcome, serial_of, to_i64, to_u64,
 };
 
 /// `SELECT` of a partner row, then the rest of the query.
@@ -922,7 +922,7 @@ macro_rules! sql_store {
                     Ok(Device {
                         id: row.try_get("id")?,
                         name: row.try_get("name")?,
-                        role: Role::parse(row.try_get::<&str, _>("role")?)?,
+                        role: parse_role(row.try_get::<&str, _>("role")?)?,
                     })
                 })
                 .transpose()

@@ -219,34 +219,12 @@ pub struct Device {
     pub role: Role,
 }
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Redeem and sync.
-    Validator,
-    /// Everything, including revocation and stats.
-    Admin,
-    /// Read-only: stats. Cannot redeem, sync, revoke or rebuild.
-    Auditor,
-}
+/// What a token may do (the wire type, shared with validators).
+pub use ticketing_protocol::redeem::TokenRole as Role;
 
-impl Role {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Validator => "validator",
-            Self::Admin => "admin",
-            Self::Auditor => "auditor",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "validator" => Ok(Self::Validator),
-            "admin" => Ok(Self::Admin),
-            "auditor" => Ok(Self::Auditor),
-            other => Err(StoreError::Corrupt(format!("unknown role {other:?}"))),
-        }
-    }
+/// A stored role name back to its role.
+pub(crate) fn parse_role(s: &str) -> Result<Role, StoreError> {
+    Role::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown role {s:?}")))
 }
 
 /// Per-keyset counts for the stats endpoint.

@@ -1,0 +1,258 @@
+//! The wallet PWA in headless Chromium (WebDriver), against a real 3-of-5 cluster on loopback
+//! and the apps server that `ticketing demo` runs: buy with a test card and with a voucher
+//! (typo caught as typed), a declined card, the QR read from a screenshot verified by the CLI
+//! validator, fewer than t nodes named and the paid purchase kept across a reload and retried,
+//! then the whole cluster and the apps server stopped: the page reloads from its service worker
+//! and the QR still renders and rotates. Screenshots of every screen go to
+//! `target/pwa-screenshots/`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::browser::{self, Browser};
+use crate::common::{self, Db};
+
+const SECS: Duration = Duration::from_secs(20);
+
+async fn tickets(b: &Browser) -> u64 {
+    b.js(
+        "return document.querySelectorAll('#tickets li, #history li').length",
+        json!([]),
+    )
+    .await
+    .unwrap()
+    .as_u64()
+    .unwrap()
+}
+
+async fn wait_tickets(b: &Browser, n: u64) {
+    b.wait(
+        &format!("{n} ticket(s)"),
+        &format!("return document.querySelectorAll('#tickets li').length == {n}"),
+        SECS,
+    )
+    .await
+    .unwrap();
+}
+
+async fn open_buy(b: &Browser) {
+    b.click("nav button:nth-child(2)").await.unwrap();
+    b.wait(
+        "the buy form",
+        "return document.querySelector('#buy')",
+        SECS,
+    )
+    .await
+    .unwrap();
+}
+
+/// The epoch the shown QR was signed for.
+async fn shown_epoch(b: &Browser) -> String {
+    b.wait(
+        "a QR code",
+        "const q = document.querySelector('#qr'); return q && q.querySelector('svg') && q.dataset.epoch",
+        SECS,
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wallet_buys_holds_and_shows_tickets_in_a_real_browser() {
+    if browser::available().is_none() {
+        return;
+    }
+    let mut c = common::start(Db::Sqlite, 5, 3).await.unwrap();
+    let url = c.cluster.wallet_url().unwrap();
+    let b = Browser::start(&[]).await.unwrap();
+    b.goto(&url).await.unwrap();
+    b.wait(
+        "the empty wallet",
+        "return document.querySelector('#empty')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let text = b.text().await.unwrap();
+    assert!(text.contains("live on this device only"), "{text}");
+    assert!(text.contains("locked to this browser"), "{text}");
+    b.screenshot("wallet-1-empty").await.unwrap();
+
+    // Buy with the test card: products and the validity shown before paying.
+    open_buy(&b).await;
+    let text = b.text().await.unwrap();
+    assert!(
+        text.contains("2.50 EUR") && text.contains("Valid from"),
+        "{text}"
+    );
+    b.screenshot("wallet-2-buy").await.unwrap();
+    b.click("#buy").await.unwrap();
+    wait_tickets(&b, 1).await;
+    assert!(
+        b.text()
+            .await
+            .unwrap()
+            .contains("1 single ticket(s) bought")
+    );
+    b.screenshot("wallet-3-bought").await.unwrap();
+
+    // A voucher: a typo is caught as typed, the right code pays.
+    let code = ticketing_payments::vouchers::create_vouchers_with(&c.cluster.settings, "day", 1)
+        .await
+        .unwrap()
+        .remove(0)
+        .to_string();
+    open_buy(&b).await;
+    b.click("#product-day").await.unwrap();
+    b.click("#pay-voucher").await.unwrap();
+    let mut typo: Vec<char> = code.chars().collect();
+    typo[2] = if typo[2] == 'A' { 'B' } else { 'A' };
+    b.type_into("#voucher", &typo.into_iter().collect::<String>())
+        .await
+        .unwrap();
+    b.wait(
+        "the typo warning",
+        "return document.querySelector('#voucher-check.warn')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("wallet-4-voucher-typo").await.unwrap();
+    b.type_into("#voucher", &code).await.unwrap();
+    b.wait(
+        "the code accepted as typed",
+        "return document.querySelector('#voucher-check').innerText.includes('well-formed')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.click("#buy").await.unwrap();
+    wait_tickets(&b, 2).await;
+    // The same voucher again: used.
+    open_buy(&b).await;
+    b.click("#product-day").await.unwrap();
+    b.click("#pay-voucher").await.unwrap();
+    b.type_into("#voucher", &code).await.unwrap();
+    b.click("#buy").await.unwrap();
+    b.wait(
+        "the used voucher",
+        "return document.querySelector('#banner.error')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let text = b.text().await.unwrap();
+    assert!(text.contains("already used"), "{text}");
+
+    // A declined card: said plainly, nothing kept.
+    b.click("#pay-card").await.unwrap();
+    b.type_into("#card", "4000 0000 0000 0002").await.unwrap();
+    b.click("#buy").await.unwrap();
+    b.wait(
+        "the declined card",
+        "return document.querySelector('#banner.error') && document.querySelector('#banner').innerText.includes('declined')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("wallet-5-declined").await.unwrap();
+
+    // Show the single: the QR in a screenshot verifies with the CLI validator.
+    b.click("nav button:nth-child(1)").await.unwrap();
+    wait_tickets(&b, 2).await;
+    b.click("#tickets li:nth-child(1) button").await.unwrap();
+    shown_epoch(&b).await;
+    let png = b.screenshot("wallet-6-show").await.unwrap();
+    let payload = browser::qr_in(&png).unwrap();
+    let gate = c.cluster.settings.data_dir.join("gate");
+    let token = common::token(&c, "gate", ticketing_coordinator::TokenRole::Validator).await;
+    std::fs::create_dir_all(&gate).unwrap();
+    std::fs::write(gate.join("token"), token).unwrap();
+    let verdict = ticketing_cli::run_with(
+        &c.cluster.settings,
+        &["validate", &payload, "--dir", gate.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        verdict,
+        ExitCode::SUCCESS,
+        "the CLI validator refused {payload}"
+    );
+    let text = b.text().await.unwrap();
+    assert!(
+        text.contains("New code in") && text.to_lowercase().contains("single ticket"),
+        "{text}"
+    );
+
+    // Fewer than t nodes: paid, kept, the nodes named; a reload resumes; Retry completes.
+    for i in [1, 2, 3] {
+        c.stop_node(i).await.unwrap();
+    }
+    b.click("nav button:nth-child(1)").await.unwrap();
+    open_buy(&b).await;
+    b.click("#buy").await.unwrap();
+    b.wait(
+        "the nodes-down message",
+        "return document.querySelector('#banner.error') && document.querySelector('#banner').innerText.includes('node 1')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let text = b.text().await.unwrap();
+    for n in ["node 1", "node 2", "node 3"] {
+        assert!(text.contains(n), "{n} not named: {text}");
+    }
+    assert!(text.contains("kept on this device"), "{text}");
+    b.screenshot("wallet-7-nodes-down").await.unwrap();
+    b.reload().await.unwrap();
+    b.wait(
+        "the waiting purchase",
+        "return document.querySelector('#waiting') && document.querySelector('#banner button')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("wallet-8-waiting").await.unwrap();
+    for i in [1, 2, 3] {
+        c.start_node(i).await.unwrap();
+    }
+    b.click("#banner button").await.unwrap();
+    wait_tickets(&b, 3).await;
+    assert!(b.text().await.unwrap().contains("Resumed: 1 single"));
+
+    // Offline: everything stopped, the app shell comes from the service worker, the tickets
+    // from IndexedDB, and the QR still renders and rotates.
+    b.wait(
+        "the service worker",
+        "return navigator.serviceWorker.controller !== null",
+        SECS,
+    )
+    .await
+    .unwrap();
+    c.cluster.stop().await.unwrap();
+    b.reload().await.unwrap();
+    wait_tickets(&b, 3).await;
+    assert_eq!(tickets(&b).await, 3);
+    b.screenshot("wallet-9-offline").await.unwrap();
+    b.click("#tickets li:nth-child(1) button").await.unwrap();
+    let first = shown_epoch(&b).await;
+    let png = b.screenshot("wallet-10-offline-show").await.unwrap();
+    let before = browser::qr_in(&png).unwrap();
+    b.wait(
+        "the next rotation",
+        &format!("return document.querySelector('#qr').dataset.epoch != '{first}'"),
+        Duration::from_secs(45),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = browser::qr_in(&b.screenshot("wallet-11-rotated").await.unwrap()).unwrap();
+    assert_ne!(before, after, "the QR did not change with the epoch");
+    b.close().await;
+}
