@@ -1,6 +1,6 @@
-//! Serving the browser apps: the wallet PWA at `/wallet/`, from one origin (the validator PWA
-//! joins it at `/validator/`). The built bundles are compiled into the binary (committed in
-//! `wallet/dist` with the hash of their sources, so no wasm toolchain is needed to run them).
+//! Serving the browser apps: the wallet PWA at `/wallet/` and the validator PWA at
+//! `/validator/`, from one origin. The built bundles are compiled into the binary (committed in
+//! `wallet/dist` and `validator/dist` with the hash of their sources, so no wasm toolchain is needed to run them).
 //!
 //! Every answer carries a Content-Security-Policy that lets the page talk only to its own
 //! origin and to the cluster's services named in the manifest, and run its own wasm.
@@ -28,6 +28,13 @@ macro_rules! bundle {
 const WALLET: &[Asset] = bundle!("wallet/dist":
     "index.html", "boot.js", "sw.js", "style.css", "manifest.webmanifest",
     "icon-192.png", "icon-512.png", "ticketing_wallet.js", "ticketing_wallet_bg.wasm",
+    "SOURCE_HASH",
+);
+
+/// The validator PWA as built (`scripts/wasm bundle validator`).
+const VALIDATOR: &[Asset] = bundle!("validator/dist":
+    "index.html", "boot.js", "sw.js", "style.css", "manifest.webmanifest",
+    "icon-192.png", "icon-512.png", "ticketing_validator.js", "ticketing_validator_bg.wasm",
     "SOURCE_HASH",
 );
 
@@ -89,6 +96,9 @@ pub fn router(manifest: &Manifest) -> anyhow::Result<Router> {
         .route("/wallet", get(|| async { Redirect::to("/wallet/") }))
         .route("/wallet/", get(wallet_index))
         .route("/wallet/{file}", get(wallet_file))
+        .route("/validator", get(|| async { Redirect::to("/validator/") }))
+        .route("/validator/", get(validator_index))
+        .route("/validator/{file}", get(validator_file))
         .route("/health", get(|| async { "ok" }))
         .with_state(apps))
 }
@@ -111,22 +121,43 @@ fn respond(apps: &Apps, name: &str, bytes: Vec<u8>) -> Response {
 }
 
 async fn wallet_index(State(apps): State<Apps>) -> Response {
-    wallet_file(State(apps), Path("index.html".into())).await
+    serve(&apps, WALLET, "index.html")
 }
 
 async fn wallet_file(State(apps): State<Apps>, Path(file): Path<String>) -> Response {
+    serve(&apps, WALLET, &file)
+}
+
+async fn validator_index(State(apps): State<Apps>) -> Response {
+    serve(&apps, VALIDATOR, "index.html")
+}
+
+async fn validator_file(State(apps): State<Apps>, Path(file): Path<String>) -> Response {
+    serve(&apps, VALIDATOR, &file)
+}
+
+fn serve(apps: &Apps, bundle: &[Asset], file: &str) -> Response {
     if file == "manifest.json" {
-        return respond(&apps, "manifest.json", apps.manifest_json.to_vec());
+        return respond(apps, "manifest.json", apps.manifest_json.to_vec());
     }
-    match WALLET.iter().find(|a| a.name == file) {
-        Some(a) => respond(&apps, a.name, a.bytes.to_vec()),
+    match bundle.iter().find(|a| a.name == file) {
+        Some(a) => respond(apps, a.name, a.bytes.to_vec()),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
 
 /// The hash of the sources the embedded wallet was built from.
 pub fn wallet_build() -> &'static str {
-    WALLET
+    build_of(WALLET)
+}
+
+/// The hash of the sources the embedded validator was built from.
+pub fn validator_build() -> &'static str {
+    build_of(VALIDATOR)
+}
+
+fn build_of(bundle: &[Asset]) -> &'static str {
+    bundle
         .iter()
         .find(|a| a.name == "SOURCE_HASH")
         .and_then(|a| std::str::from_utf8(a.bytes).ok())

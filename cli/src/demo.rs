@@ -227,6 +227,10 @@ pub async fn run(settings: &Settings) -> Result<()> {
         "  wallet      {apps_url}/wallet/   (passengers: open in a browser; build {})",
         crate::apps::wallet_build()
     );
+    println!(
+        "  validator   {apps_url}/validator/   (conductors; register with: ticketing validator register --name bus-1 --qr; build {})",
+        crate::apps::validator_build()
+    );
     println!("  or the CLIs:");
     println!("    ticketing wallet buy --product single --card 4242424242424242");
     println!("    ticketing wallet show --png ticket.png");
@@ -459,5 +463,10 @@ impl LocalCluster {
     /// The wallet PWA's URL.
     pub fn wallet_url(&self) -> Option<String> {
         self.apps.as_ref().map(|a| format!("{}/wallet/", a.url))
+    }
+
+    /// The validator PWA's URL.
+    pub fn validator_url(&self) -> Option<String> {
+        self.apps.as_ref().map(|a| format!("{}/validator/", a.url))
     }
 }

@@ -97,6 +97,13 @@ pub enum ValidatorCommand {
         /// Validator state directory; default `<data_dir>/validator`.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also print a registration code for the validator app (coordinator URL, token,
+        /// manifest digest) as text and as a QR code in the terminal.
+        #[arg(long, conflicts_with_all = ["admin", "auditor"])]
+        qr: bool,
+        /// Write the registration QR code as a PNG image too (implies --qr).
+        #[arg(long, conflicts_with_all = ["admin", "auditor"])]
+        png: Option<PathBuf>,
     },
     /// Push the scans accepted offline to the coordinator. Exit 0 when the queue is empty
     /// afterwards, 1 if the coordinator reported conflicts or rejections, 2 if it could not
@@ -560,7 +567,10 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
             auditor,
             save,
             dir,
+            qr,
+            png,
         } => {
+            let code = qr || png.is_some();
             let role = if admin {
                 TokenRole::Admin
             } else if auditor {
@@ -568,7 +578,14 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
             } else {
                 TokenRole::Validator
             };
-            register(settings, &name, role, save, dir.as_deref()).await
+            register(settings, &name, role, save, dir.as_deref())
+                .await
+                .and_then(|(exit, token)| {
+                    if code {
+                        print_registration(settings, &token, png.as_deref())?;
+                    }
+                    Ok(exit)
+                })
         }
         ValidatorCommand::Sync(args) => sync(settings, &args).await,
     };
@@ -578,13 +595,45 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
     }))
 }
 
+/// Print the registration code of `token` for the validator app, as text and a terminal QR.
+fn print_registration(settings: &Settings, token: &str, png: Option<&Path>) -> Result<()> {
+    let manifest = read_manifest(&manifest_path(&settings.data_dir))?;
+    let code = ticketing_protocol::redeem::Registration {
+        manifest_digest: manifest.digest(),
+        token: token.to_owned(),
+        coordinator_url: manifest.coordinator.url.clone(),
+    }
+    .to_text();
+    let qr = qrcode::QrCode::with_error_correction_level(code.as_bytes(), qrcode::EcLevel::M)
+        .context("rendering the QR code")?;
+    println!(
+        "{}",
+        qr.render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build()
+    );
+    println!(
+        "registration code (scan the QR or paste this into the validator app; it holds the token):"
+    );
+    println!("{code}");
+    if let Some(path) = png {
+        qr.render::<image::Luma<u8>>()
+            .min_dimensions(400, 400)
+            .build()
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("registration QR written to {}", path.display());
+    }
+    Ok(())
+}
+
 async fn register(
     settings: &Settings,
     name: &str,
     role: TokenRole,
     save: bool,
     dir: Option<&Path>,
-) -> Result<ExitCode> {
+) -> Result<(ExitCode, zeroize::Zeroizing<String>)> {
     let (token, device) = crate::devices::register(settings, name, role).await?;
     let kind = role.as_str();
     if save {
@@ -606,7 +655,7 @@ async fn register(
         );
     }
     println!("{}", &*token);
-    Ok(ExitCode::SUCCESS)
+    Ok((ExitCode::SUCCESS, token))
 }
 
 fn print_report(report: &SyncReport, error: Option<&str>, as_json: bool) {

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 pub mod coordinator;
 pub mod http;
+#[cfg(target_arch = "wasm32")]
+pub mod idb;
 pub mod validator;
 pub mod wallet;
 pub use coordinator::CoordinatorClient;
@@ -221,6 +223,16 @@ impl Client {
         manifest
             .validate()
             .map_err(|e| ClientError::Manifest(ManifestError::Invalid(e)))?;
+        Ok(Self {
+            http: Http::new(timeout)?,
+            manifest,
+        })
+    }
+
+    /// A client for a manifest the caller has already checked: validated, or matching a pinned
+    /// digest ([`Manifest::parse_pinned`]). Skips [`Manifest::validate`], which costs seconds
+    /// in a browser's wasm.
+    pub fn for_checked(manifest: Manifest, timeout: Duration) -> Result<Self, ClientError> {
         Ok(Self {
             http: Http::new(timeout)?,
             manifest,

@@ -288,12 +288,15 @@ impl<S: ValidatorStore> Validator<S> {
     /// A validator on `store` trusting `manifest`. The first manifest is pinned; a later,
     /// different one is refused with `manifest_mismatch`.
     pub async fn open(manifest: Manifest, store: S, http: Http) -> Result<Self, ClientError> {
-        manifest.validate().map_err(|e| {
-            ClientError::Manifest(ticketing_protocol::manifest::ManifestError::Invalid(e))
-        })?;
         match store.pinned_manifest().await? {
+            // Validated when it was pinned (see `Manifest::parse_pinned`).
             Some(pinned) => manifest.check_pin(Some(&pinned))?,
-            None => store.pin_manifest(manifest.digest()).await?,
+            None => {
+                manifest.validate().map_err(|e| {
+                    ClientError::Manifest(ticketing_protocol::manifest::ManifestError::Invalid(e))
+                })?;
+                store.pin_manifest(manifest.digest()).await?;
+            }
         }
         Ok(Self {
             manifest,

@@ -218,3 +218,98 @@ impl TokenRole {
         }
     }
 }
+
+/// What a conductor's device needs to start: the coordinator, its device token and the
+/// digest of the manifest to trust. `ticketing validator register --qr` prints it as text and
+/// as a QR code; the validator app reads either. Text form: `TKR1:<digest>:<token>:<url>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The manifest digest to pin.
+    pub manifest_digest: crate::Digest32,
+    /// The device token (a secret).
+    pub token: String,
+    /// The coordinator's base URL.
+    pub coordinator_url: String,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("manifest_digest", &self.manifest_digest)
+            .field("token", &"<redacted>")
+            .field("coordinator_url", &self.coordinator_url)
+            .finish()
+    }
+}
+
+impl Registration {
+    /// Prefix of the text form.
+    pub const PREFIX: &'static str = "TKR1";
+
+    /// The text form.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            Self::PREFIX,
+            self.manifest_digest,
+            self.token,
+            self.coordinator_url
+        )
+    }
+
+    /// Parse the text form (surrounding whitespace ignored).
+    pub fn from_text(text: &str) -> Result<Self, crate::ProtocolError> {
+        let bad = |reason: &str| crate::ProtocolError::Malformed {
+            what: "registration code",
+            reason: reason.to_owned(),
+        };
+        let mut parts = text.trim().splitn(4, ':');
+        if parts.next() != Some(Self::PREFIX) {
+            return Err(bad("it does not start with TKR1:"));
+        }
+        let digest = parts.next().ok_or_else(|| bad("no manifest digest"))?;
+        let manifest_digest = crate::Digest32::from_hex(digest)?;
+        let token = parts.next().ok_or_else(|| bad("no device token"))?;
+        if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("the device token is empty or not one word"));
+        }
+        let url = parts.next().ok_or_else(|| bad("no coordinator URL"))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(bad("the coordinator URL is not http(s)"));
+        }
+        Ok(Self {
+            manifest_digest,
+            token: token.to_owned(),
+            coordinator_url: url.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod registration_tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_code_round_trips_and_bad_ones_are_refused() {
+        let r = Registration {
+            manifest_digest: crate::Digest32([7; 32]),
+            token: "tkv_abc".into(),
+            coordinator_url: "http://127.0.0.1:7601".into(),
+        };
+        let text = r.to_text();
+        assert_eq!(
+            Registration::from_text(&format!(" {text}\n")).ok(),
+            Some(r.clone())
+        );
+        assert!(!format!("{r:?}").contains("tkv_abc"));
+        for bad in [
+            "",
+            "TKR2:00:tkv:http://x",
+            &text.replace("tkv_abc", ""),
+            &text.replace("http://", "ftp://"),
+            &text.replace("0707", "zz07"),
+        ] {
+            assert!(Registration::from_text(bad).is_err(), "{bad}");
+        }
+    }
+}

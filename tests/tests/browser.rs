@@ -124,6 +124,20 @@ impl Browser {
         Ok(value)
     }
 
+    /// Run `source` in every page before its own scripts (DevTools `Page.addScriptToEvaluateOnNewDocument`).
+    pub(crate) async fn before_each_page(&self, source: &str) -> Result<()> {
+        self.raw(
+            "POST",
+            "/goog/cdp/execute",
+            Some(&json!({
+                "cmd": "Page.addScriptToEvaluateOnNewDocument",
+                "params": { "source": source },
+            })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Open `url`.
     pub(crate) async fn goto(&self, url: &str) -> Result<()> {
         self.raw("POST", "/url", Some(&json!({ "url": url })))

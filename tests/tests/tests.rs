@@ -23,6 +23,10 @@
 //!   and tampered payloads, unknown keyset, replayed epoch, revoked); 401 without a device or
 //!   admin token; the same offline sync twice records once; conflicting offline scans are
 //!   flagged and denied; the signed Bloom snapshot and its ETag; issued-versus-redeemed stats.
+//! - `validator_pwa`: the validator PWA in headless Chromium with a fake camera fed a .y4m of
+//!   a wallet's QR made at test time: registration by the pasted code (a mistyped one refused),
+//!   a ticket scanned from the camera and accepted online, a replay and a forgery refused, one
+//!   accepted offline with the coordinator down, queued in IndexedDB and synced by the button.
 //! - `wallet_pwa`: the wallet PWA in headless Chromium over WebDriver (`browser`), against a
 //!   3-of-5 cluster and the apps server: buy with a test card and a voucher (typo caught as
 //!   typed, reuse refused), a declined card, the QR read from a screenshot accepted by the CLI
@@ -48,5 +52,6 @@ mod common;
 mod cores;
 mod issuance;
 mod redemption;
+mod validator_pwa;
 mod wallet_pwa;
 mod wasm_flow;

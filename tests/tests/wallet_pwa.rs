@@ -169,18 +169,8 @@ async fn the_wallet_buys_holds_and_shows_tickets_in_a_real_browser() {
     shown_epoch(&b).await;
     let png = b.screenshot("wallet-6-show").await.unwrap();
     let payload = browser::qr_in(&png).unwrap();
-    let gate = c.cluster.settings.data_dir.join("gate");
-    let token = common::token(&c, "gate", ticketing_coordinator::TokenRole::Validator).await;
-    std::fs::create_dir_all(&gate).unwrap();
-    std::fs::write(gate.join("token"), token).unwrap();
-    let verdict = ticketing_cli::run_with(
-        &c.cluster.settings,
-        &["validate", &payload, "--dir", gate.to_str().unwrap()],
-    )
-    .await
-    .unwrap();
     assert_eq!(
-        verdict,
+        validate(&c, &payload).await,
         ExitCode::SUCCESS,
         "the CLI validator refused {payload}"
     );
@@ -255,4 +245,147 @@ async fn the_wallet_buys_holds_and_shows_tickets_in_a_real_browser() {
     let after = browser::qr_in(&b.screenshot("wallet-11-rotated").await.unwrap()).unwrap();
     assert_ne!(before, after, "the QR did not change with the epoch");
     b.close().await;
+}
+
+/// Chromium before 137, Firefox before 129, Safari before 17: no WebCrypto Ed25519. Simulated
+/// by a script run before the page's own that refuses to make Ed25519 keys, as such browsers do.
+const NO_ED25519: &str = "
+  const generate = crypto.subtle.generateKey.bind(crypto.subtle);
+  crypto.subtle.generateKey = (alg, ...rest) => {
+    const name = typeof alg === 'string' ? alg : alg && alg.name;
+    if (String(name).toLowerCase() === 'ed25519')
+      return Promise.reject(new DOMException('Unrecognized name.', 'NotSupportedError'));
+    return generate(alg, ...rest);
+  };";
+
+async fn validate(c: &crate::common::TestCluster, payload: &str) -> ExitCode {
+    let gate = c.cluster.settings.data_dir.join("gate");
+    if !gate.join("token").exists() {
+        let token = common::token(c, "gate", ticketing_coordinator::TokenRole::Validator).await;
+        std::fs::create_dir_all(&gate).unwrap();
+        std::fs::write(gate.join("token"), token).unwrap();
+    }
+    ticketing_cli::run_with(
+        &c.cluster.settings,
+        &["validate", payload, "--dir", gate.to_str().unwrap()],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_webcrypto_ed25519_the_wallet_says_so_and_still_works() {
+    if browser::available().is_none() {
+        return;
+    }
+    let c = common::start(Db::Sqlite, 3, 2).await.unwrap();
+    let b = Browser::start(&[]).await.unwrap();
+    b.before_each_page(NO_ED25519).await.unwrap();
+    b.goto(&c.cluster.wallet_url().unwrap()).await.unwrap();
+    let warning = b
+        .wait(
+            "the key warning",
+            "const w = document.querySelector('#key-lock.warn'); return w && w.innerText",
+            SECS,
+        )
+        .await
+        .unwrap();
+    assert!(
+        warning.as_str().unwrap().contains("cannot lock"),
+        "{warning}"
+    );
+    b.screenshot("wallet-12-software-keys").await.unwrap();
+    open_buy(&b).await;
+    b.click("#buy").await.unwrap();
+    wait_tickets(&b, 1).await;
+    b.click("#tickets li:nth-child(1) button").await.unwrap();
+    shown_epoch(&b).await;
+    let payload = browser::qr_in(&b.screenshot("wallet-13-software-show").await.unwrap()).unwrap();
+    assert_eq!(validate(&c, &payload).await, ExitCode::SUCCESS, "{payload}");
+    b.close().await;
+    c.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_byzantine_node_is_named_and_its_evidence_saved_for_the_auditors() {
+    use ticketing_crypto::keyset::ShareIndex;
+    use ticketing_node::Node;
+    use ticketing_node::signatory::LocalSignatory;
+
+    if browser::available().is_none() {
+        return;
+    }
+    let mut c = common::start(Db::Sqlite, 5, 3).await.unwrap();
+    // Node 2 signs with node 4's share under its own identity; node 5 is down, so node 2 is
+    // among the first three answers about 3 purchases in 4.
+    let cl = c.cluster.cluster.clone();
+    let signatory = LocalSignatory::new(
+        ShareIndex::new(2).unwrap(),
+        cl.nodes[1].identity().unwrap(),
+        cl.nodes[3].verified_shares(&cl.manifest).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = ticketing_node::store::open(&format!("sqlite://{}/bad.db", dir.path().display()))
+        .await
+        .unwrap();
+    let bad = Node::new(cl.manifest.clone(), Box::new(signatory), store, &c.settings);
+    c.replace_node(2, bad).await.unwrap();
+    c.stop_node(5).await.unwrap();
+
+    let b = Browser::start(&[]).await.unwrap();
+    b.goto(&c.cluster.wallet_url().unwrap()).await.unwrap();
+    b.wait(
+        "the wallet",
+        "return document.querySelector('#empty')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let mut bought = 0;
+    for _ in 0..12 {
+        open_buy(&b).await;
+        b.click("#buy").await.unwrap();
+        bought += 1;
+        wait_tickets(&b, bought).await;
+        if b.text()
+            .await
+            .unwrap()
+            .contains("Node 2 signed wrong answers")
+        {
+            break;
+        }
+    }
+    let text = b.text().await.unwrap();
+    assert!(
+        text.contains("Node 2 signed wrong answers"),
+        "never blamed: {text}"
+    );
+    b.screenshot("wallet-14-blamed").await.unwrap();
+    let href = b
+        .wait(
+            "the evidence link",
+            "const a = document.querySelector('#evidence a'); return a && a.href",
+            SECS,
+        )
+        .await
+        .unwrap();
+    let json = href
+        .as_str()
+        .unwrap()
+        .strip_prefix("data:application/json,")
+        .unwrap()
+        .to_owned();
+    let json = b
+        .js("return decodeURIComponent(arguments[0])", json!([json]))
+        .await
+        .unwrap();
+    let evidence: Vec<ticketing_protocol::issue::Blame> =
+        serde_json::from_str(json.as_str().unwrap()).unwrap();
+    assert!(!evidence.is_empty());
+    for e in &evidence {
+        assert_eq!(e.node.get(), 2, "an honest node was blamed");
+        e.check(&cl.manifest).unwrap();
+    }
+    b.close().await;
+    c.cluster.stop().await.unwrap();
 }

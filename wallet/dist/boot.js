@@ -1,3 +1,4 @@
+// Shared by the wallet and validator PWAs; scripts/wasm fills in ticketing_wallet for each.
 // Starts the wasm app and the service worker. The app shell is served from the service
 // worker's cache offline; a new deployment installs a new worker, which waits until the
 // passenger accepts the update (the app shows "Update now").

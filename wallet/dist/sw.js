@@ -1,7 +1,7 @@
 // The app shell, cached per build: VERSION is the hash of the sources this bundle was built
 // from (scripts/wasm writes it), so each deployment is a new worker and a new cache.
-const VERSION = '35c3107be063a3fb';
-const CACHE = 'ticketing-shell-' + VERSION;
+const VERSION = 'c25f18882382956e';
+const CACHE = 'ticketing-wallet-' + VERSION;
 const SHELL = ['./', 'index.html', 'boot.js', 'ticketing_wallet.js', 'ticketing_wallet_bg.wasm',
   'style.css', 'manifest.webmanifest', 'icon-192.png', 'icon-512.png'];
 
@@ -11,7 +11,7 @@ self.addEventListener('install', (event) => {
 
 self.addEventListener('activate', (event) => {
   event.waitUntil(caches.keys().then((keys) => Promise.all(
-    keys.filter((k) => k.startsWith('ticketing-shell-') && k !== CACHE).map((k) => caches.delete(k)))));
+    keys.filter((k) => k.startsWith('ticketing-wallet-') && k !== CACHE).map((k) => caches.delete(k)))));
   self.clients.claim();
 });
 

@@ -297,6 +297,10 @@ function __wbg_get_imports() {
             const ret = arg0.done;
             return ret;
         },
+        __wbg_encodeURIComponent_e0d7769acee2dcb5: function(arg0, arg1) {
+            const ret = encodeURIComponent(getStringFromWasm0(arg0, arg1));
+            return ret;
+        },
         __wbg_enqueue_c11626eae1c54509: function() { return handleError(function (arg0, arg1) {
             arg0.enqueue(arg1);
         }, arguments); },
@@ -497,7 +501,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6258(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6378(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -527,7 +531,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6258(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6378(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -554,6 +558,10 @@ function __wbg_get_imports() {
             const ret = arg0.next();
             return ret;
         }, arguments); },
+        __wbg_now_043d245551b22f9c: function(arg0) {
+            const ret = arg0.now();
+            return ret;
+        },
         __wbg_now_463ac581d2fc7ea3: function() {
             const ret = Date.now();
             return ret;
@@ -589,6 +597,10 @@ function __wbg_get_imports() {
         __wbg_parse_db19ce9de46824f7: function(arg0, arg1) {
             const ret = Date.parse(getStringFromWasm0(arg0, arg1));
             return ret;
+        },
+        __wbg_performance_50e6a3f8dc80bbca: function(arg0) {
+            const ret = arg0.performance;
+            return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
         },
         __wbg_persist_b9e573c3d73e672b: function() { return handleError(function (arg0) {
             const ret = arg0.persist();
@@ -626,6 +638,10 @@ function __wbg_get_imports() {
         __wbg_remove_b28d816f9e896ff9: function(arg0) {
             arg0.remove();
         },
+        __wbg_requestAnimationFrame_9ba49d36a19ca83c: function() { return handleError(function (arg0, arg1) {
+            const ret = arg0.requestAnimationFrame(arg1);
+            return ret;
+        }, arguments); },
         __wbg_resolve_dbf78ab4942478b0: function(arg0) {
             const ret = Promise.resolve(arg0);
             return ret;
@@ -790,43 +806,43 @@ function __wbg_get_imports() {
             return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 887, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4251);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 916, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4367);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 950, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6256);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 978, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6376);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 812, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3939);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 631, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2600);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 887, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4251_15);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 916, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4367_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 77, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1132);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 76, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1150);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 670, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2663);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 701, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2782);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 811, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3938);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 841, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4053);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 886, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4250);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 915, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4366);
             return ret;
         },
         __wbindgen_generic_0000000000000009: function(arg0) {
@@ -854,42 +870,42 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_2663(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_2663(arg0, arg1);
+function __wasm_bindgen_func_elem_2782(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_2782(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3938(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_3938(arg0, arg1);
+function __wasm_bindgen_func_elem_4053(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4053(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4250(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4250(arg0, arg1);
+function __wasm_bindgen_func_elem_4366(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4366(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4251(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4251(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4367(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4367(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_3939(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3939(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_2600(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_2600(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4251_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4251_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4367_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4367_15(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_1132(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_1132(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_1150(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_1150(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_6258(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_6258(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_6378(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_6378(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_6256(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_6376(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_6256(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_6376(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

@@ -10,7 +10,6 @@
 // The component macro generates items the lint cannot see are used.
 #[allow(unreachable_pub)]
 mod app;
-mod idb;
 mod store;
 
 use wasm_bindgen::prelude::*;

@@ -10,9 +10,9 @@ use ticketing_crypto::ticket::HolderPublicKey;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{CryptoKey, IdbTransactionMode, SubtleCrypto};
+use web_sys::{CryptoKey, SubtleCrypto};
 
-use crate::idb::{self, Db};
+use ticketing_client::idb::{self, Db};
 
 const DB_NAME: &str = "ticketing-wallet";
 const DB_VERSION: u32 = 1;
@@ -68,26 +68,22 @@ impl WalletStore for IdbStore {
         Self::parse(&self.db.get("wallet", DATA_KEY).await.map_err(store_err)?)
     }
 
-    /// One readwrite transaction: read, change, write, wait for the commit. IndexedDB runs
-    /// readwrite transactions over one store one at a time, across tabs, so no write is lost.
+    /// One readwrite transaction: read, change, write, wait for the commit.
     async fn update<T>(&self, change: impl FnOnce(&mut WalletData) -> T) -> Result<T, ClientError> {
-        let (txn, os) = self
-            .db
-            .transaction("wallet", IdbTransactionMode::Readwrite)
-            .map_err(store_err)?;
-        let done = idb::committed(&txn);
-        let req = os
-            .get(&JsValue::from_str(DATA_KEY))
-            .map_err(|e| store_err(idb::describe(&e)))?;
-        let mut data = Self::parse(&idb::request(&req).await.map_err(store_err)?)?;
-        let out = change(&mut data);
-        let json = serde_json::to_string(&data).map_err(store_err)?;
-        let req = os
-            .put_with_key(&JsValue::from_str(&json), &JsValue::from_str(DATA_KEY))
-            .map_err(|e| store_err(idb::describe(&e)))?;
-        idb::request(&req).await.map_err(store_err)?;
-        done.await.map_err(|e| store_err(idb::describe(&e)))?;
-        Ok(out)
+        self.db
+            .update_strings("wallet", &[DATA_KEY], |values| {
+                let slot = values.first_mut()?;
+                let mut data = match slot.as_deref() {
+                    None => WalletData::default(),
+                    Some(json) => serde_json::from_str(json).ok()?,
+                };
+                let out = change(&mut data);
+                *slot = Some(serde_json::to_string(&data).ok()?);
+                Some(out)
+            })
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| store_err("the stored wallet does not parse"))
     }
 }
 

@@ -1,7 +1,8 @@
+// Shared by the wallet and validator PWAs; scripts/wasm fills in __MODULE__ for each.
 // Starts the wasm app and the service worker. The app shell is served from the service
 // worker's cache offline; a new deployment installs a new worker, which waits until the
 // passenger accepts the update (the app shows "Update now").
-import init from './ticketing_wallet.js';
+import init from './__MODULE__.js';
 
 init();
 

@@ -1,5 +1,7 @@
-//! A small IndexedDB layer: requests and transactions as futures. Kept to what the stores need
-//! (open with an upgrade, get, put, delete in one transaction), behind the core's store traits.
+//! A small IndexedDB layer for the browser apps' stores (wasm32 only): requests and
+//! transactions as futures. Kept to what the stores need (open with an upgrade, get, put,
+//! delete, and a read-change-write of several keys in one transaction), behind the cores' store
+//! traits.
 
 use js_sys::Promise;
 use wasm_bindgen::JsCast;
@@ -8,7 +10,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{IdbDatabase, IdbObjectStore, IdbRequest, IdbTransaction, IdbTransactionMode};
 
 /// Why an IndexedDB call failed, as text for `ClientError::Store`.
-pub(crate) fn describe(e: &JsValue) -> String {
+pub fn describe(e: &JsValue) -> String {
     if let Some(d) = e.dyn_ref::<web_sys::DomException>() {
         return format!("{}: {}", d.name(), d.message());
     }
@@ -16,7 +18,7 @@ pub(crate) fn describe(e: &JsValue) -> String {
 }
 
 /// The result of a request, once it succeeds.
-pub(crate) async fn request(req: &IdbRequest) -> Result<JsValue, String> {
+pub async fn request(req: &IdbRequest) -> Result<JsValue, String> {
     let r = req.clone();
     let promise = Promise::new(&mut |resolve, reject| {
         let ok_req = r.clone();
@@ -40,7 +42,7 @@ pub(crate) async fn request(req: &IdbRequest) -> Result<JsValue, String> {
 }
 
 /// Resolves when `txn` has committed (durable), fails if it aborts.
-pub(crate) fn committed(txn: &IdbTransaction) -> JsFuture {
+pub fn committed(txn: &IdbTransaction) -> JsFuture {
     let t = txn.clone();
     let promise = Promise::new(&mut |resolve, reject| {
         let done = Closure::once_into_js(move |_: web_sys::Event| {
@@ -62,11 +64,11 @@ pub(crate) fn committed(txn: &IdbTransaction) -> JsFuture {
 
 /// An open database.
 #[derive(Debug, Clone)]
-pub(crate) struct Db(IdbDatabase);
+pub struct Db(IdbDatabase);
 
 impl Db {
     /// Open `name` at `version`, creating the object stores `stores` when needed.
-    pub(crate) async fn open(
+    pub async fn open(
         name: &str,
         version: u32,
         stores: &'static [&'static str],
@@ -100,7 +102,7 @@ impl Db {
     }
 
     /// A transaction over `store`.
-    pub(crate) fn transaction(
+    pub fn transaction(
         &self,
         store: &str,
         mode: IdbTransactionMode,
@@ -114,14 +116,14 @@ impl Db {
     }
 
     /// The value under `key`, or `undefined`.
-    pub(crate) async fn get(&self, store: &str, key: &str) -> Result<JsValue, String> {
+    pub async fn get(&self, store: &str, key: &str) -> Result<JsValue, String> {
         let (_, os) = self.transaction(store, IdbTransactionMode::Readonly)?;
         let req = os.get(&JsValue::from_str(key)).map_err(|e| describe(&e))?;
         request(&req).await
     }
 
     /// Store `value` under `key` and wait for the commit.
-    pub(crate) async fn put(&self, store: &str, key: &str, value: &JsValue) -> Result<(), String> {
+    pub async fn put(&self, store: &str, key: &str, value: &JsValue) -> Result<(), String> {
         let (txn, os) = self.transaction(store, IdbTransactionMode::Readwrite)?;
         let done = committed(&txn);
         let req = os
@@ -131,8 +133,42 @@ impl Db {
         done.await.map(|_| ()).map_err(|e| describe(&e))
     }
 
+    /// Read the string values under `keys`, let `change` edit them (`None`: absent), write
+    /// back the ones it changed, all in one readwrite transaction, and wait for the commit.
+    /// IndexedDB runs readwrite transactions over a store one at a time, across tabs: no
+    /// concurrent change is lost.
+    pub async fn update_strings<T>(
+        &self,
+        store: &str,
+        keys: &[&str],
+        change: impl FnOnce(&mut [Option<String>]) -> T,
+    ) -> Result<T, String> {
+        let (txn, os) = self.transaction(store, IdbTransactionMode::Readwrite)?;
+        let done = committed(&txn);
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let req = os.get(&JsValue::from_str(key)).map_err(|e| describe(&e))?;
+            values.push(request(&req).await?.as_string());
+        }
+        let before = values.clone();
+        let out = change(&mut values);
+        for ((key, new), old) in keys.iter().zip(&values).zip(&before) {
+            if new == old {
+                continue;
+            }
+            let req = match new {
+                Some(v) => os.put_with_key(&JsValue::from_str(v), &JsValue::from_str(key)),
+                None => os.delete(&JsValue::from_str(key)),
+            }
+            .map_err(|e| describe(&e))?;
+            request(&req).await?;
+        }
+        done.await.map_err(|e| describe(&e))?;
+        Ok(out)
+    }
+
     /// Delete `key` and wait for the commit.
-    pub(crate) async fn delete(&self, store: &str, key: &str) -> Result<(), String> {
+    pub async fn delete(&self, store: &str, key: &str) -> Result<(), String> {
         let (txn, os) = self.transaction(store, IdbTransactionMode::Readwrite)?;
         let done = committed(&txn);
         let req = os

@@ -1,8 +1,8 @@
 // The app shell, cached per build: VERSION is the hash of the sources this bundle was built
 // from (scripts/wasm writes it), so each deployment is a new worker and a new cache.
-const VERSION = '__SOURCE_HASH__';
-const CACHE = 'ticketing-shell-' + VERSION;
-const SHELL = ['./', 'index.html', 'boot.js', 'ticketing_wallet.js', 'ticketing_wallet_bg.wasm',
+const VERSION = '3c1e2fd4b2bff891';
+const CACHE = 'ticketing-validator-' + VERSION;
+const SHELL = ['./', 'index.html', 'boot.js', 'ticketing_validator.js', 'ticketing_validator_bg.wasm',
   'style.css', 'manifest.webmanifest', 'icon-192.png', 'icon-512.png'];
 
 self.addEventListener('install', (event) => {
@@ -11,7 +11,7 @@ self.addEventListener('install', (event) => {
 
 self.addEventListener('activate', (event) => {
   event.waitUntil(caches.keys().then((keys) => Promise.all(
-    keys.filter((k) => k.startsWith('ticketing-shell-') && k !== CACHE).map((k) => caches.delete(k)))));
+    keys.filter((k) => k.startsWith('ticketing-validator-') && k !== CACHE).map((k) => caches.delete(k)))));
   self.clients.claim();
 });
 

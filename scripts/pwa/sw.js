@@ -1,0 +1,42 @@
+// The app shell, cached per build: VERSION is the hash of the sources this bundle was built
+// from (scripts/wasm writes it), so each deployment is a new worker and a new cache.
+const VERSION = '__SOURCE_HASH__';
+const CACHE = 'ticketing-__APP__-' + VERSION;
+const SHELL = ['./', 'index.html', 'boot.js', '__MODULE__.js', '__MODULE___bg.wasm',
+  'style.css', 'manifest.webmanifest', 'icon-192.png', 'icon-512.png'];
+
+self.addEventListener('install', (event) => {
+  event.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)));
+});
+
+self.addEventListener('activate', (event) => {
+  event.waitUntil(caches.keys().then((keys) => Promise.all(
+    keys.filter((k) => k.startsWith('ticketing-__APP__-') && k !== CACHE).map((k) => caches.delete(k)))));
+  self.clients.claim();
+});
+
+self.addEventListener('message', (event) => {
+  if (event.data === 'skip-waiting') self.skipWaiting();
+});
+
+self.addEventListener('fetch', (event) => {
+  const url = new URL(event.request.url);
+  if (event.request.method !== 'GET' || url.origin !== self.location.origin) return;
+  if (url.pathname.endsWith('/manifest.json')) {
+    // The cluster's manifest: the network first (it may have been extended), the cache offline.
+    event.respondWith(fetch(event.request).then((r) => {
+      const copy = r.clone();
+      caches.open(CACHE).then((c) => c.put(event.request, copy));
+      return r;
+    }).catch(() => caches.match(event.request).then((hit) => {
+      if (!hit) return hit;
+      // An old copy: without its Date, so the page does not take it for the server's clock.
+      const headers = new Headers(hit.headers);
+      headers.delete('date');
+      return new Response(hit.body, { status: hit.status, headers });
+    })));
+    return;
+  }
+  event.respondWith(caches.match(event.request, { ignoreSearch: true })
+    .then((hit) => hit || fetch(event.request)));
+});

@@ -1,0 +1,230 @@
+//! The validator PWA in headless Chromium with a fake camera (a .y4m video of a wallet's QR,
+//! made at test time since the code rotates), against a real 3-of-5 cluster: registration by
+//! pasting the code `ticketing validator register --qr` prints, a ticket scanned from the
+//! camera (rqrr in wasm) and accepted online, the same code again refused as a replay, a
+//! forged one refused, one accepted offline while the coordinator is down, queued in
+//! IndexedDB, and synced by the button once it is back. Screenshots in
+//! `target/pwa-screenshots/`.
+
+use std::time::Duration;
+
+use serde_json::json;
+use ticketing_client::wallet::{MemoryStore, SoftwareKeys, Wallet};
+use ticketing_coordinator::TokenRole;
+use ticketing_protocol::receipt::PaymentMethod;
+use ticketing_protocol::redeem::Registration;
+
+use crate::browser::{self, Browser};
+use crate::common::{self, Db};
+
+const SECS: Duration = Duration::from_secs(20);
+
+/// A 4:2:0 video (YUV4MPEG2) of `text` as a QR code, a few identical frames.
+fn qr_video(text: &str) -> Vec<u8> {
+    let (w, h, scale) = (640usize, 480usize, 5usize);
+    let code =
+        qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).unwrap();
+    let modules = code.width();
+    let colors = code.to_colors();
+    let side = (modules + 8) * scale;
+    let (x0, y0) = ((w - side) / 2, (h - side) / 2);
+    let mut luma = vec![235u8; w * h];
+    for (i, c) in colors.iter().enumerate() {
+        if *c == qrcode::Color::Dark {
+            let (mx, my) = (i % modules + 4, i / modules + 4);
+            for y in 0..scale {
+                for x in 0..scale {
+                    luma[(y0 + my * scale + y) * w + x0 + mx * scale + x] = 16;
+                }
+            }
+        }
+    }
+    let mut video = format!("YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n").into_bytes();
+    for _ in 0..10 {
+        video.extend_from_slice(b"FRAME\n");
+        video.extend_from_slice(&luma);
+        video.extend(std::iter::repeat_n(128u8, w * h / 2));
+    }
+    video
+}
+
+async fn verdict(b: &Browser) -> String {
+    let v = b
+        .wait(
+            "a verdict",
+            "const v = document.querySelector('#verdict'); return v && v.innerText",
+            SECS,
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap().to_owned()
+}
+
+async fn next_scan(b: &Browser) {
+    b.wait(
+        "the verdict to clear",
+        "return !document.querySelector('#verdict')",
+        SECS,
+    )
+    .await
+    .unwrap();
+}
+
+async fn paste(b: &Browser, payload: &str) {
+    b.js(
+        "const t = document.querySelector('#payload'); t.value = arguments[0]; \
+         t.dispatchEvent(new Event('input', {bubbles: true}));",
+        json!([payload]),
+    )
+    .await
+    .unwrap();
+    b.click("#check").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser() {
+    if browser::available().is_none() {
+        return;
+    }
+    let mut c = common::start(Db::Sqlite, 5, 3).await.unwrap();
+    let manifest = c.cluster.cluster.manifest.clone();
+    // A passenger's wallet (the core) with three singles.
+    let wallet = Wallet::open(c.client(), MemoryStore::default(), SoftwareKeys)
+        .await
+        .unwrap();
+    let card = PaymentMethod::Card {
+        number: "4242424242424242".into(),
+    };
+    let (_, _, done) = wallet
+        .buy(
+            "single",
+            3,
+            card,
+            ticketing_service::now(),
+            &mut rand::rng(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    done.unwrap().unwrap();
+    let shown = wallet
+        .present(0, ticketing_service::now())
+        .await
+        .unwrap()
+        .to_text();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("camera.y4m");
+    std::fs::write(&video, qr_video(&shown)).unwrap();
+    let code = Registration {
+        manifest_digest: manifest.digest(),
+        token: common::token(&c, "bus-1", TokenRole::Validator).await,
+        coordinator_url: manifest.coordinator.url.clone(),
+    }
+    .to_text();
+
+    let camera = format!("--use-file-for-fake-video-capture={}", video.display());
+    let b = Browser::start(&[
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        &camera,
+    ])
+    .await
+    .unwrap();
+    b.goto(&c.cluster.validator_url().unwrap()).await.unwrap();
+    b.wait(
+        "the registration form",
+        "return document.querySelector('#registration')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("validator-1-register").await.unwrap();
+    // A mistyped code is refused plainly.
+    b.type_into("#registration", "TKR1:nonsense").await.unwrap();
+    b.click("#register").await.unwrap();
+    b.wait("the error", "return document.querySelector('#error')", SECS)
+        .await
+        .unwrap();
+    b.type_into("#registration", &code).await.unwrap();
+    b.click("#register").await.unwrap();
+
+    // The camera shows the wallet's QR: scanned, redeemed online, one full-screen verdict.
+    let v = verdict(&b).await;
+    assert!(
+        v.contains("VALID") && v.contains("single, expires in"),
+        "{v}"
+    );
+    assert!(!v.contains(&shown), "the verdict shows the payload");
+    b.screenshot("validator-2-valid-from-camera").await.unwrap();
+    next_scan(&b).await;
+    b.screenshot("validator-3-scanner").await.unwrap();
+    let decode = b
+        .js(
+            "return document.querySelector('#decode').innerText",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    eprintln!("frame decode in wasm (640x480): {decode}");
+
+    // The same code pasted: this device has seen it.
+    paste(&b, &shown).await;
+    let v = verdict(&b).await;
+    assert!(
+        v.contains("INVALID") && v.contains("already scanned"),
+        "{v}"
+    );
+    b.screenshot("validator-4-replayed").await.unwrap();
+    next_scan(&b).await;
+
+    // A forged one: refused without asking anyone.
+    let mut forged = shown.clone().into_bytes();
+    forged[120] = if forged[120] == b'0' { b'1' } else { b'0' };
+    paste(&b, &String::from_utf8(forged).unwrap()).await;
+    let v = verdict(&b).await;
+    assert!(v.contains("INVALID"), "{v}");
+    next_scan(&b).await;
+
+    // The coordinator is down: decided offline, queued.
+    c.stop_coordinator().await.unwrap();
+    let second = wallet
+        .present(1, ticketing_service::now())
+        .await
+        .unwrap()
+        .to_text();
+    paste(&b, &second).await;
+    let v = verdict(&b).await;
+    assert!(v.contains("VALID") && v.contains("offline"), "{v}");
+    b.screenshot("validator-5-valid-offline").await.unwrap();
+    next_scan(&b).await;
+    b.wait(
+        "one scan queued",
+        "return document.querySelector('#queued').innerText == '1'",
+        SECS,
+    )
+    .await
+    .unwrap();
+
+    // Back online: the sync button sends the queue.
+    c.start_coordinator().await.unwrap();
+    b.click("#sync").await.unwrap();
+    b.wait(
+        "the sync report",
+        "return document.querySelector('#queued').innerText == '0' && \
+         document.querySelector('#sync-report').innerText.includes('recorded 1')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let text = b.text().await.unwrap();
+    assert!(text.contains("s ago"), "no last sync: {text}");
+    b.screenshot("validator-6-synced").await.unwrap();
+    // Nothing about the passenger anywhere on the page.
+    let page = b
+        .js("return document.documentElement.outerHTML", json!([]))
+        .await
+        .unwrap();
+    assert!(!page.as_str().unwrap().contains(&second));
+    b.close().await;
+    c.cluster.stop().await.unwrap();
+}
