@@ -234,7 +234,8 @@ pub fn finish(routes: Router, http: &HttpSettings, metrics: Metrics) -> Router {
             header::AUTHORIZATION,
             header::IF_NONE_MATCH,
         ])
-        .expose_headers([header::ETAG]);
+        // `Date`: the browser apps estimate their clock's offset to the cluster from it.
+        .expose_headers([header::ETAG, header::DATE]);
     routes
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", {

@@ -185,6 +185,18 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     assert!(v.contains("INVALID"), "{v}");
     next_scan(&b).await;
 
+    // A screenshot two minutes old: refused.
+    let stale = wallet
+        .present(2, ticketing_service::now() - 120)
+        .await
+        .unwrap()
+        .to_text();
+    paste(&b, &stale).await;
+    let v = verdict(&b).await;
+    assert!(v.contains("INVALID") && v.contains("Old code"), "{v}");
+    b.screenshot("validator-5-stale").await.unwrap();
+    next_scan(&b).await;
+
     // The coordinator is down: decided offline, queued.
     c.stop_coordinator().await.unwrap();
     let second = wallet
@@ -195,7 +207,7 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     paste(&b, &second).await;
     let v = verdict(&b).await;
     assert!(v.contains("VALID") && v.contains("offline"), "{v}");
-    b.screenshot("validator-5-valid-offline").await.unwrap();
+    b.screenshot("validator-6-valid-offline").await.unwrap();
     next_scan(&b).await;
     b.wait(
         "one scan queued",
@@ -218,13 +230,93 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     .unwrap();
     let text = b.text().await.unwrap();
     assert!(text.contains("s ago"), "no last sync: {text}");
-    b.screenshot("validator-6-synced").await.unwrap();
+    b.screenshot("validator-7-synced").await.unwrap();
+    // An operator revokes ticket 3; after the device refreshes its spent list (the sync
+    // button does), the ticket is refused offline too.
+    let revoked = wallet.data().await.unwrap().tickets[2].ticket;
+    let admin = common::token(&c, "ops", TokenRole::Admin).await;
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/v1/admin/revoke",
+            json!({ "keyset_id": revoked.keyset_id, "serial": revoked.serial() }),
+        ),
+        ("/v1/admin/bloom/rebuild", json!({})),
+    ] {
+        let status = http
+            .post(format!("{}{path}", manifest.coordinator.url))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{path}: {status}");
+    }
+    let before = b
+        .js(
+            "return document.querySelector('#filter').innerText",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    b.click("#sync").await.unwrap();
+    b.wait(
+        "a newer spent list",
+        &format!("return document.querySelector('#filter').innerText != {before}"),
+        SECS,
+    )
+    .await
+    .unwrap();
+    c.stop_coordinator().await.unwrap();
+    let third = wallet
+        .present(2, ticketing_service::now())
+        .await
+        .unwrap()
+        .to_text();
+    paste(&b, &third).await;
+    let v = verdict(&b).await;
+    assert!(v.contains("INVALID") && v.contains("Revoked"), "{v}");
+    b.screenshot("validator-8-revoked-offline").await.unwrap();
+    next_scan(&b).await;
+
     // Nothing about the passenger anywhere on the page.
     let page = b
         .js("return document.documentElement.outerHTML", json!([]))
         .await
         .unwrap();
     assert!(!page.as_str().unwrap().contains(&second));
+    b.close().await;
+
+    // Another device registers by showing its camera the registration QR.
+    c.start_coordinator().await.unwrap();
+    let code = Registration {
+        manifest_digest: manifest.digest(),
+        token: common::token(&c, "bus-2", TokenRole::Validator).await,
+        coordinator_url: manifest.coordinator.url.clone(),
+    }
+    .to_text();
+    let video = dir.path().join("registration.y4m");
+    std::fs::write(&video, qr_video(&code)).unwrap();
+    let camera = format!("--use-file-for-fake-video-capture={}", video.display());
+    let b = Browser::start(&[
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        &camera,
+    ])
+    .await
+    .unwrap();
+    b.goto(&c.cluster.validator_url().unwrap()).await.unwrap();
+    b.wait(
+        "the scanner after a camera registration",
+        "return document.querySelector('#diag-h')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("validator-9-registered-by-camera")
+        .await
+        .unwrap();
     b.close().await;
     c.cluster.stop().await.unwrap();
 }

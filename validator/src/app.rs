@@ -21,7 +21,8 @@ use crate::store::IdbStore;
 
 /// How long a verdict stays on screen before the next scan.
 const VERDICT_MS: u64 = 3500;
-/// The same payload is not decided twice within this time (it is still in front of the camera).
+/// A payload the camera keeps seeing is decided once; it is decided again only after it has
+/// been out of view this long.
 const SAME_CODE_SECONDS: u64 = 20;
 /// Frames looked at per second, at most.
 const FRAME_MS: u64 = 150;
@@ -50,6 +51,22 @@ fn perf_ms() -> f64 {
     web_sys::window()
         .and_then(|w| w.performance())
         .map_or(0.0, |p| p.now())
+}
+
+/// Record a timing on `<body data-...>` for the benchmark.
+fn mark(name: &str, ms: f64) {
+    if let Some(body) = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.body())
+    {
+        let _ = js_sys::Reflect::get(&body, &JsValue::from_str("dataset")).and_then(|ds| {
+            js_sys::Reflect::set(
+                &ds,
+                &JsValue::from_str(name),
+                &JsValue::from_str(&format!("{ms:.1}")),
+            )
+        });
+    }
 }
 
 /// What the verdict screen shows: nothing about the passenger.
@@ -92,6 +109,8 @@ struct State {
     error: RwSignal<Option<String>>,
     verdict: RwSignal<Option<Shown>>,
     busy: RwSignal<bool>,
+    /// When the last code was decoded (performance.now), for scan-to-verdict timing.
+    decoded_at: StoredValue<Option<f64>>,
     /// Codes decided recently, with when: the camera does not decide them again.
     recent: StoredValue<Vec<(String, u64)>>,
     camera: RwSignal<Option<String>>,
@@ -178,6 +197,10 @@ fn show(state: State, manifest: &Manifest, payload: &str, outcome: &Result<Outco
         },
     };
     state.verdict.set(Some(shown));
+    // Read by the benchmark: code decoded (or pasted) to verdict painted.
+    if let Some(started) = state.decoded_at.get_value() {
+        request_animation_frame(move || mark("lastVerdictMs", perf_ms() - started));
+    }
     set_timeout(
         move || state.verdict.set(None),
         Duration::from_millis(VERDICT_MS),
@@ -196,13 +219,20 @@ fn decide(state: State, payload: String, again: bool) {
     let mut seen_recently = false;
     state.recent.update_value(|recent| {
         recent.retain(|(_, at)| t < at + SAME_CODE_SECONDS);
-        seen_recently = recent.iter().any(|(code, _)| *code == payload);
-        if !seen_recently {
-            recent.push((payload.clone(), t));
+        // A code still in view stays suppressed: its time moves on while it is seen.
+        match recent.iter_mut().find(|(code, _)| *code == payload) {
+            Some(entry) => {
+                seen_recently = true;
+                entry.1 = t;
+            }
+            None => recent.push((payload.clone(), t)),
         }
     });
     if seen_recently && !again {
         return;
+    }
+    if again {
+        state.decoded_at.set_value(Some(perf_ms()));
     }
     let Some(core) = state.core() else { return };
     state.busy.set(true);
@@ -260,6 +290,7 @@ async fn open_core(state: State, store: IdbStore, manifest_json: &str) -> Result
     let core = Validator::open(manifest, store.clone(), http)
         .await
         .map_err(|e| e.to_string())?;
+    measure_offset(Some(&core.manifest().coordinator.url)).await;
     let _ = core.refresh().await;
     state.store.set_value(Some(store));
     state.core.set_value(Some(Rc::new(core)));
@@ -311,7 +342,6 @@ async fn boot(state: State) {
             return;
         }
     };
-    measure_offset().await;
     let has_token = store.token().await.ok().flatten().is_some();
     match (has_token, store.manifest_json().await.ok().flatten()) {
         (true, Some(json)) => {
@@ -324,29 +354,39 @@ async fn boot(state: State) {
     }
 }
 
-/// The cluster's clock from the apps origin's `Date` (same origin, so readable).
-async fn measure_offset() {
+/// The offset of this device's clock to the coordinator's, from the `Date` of its `/health`
+/// (exposed to the apps origin by CORS), else to the apps origin's. Whole seconds; ignored
+/// under 2 s (the header's resolution).
+async fn measure_offset(coordinator: Option<&str>) {
     let Some(window) = web_sys::window() else {
         return;
     };
-    let sent = device_ms();
-    let Ok(resp) = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str("index.html")).await
-    else {
-        return;
-    };
-    let received = device_ms();
-    let Ok(resp) = resp.dyn_into::<web_sys::Response>() else {
-        return;
-    };
-    if let Ok(Some(date)) = resp.headers().get("date") {
+    let urls: Vec<String> = coordinator
+        .map(|c| format!("{}/health", c.trim_end_matches('/')))
+        .into_iter()
+        .chain(std::iter::once("index.html".to_owned()))
+        .collect();
+    for url in urls {
+        let sent = device_ms();
+        let Ok(resp) = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str(&url)).await
+        else {
+            continue;
+        };
+        let received = device_ms();
+        let Ok(resp) = resp.dyn_into::<web_sys::Response>() else {
+            continue;
+        };
+        let Ok(Some(date)) = resp.headers().get("date") else {
+            continue;
+        };
         let server = js_sys::Date::parse(&date);
-        if server.is_finite() {
-            #[allow(clippy::cast_possible_truncation)]
-            let secs = ((server + 500.0 - (sent + received) / 2.0) / 1000.0).round() as i64;
-            if secs.abs() >= 2 {
-                OFFSET.with(|o| o.set(secs));
-            }
+        if !server.is_finite() {
+            continue;
         }
+        #[allow(clippy::cast_possible_truncation)]
+        let secs = ((server + 500.0 - (sent + received) / 2.0) / 1000.0).round() as i64;
+        OFFSET.with(|o| o.set(if secs.abs() >= 2 { secs } else { 0 }));
+        return;
     }
 }
 
@@ -394,52 +434,73 @@ async fn start_camera(state: State) {
 }
 
 /// One frame: grab, downscale, greyscale, decode.
-fn grab_frame(state: State, canvas: &HtmlCanvasElement) {
+fn grab_frame(state: State, canvas: &HtmlCanvasElement) -> Option<String> {
     if state.busy.get_untracked() || state.verdict.get_untracked().is_some() {
-        return;
+        return None;
     }
-    let Some(v) = video() else { return };
+    let v = video()?;
     let (w, h) = (v.video_width(), v.video_height());
     if v.ready_state() < 2 || w == 0 || h == 0 {
-        return;
+        return None;
     }
-    let scale = f64::from(MAX_EDGE) / f64::from(w.max(h));
-    let scale = scale.min(1.0);
+    let scale = (f64::from(MAX_EDGE) / f64::from(w.max(h))).min(1.0);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let (cw, ch) = ((f64::from(w) * scale) as u32, (f64::from(h) * scale) as u32);
     canvas.set_width(cw);
     canvas.set_height(ch);
     let options = web_sys::ContextAttributes2d::new();
     options.set_will_read_frequently(true);
-    let Some(ctx) = canvas
+    let ctx = canvas
         .get_context_with_context_options("2d", &options)
         .ok()
         .flatten()
-        .and_then(|c| c.dyn_into::<CanvasRenderingContext2d>().ok())
-    else {
-        return;
-    };
-    if ctx
-        .draw_image_with_html_video_element_and_dw_and_dh(
-            &v,
-            0.0,
-            0.0,
-            f64::from(cw),
-            f64::from(ch),
-        )
-        .is_err()
-    {
-        return;
-    }
-    let Ok(data) = ctx.get_image_data(0.0, 0.0, f64::from(cw), f64::from(ch)) else {
-        return;
-    };
+        .and_then(|c| c.dyn_into::<CanvasRenderingContext2d>().ok())?;
+    ctx.draw_image_with_html_video_element_and_dw_and_dh(
+        &v,
+        0.0,
+        0.0,
+        f64::from(cw),
+        f64::from(ch),
+    )
+    .ok()?;
+    let data = ctx
+        .get_image_data(0.0, 0.0, f64::from(cw), f64::from(ch))
+        .ok()?;
     let started = perf_ms();
     let found = decode_rgba(cw as usize, ch as usize, &data.data());
     let took = perf_ms() - started;
     state.diag.update(|d| d.decode_ms = Some(took));
-    if let Some(text) = found {
-        decide(state, text, false);
+    mark("lastDecodeMs", took);
+    if found.is_some() {
+        state.decoded_at.set_value(Some(started));
+    }
+    found
+}
+
+/// The camera view and its frame loop; each decoded text goes to `on_text`.
+#[component]
+fn Camera(state: State, on_text: fn(State, String)) -> impl IntoView {
+    let canvas = NodeRef::<leptos::html::Canvas>::new();
+    spawn_local(start_camera(state));
+    let handle = set_interval_with_handle(
+        move || {
+            if let Some(text) = canvas.get_untracked().and_then(|c| grab_frame(state, &c)) {
+                on_text(state, text);
+            }
+        },
+        Duration::from_millis(FRAME_MS),
+    );
+    on_cleanup(move || {
+        if let Ok(h) = handle {
+            h.clear();
+        }
+    });
+    view! {
+        <div class="camera">
+            <video id="camera" autoplay=true muted=true playsinline=true aria-label="Camera view"></video>
+            <div class="hint" id="camera-hint">{move || state.camera.get().unwrap_or_else(|| "Opening the camera…".into())}</div>
+        </div>
+        <canvas node_ref=canvas class="hidden"></canvas>
     }
 }
 
@@ -493,6 +554,7 @@ pub(crate) fn App() -> impl IntoView {
         verdict: RwSignal::new(None),
         busy: RwSignal::new(false),
         recent: StoredValue::new(Vec::new()),
+        decoded_at: StoredValue::new(None),
         camera: RwSignal::new(None),
         diag: RwSignal::new(Diag::default()),
     };
@@ -525,7 +587,7 @@ pub(crate) fn App() -> impl IntoView {
             <div class=v.class id="verdict" role="alert" aria-live="assertive" on:click=move |_| state.verdict.set(None)>
                 <div class="word">{v.word}</div>
                 <div class="detail">{v.detail}</div>
-                <div class="small">"Tap for the next scan"</div>
+                <div class="small">"Next scan in a moment (tap to skip)"</div>
             </div>
         })}
     }
@@ -537,8 +599,17 @@ fn Setup(state: State) -> impl IntoView {
     view! {
         <section aria-labelledby="setup-h">
             <h2 id="setup-h">"Register this device"</h2>
-            <p class="muted">"Paste the registration code that `ticketing validator register --qr` printed (it starts with TKR1:). The device token stays on this device."</p>
-            <label for="registration">"Registration code"</label>
+            <p class="muted">"Show the camera the QR code that `ticketing validator register --qr` printed, or paste its text (it starts with TKR1:). The device token stays on this device."</p>
+            <Camera state=state on_text=|state, text| {
+                if text.starts_with(Registration::PREFIX) && !state.busy.get_untracked() {
+                    state.busy.set(true);
+                    spawn_local(async move {
+                        register(state, text).await;
+                        state.busy.set(false);
+                    });
+                }
+            }/>
+            <label for="registration">"Or paste the registration code"</label>
             <textarea id="registration" prop:value=move || code.get()
                 on:input=move |ev| code.set(event_target_value(&ev))></textarea>
             <div class="row">
@@ -552,21 +623,6 @@ fn Setup(state: State) -> impl IntoView {
 #[component]
 fn Scanner(state: State) -> impl IntoView {
     let pasted = RwSignal::new(String::new());
-    let canvas = NodeRef::<leptos::html::Canvas>::new();
-    spawn_local(start_camera(state));
-    let handle = set_interval_with_handle(
-        move || {
-            if let Some(c) = canvas.get_untracked() {
-                grab_frame(state, &c);
-            }
-        },
-        Duration::from_millis(FRAME_MS),
-    );
-    on_cleanup(move || {
-        if let Ok(h) = handle {
-            h.clear();
-        }
-    });
     let on_file = move |ev: leptos::ev::Event| {
         let input: Option<web_sys::HtmlInputElement> = ev.target().and_then(|t| t.dyn_into().ok());
         let Some(file) = input.and_then(|i| i.files()).and_then(|f| f.get(0)) else {
@@ -583,11 +639,7 @@ fn Scanner(state: State) -> impl IntoView {
     };
     let diag = move || state.diag.get();
     view! {
-        <div class="camera">
-            <video id="camera" autoplay=true muted=true playsinline=true aria-label="Camera view"></video>
-            <div class="hint" id="camera-hint">{move || state.camera.get().unwrap_or_else(|| "Opening the camera…".into())}</div>
-        </div>
-        <canvas node_ref=canvas class="hidden"></canvas>
+        <Camera state=state on_text=|state, text| decide(state, text, false)/>
         <div class="row">
             <label for="picture" class="muted">"Or pick a picture of the code: "</label>
             <input type="file" id="picture" accept="image/*" on:change=on_file/>
