@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use ticketing_client::validator::{
     Decision, Failure, Mode, Note, Outcome, SeenEntry, SyncFailure, SyncReport, Validator,
-    ValidatorStore, decode_qr,
+    ValidatorStore, decode_qr, remember, seen_in,
 };
 use ticketing_client::{ClientError, Http};
 use ticketing_config::Settings;
@@ -131,9 +131,7 @@ struct Seen {
 
 impl Seen {
     fn contains(&self, serial: &Serial, epoch: u32) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.epoch == epoch && e.serial == *serial)
+        seen_in(&self.entries, serial, epoch)
     }
 }
 
@@ -281,10 +279,7 @@ impl State {
     fn write_record(&self, entry: SeenEntry, queued: Option<Scan>, now: u64) -> Result<()> {
         let _lock = self.lock()?;
         let mut seen = self.load_seen();
-        seen.entries.retain(|e| e.until > now);
-        if !seen.contains(&entry.serial, entry.epoch) {
-            seen.entries.push(entry);
-        }
+        remember(&mut seen.entries, entry, now);
         if let Some(scan) = queued {
             let mut queue = self.load_queue()?;
             queue.scans.push(scan);

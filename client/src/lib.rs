@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod coordinator;
 pub mod http;
 #[cfg(target_arch = "wasm32")]

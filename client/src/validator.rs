@@ -38,6 +38,20 @@ pub struct SeenEntry {
     pub until: u64,
 }
 
+/// The seen set's rules, for every store: whether it holds (serial, epoch)...
+pub fn seen_in(seen: &[SeenEntry], serial: &Serial, epoch: u32) -> bool {
+    seen.iter().any(|e| e.epoch == epoch && e.serial == *serial)
+}
+
+/// ...and adding an entry: entries of keysets that ended before `now` are forgotten, an entry
+/// is held once.
+pub fn remember(seen: &mut Vec<SeenEntry>, entry: SeenEntry, now: u64) {
+    seen.retain(|e| e.until > now);
+    if !seen_in(seen, &entry.serial, entry.epoch) {
+        seen.push(entry);
+    }
+}
+
 /// Where a validator keeps its state: files (CLI), IndexedDB (browser), memory (tests).
 /// Every method is atomic on its own.
 #[allow(async_fn_in_trait)]
@@ -684,11 +698,7 @@ impl ValidatorStore for MemoryStore {
     }
 
     async fn seen(&self, serial: &Serial, epoch: u32) -> Result<bool, ClientError> {
-        self.with(|s| {
-            s.seen
-                .iter()
-                .any(|e| e.epoch == epoch && e.serial == *serial)
-        })
+        self.with(|s| seen_in(&s.seen, serial, epoch))
     }
 
     async fn record(
@@ -698,14 +708,7 @@ impl ValidatorStore for MemoryStore {
         now: u64,
     ) -> Result<(), ClientError> {
         self.with(|s| {
-            s.seen.retain(|e| e.until > now);
-            if !s
-                .seen
-                .iter()
-                .any(|e| e.epoch == entry.epoch && e.serial == entry.serial)
-            {
-                s.seen.push(entry);
-            }
+            remember(&mut s.seen, entry, now);
             s.queue.extend(queued);
         })
     }

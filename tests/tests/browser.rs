@@ -263,3 +263,32 @@ pub(crate) fn qr_in(png: &[u8]) -> Result<String> {
     ticketing_client::validator::decode_qr(w, h, picture.as_raw())
         .ok_or_else(|| anyhow!("no QR code in the screenshot"))
 }
+
+/// A 4:2:0 video (YUV4MPEG2) of `text` as a QR code, a few identical frames.
+pub(crate) fn qr_video(text: &str) -> Vec<u8> {
+    let (w, h, scale) = (640usize, 480usize, 5usize);
+    let code =
+        qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).unwrap();
+    let modules = code.width();
+    let colors = code.to_colors();
+    let side = (modules + 8) * scale;
+    let (x0, y0) = ((w - side) / 2, (h - side) / 2);
+    let mut luma = vec![235u8; w * h];
+    for (i, c) in colors.iter().enumerate() {
+        if *c == qrcode::Color::Dark {
+            let (mx, my) = (i % modules + 4, i / modules + 4);
+            for y in 0..scale {
+                for x in 0..scale {
+                    luma[(y0 + my * scale + y) * w + x0 + mx * scale + x] = 16;
+                }
+            }
+        }
+    }
+    let mut video = format!("YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n").into_bytes();
+    for _ in 0..10 {
+        video.extend_from_slice(b"FRAME\n");
+        video.extend_from_slice(&luma);
+        video.extend(std::iter::repeat_n(128u8, w * h / 2));
+    }
+    video
+}

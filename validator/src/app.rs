@@ -33,41 +33,7 @@ const SYNC_EVERY: Duration = Duration::from_secs(60);
 /// A spent list older than this is flagged.
 const OLD_FILTER_SECONDS: u64 = 15 * 60;
 
-thread_local! {
-    static OFFSET: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
-}
-
-fn device_ms() -> f64 {
-    js_sys::Date::now()
-}
-
-fn now() -> u64 {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let s = (device_ms() / 1000.0).max(0.0) as u64;
-    s.saturating_add_signed(OFFSET.with(std::cell::Cell::get))
-}
-
-fn perf_ms() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
-        .map_or(0.0, |p| p.now())
-}
-
-/// Record a timing on `<body data-...>` for the benchmark.
-fn mark(name: &str, ms: f64) {
-    if let Some(body) = web_sys::window()
-        .and_then(|w| w.document())
-        .and_then(|d| d.body())
-    {
-        let _ = js_sys::Reflect::get(&body, &JsValue::from_str("dataset")).and_then(|ds| {
-            js_sys::Reflect::set(
-                &ds,
-                &JsValue::from_str(name),
-                &JsValue::from_str(&format!("{ms:.1}")),
-            )
-        });
-    }
-}
+use ticketing_client::browser::{mark, now, perf_ms};
 
 /// What the verdict screen shows: nothing about the passenger.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +114,7 @@ impl State {
             d.last_sync = log.last_sync;
             d.filter_version = snap.as_ref().map(|s| s.raw.version);
             d.filter_age = snap.map(|s| now().saturating_sub(s.raw.built_at));
-            d.offset = OFFSET.with(std::cell::Cell::get);
+            d.offset = ticketing_client::browser::offset();
         });
     }
 }
@@ -290,7 +256,7 @@ async fn open_core(state: State, store: IdbStore, manifest_json: &str) -> Result
     let core = Validator::open(manifest, store.clone(), http)
         .await
         .map_err(|e| e.to_string())?;
-    measure_offset(Some(&core.manifest().coordinator.url)).await;
+    measure_offset(&core.manifest().coordinator.url).await;
     let _ = core.refresh().await;
     state.store.set_value(Some(store));
     state.core.set_value(Some(Rc::new(core)));
@@ -355,39 +321,13 @@ async fn boot(state: State) {
 }
 
 /// The offset of this device's clock to the coordinator's, from the `Date` of its `/health`
-/// (exposed to the apps origin by CORS), else to the apps origin's. Whole seconds; ignored
-/// under 2 s (the header's resolution).
-async fn measure_offset(coordinator: Option<&str>) {
-    let Some(window) = web_sys::window() else {
-        return;
-    };
-    let urls: Vec<String> = coordinator
-        .map(|c| format!("{}/health", c.trim_end_matches('/')))
-        .into_iter()
-        .chain(std::iter::once("index.html".to_owned()))
-        .collect();
-    for url in urls {
-        let sent = device_ms();
-        let Ok(resp) = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str(&url)).await
-        else {
-            continue;
-        };
-        let received = device_ms();
-        let Ok(resp) = resp.dyn_into::<web_sys::Response>() else {
-            continue;
-        };
-        let Ok(Some(date)) = resp.headers().get("date") else {
-            continue;
-        };
-        let server = js_sys::Date::parse(&date);
-        if !server.is_finite() {
-            continue;
-        }
-        #[allow(clippy::cast_possible_truncation)]
-        let secs = ((server + 500.0 - (sent + received) / 2.0) / 1000.0).round() as i64;
-        OFFSET.with(|o| o.set(if secs.abs() >= 2 { secs } else { 0 }));
-        return;
-    }
+/// (exposed to the apps origin by CORS), else to the apps origin's.
+async fn measure_offset(coordinator: &str) {
+    let urls = [
+        format!("{}/health", coordinator.trim_end_matches('/')),
+        "index.html".to_owned(),
+    ];
+    ticketing_client::browser::measure_offset(&urls).await;
 }
 
 fn video() -> Option<HtmlVideoElement> {

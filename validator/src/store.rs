@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use ticketing_client::ClientError;
 use ticketing_client::idb::Db;
-use ticketing_client::validator::{SeenEntry, ValidatorStore};
+use ticketing_client::validator::{SeenEntry, ValidatorStore, remember, seen_in};
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::publication::BloomSnapshot;
 use ticketing_protocol::redeem::Scan;
@@ -148,7 +148,7 @@ impl ValidatorStore for IdbStore {
 
     async fn seen(&self, serial: &Serial, epoch: u32) -> Result<bool, ClientError> {
         let seen: Vec<SeenEntry> = parse(self.get("seen").await?.as_deref());
-        Ok(seen.iter().any(|e| e.epoch == epoch && e.serial == *serial))
+        Ok(seen_in(&seen, serial, epoch))
     }
 
     async fn record(
@@ -160,13 +160,7 @@ impl ValidatorStore for IdbStore {
         self.db
             .update_strings(STORE, &["seen", "queue"], move |v| {
                 let mut seen: Vec<SeenEntry> = parse(v[0].as_deref());
-                seen.retain(|e| e.until > now);
-                if !seen
-                    .iter()
-                    .any(|e| e.epoch == entry.epoch && e.serial == entry.serial)
-                {
-                    seen.push(entry);
-                }
+                remember(&mut seen, entry, now);
                 v[0] = json(&seen);
                 if let Some(scan) = queued {
                     let mut queue: Vec<Scan> = parse(v[1].as_deref());

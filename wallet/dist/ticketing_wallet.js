@@ -501,7 +501,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6378(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6422(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -531,7 +531,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6378(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6422(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -806,51 +806,46 @@ function __wbg_get_imports() {
             return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 916, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4367);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 926, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4374);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 978, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6376);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 989, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6404);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 631, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2600);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 632, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2566);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 916, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4367_15);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 926, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4374_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 76, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1150);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 5, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_633);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 701, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2782);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 707, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2742);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 841, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4053);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 927, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4373);
             return ret;
         },
-        __wbindgen_generic_0000000000000008: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 915, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4366);
-            return ret;
-        },
-        __wbindgen_generic_0000000000000009: function(arg0) {
+        __wbindgen_generic_0000000000000008: function(arg0) {
             // Cast intrinsic for `F64 -> Externref`.
             const ret = arg0;
             return ret;
         },
-        __wbindgen_generic_000000000000000a: function(arg0, arg1) {
+        __wbindgen_generic_0000000000000009: function(arg0, arg1) {
             // Cast intrinsic for `Ref(String) -> Externref`.
             const ret = getStringFromWasm0(arg0, arg1);
             return ret;
@@ -870,42 +865,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_2782(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_2782(arg0, arg1);
+function __wasm_bindgen_func_elem_2742(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_2742(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4053(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4053(arg0, arg1);
+function __wasm_bindgen_func_elem_4373(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4373(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4366(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4366(arg0, arg1);
+function __wasm_bindgen_func_elem_4374(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4374(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4367(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4367(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_2566(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_2566(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_2600(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_2600(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4374_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4374_15(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4367_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4367_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_633(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_633(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_1150(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_1150(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_6422(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_6422(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_6378(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_6378(arg0, arg1, arg2, arg3);
-}
-
-function __wasm_bindgen_func_elem_6376(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_6404(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_6376(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_6404(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

@@ -25,63 +25,7 @@ struct Core {
     wallet: CoreWallet,
 }
 
-thread_local! {
-    /// Seconds to add to this device's clock to get the cluster's (estimated at start).
-    static OFFSET: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
-}
-
-fn device_now_ms() -> f64 {
-    js_sys::Date::now()
-}
-
-/// Unix seconds by the cluster's clock: the device's, corrected by the offset measured from
-/// the `Date` of the apps server (part of the cluster's deployment) at start.
-fn now() -> u64 {
-    let ms = device_now_ms();
-    if ms.is_finite() && ms > 0.0 {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let s = (ms / 1000.0) as u64;
-        s.saturating_add_signed(OFFSET.with(std::cell::Cell::get))
-    } else {
-        0
-    }
-}
-
-/// The offset between the server's `Date` (whole seconds) and the device clock at the middle
-/// of the request; ignored under 2 s (the header's resolution).
-fn measure_offset(date_header: &str, sent_ms: f64, received_ms: f64) -> Option<i64> {
-    let server_ms = js_sys::Date::parse(date_header);
-    if !server_ms.is_finite() {
-        return None;
-    }
-    // The header truncates to the second: its true time is half a second later on average.
-    let offset_ms = server_ms + 500.0 - (sent_ms + received_ms) / 2.0;
-    #[allow(clippy::cast_possible_truncation)]
-    let secs = (offset_ms / 1000.0).round() as i64;
-    (secs.abs() >= 2).then_some(secs)
-}
-
-fn performance_now() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
-        .map_or(0.0, |p| p.now())
-}
-
-/// Record a timing on `<body data-...>` for the browser benchmark.
-fn mark(name: &str, ms: f64) {
-    if let Some(body) = web_sys::window()
-        .and_then(|w| w.document())
-        .and_then(|d| d.body())
-    {
-        let _ = js_sys::Reflect::get(&body, &JsValue::from_str("dataset")).and_then(|ds| {
-            js_sys::Reflect::set(
-                &ds,
-                &JsValue::from_str(name),
-                &JsValue::from_str(&format!("{ms:.1}")),
-            )
-        });
-    }
-}
+use ticketing_client::browser::{mark, now, perf_ms as performance_now};
 
 fn online() -> bool {
     web_sys::window().is_none_or(|w| w.navigator().on_line())
@@ -341,19 +285,17 @@ async fn load_manifest(
 ) -> Result<(Manifest, String), String> {
     let fetched: Result<String, String> = async {
         let window = web_sys::window().ok_or("no window")?;
-        let sent = device_now_ms();
+        let sent = ticketing_client::browser::device_ms();
         let response = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str("manifest.json"))
             .await
             .map_err(|_| "offline".to_owned())?;
-        let received = device_now_ms();
+        let received = ticketing_client::browser::device_ms();
         let response: web_sys::Response = response.dyn_into().map_err(|_| "no response")?;
         if !response.ok() {
             return Err(format!("HTTP {}", response.status()));
         }
-        if let Ok(Some(date)) = response.headers().get("date")
-            && let Some(offset) = measure_offset(&date, sent, received)
-        {
-            OFFSET.with(|o| o.set(offset));
+        if let Ok(Some(date)) = response.headers().get("date") {
+            ticketing_client::browser::set_offset_from(&date, sent, received);
         }
         let text = wasm_bindgen_futures::JsFuture::from(response.text().map_err(|_| "no body")?)
             .await
