@@ -264,9 +264,8 @@ pub(crate) fn qr_in(png: &[u8]) -> Result<String> {
         .ok_or_else(|| anyhow!("no QR code in the screenshot"))
 }
 
-/// A 4:2:0 video (YUV4MPEG2) of `text` as a QR code, a few identical frames.
-pub(crate) fn qr_video(text: &str) -> Vec<u8> {
-    let (w, h, scale) = (640usize, 480usize, 5usize);
+/// A `w` x `h` greyscale picture of `text` as a QR code, `scale` pixels per module, centred.
+pub(crate) fn qr_luma(text: &str, w: usize, h: usize, scale: usize) -> Vec<u8> {
     let code =
         qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).unwrap();
     let modules = code.width();
@@ -284,6 +283,14 @@ pub(crate) fn qr_video(text: &str) -> Vec<u8> {
             }
         }
     }
+    luma
+}
+
+/// A 640x480 4:2:0 video (YUV4MPEG2) of `text` as a QR code, a few identical frames: what
+/// Chromium's fake camera plays in a loop.
+pub(crate) fn qr_video(text: &str) -> Vec<u8> {
+    let (w, h) = (640usize, 480usize);
+    let luma = qr_luma(text, w, h, 5);
     let mut video = format!("YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n").into_bytes();
     for _ in 0..10 {
         video.extend_from_slice(b"FRAME\n");
@@ -291,4 +298,14 @@ pub(crate) fn qr_video(text: &str) -> Vec<u8> {
         video.extend(std::iter::repeat_n(128u8, w * h / 2));
     }
     video
+}
+
+/// A PNG picture of `text` as a QR code (a photo a conductor might pick).
+pub(crate) fn qr_png(text: &str, path: &std::path::Path) {
+    let (w, h) = (600u32, 600u32);
+    let luma = qr_luma(text, w as usize, h as usize, 5);
+    image::GrayImage::from_raw(w, h, luma)
+        .unwrap()
+        .save(path)
+        .unwrap();
 }

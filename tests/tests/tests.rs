@@ -24,9 +24,12 @@
 //!   admin token; the same offline sync twice records once; conflicting offline scans are
 //!   flagged and denied; the signed Bloom snapshot and its ETag; issued-versus-redeemed stats.
 //! - `validator_pwa`: the validator PWA in headless Chromium with a fake camera fed a .y4m of
-//!   a wallet's QR made at test time: registration by the pasted code (a mistyped one refused),
-//!   a ticket scanned from the camera and accepted online, a replay and a forgery refused, one
-//!   accepted offline with the coordinator down, queued in IndexedDB and synced by the button.
+//!   a wallet's QR made at test time: registration by the pasted code (a mistyped one refused)
+//!   and, on a second device, by the camera; a ticket scanned from the camera and accepted
+//!   online; a replay, a forgery and a stale code refused; one accepted offline with the
+//!   coordinator down, queued in IndexedDB and synced by the button; a revoked ticket refused
+//!   offline after a filter refresh; a picked picture decided; with everything stopped the page
+//!   starts from its service worker and decides offline.
 //! - `wallet_pwa`: the wallet PWA in headless Chromium over WebDriver (`browser`), against a
 //!   3-of-5 cluster and the apps server: buy with a test card and a voucher (typo caught as
 //!   typed, reuse refused), a declined card, the QR read from a screenshot accepted by the CLI

@@ -2,9 +2,12 @@
 //! made at test time since the code rotates), against a real 3-of-5 cluster: registration by
 //! pasting the code `ticketing validator register --qr` prints, a ticket scanned from the
 //! camera (rqrr in wasm) and accepted online, the same code again refused as a replay, a
-//! forged one refused, one accepted offline while the coordinator is down, queued in
-//! IndexedDB, and synced by the button once it is back. Screenshots in
-//! `target/pwa-screenshots/`.
+//! forged one and a two-minute-old one refused, one accepted offline while the coordinator is
+//! down, queued in IndexedDB and synced by the button once it is back, a revoked ticket refused
+//! offline after the spent list was refreshed, a picked picture decided; then a second device
+//! registered through its camera, everything stopped (the apps server too), the page reloaded
+//! from its service worker: a fresh ticket VALID offline.
+//! Screenshots in `target/pwa-screenshots/`.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use ticketing_coordinator::TokenRole;
 use ticketing_protocol::receipt::PaymentMethod;
 use ticketing_protocol::redeem::Registration;
 
-use crate::browser::{self, Browser, qr_video};
+use crate::browser::{self, Browser, qr_png, qr_video};
 use crate::common::{self, Db};
 
 const SECS: Duration = Duration::from_secs(20);
@@ -69,7 +72,7 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     let (_, _, done) = wallet
         .buy(
             "single",
-            3,
+            5,
             card,
             ticketing_service::now(),
             &mut rand::rng(),
@@ -251,6 +254,23 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     b.screenshot("validator-8-revoked-offline").await.unwrap();
     next_scan(&b).await;
 
+    // No camera at hand: a picture of the code, picked from a file, still offline.
+    let picture = dir.path().join("ticket.png");
+    qr_png(
+        &wallet
+            .present(3, ticketing_service::now())
+            .await
+            .unwrap()
+            .to_text(),
+        &picture,
+    );
+    b.type_into("#picture", picture.to_str().unwrap())
+        .await
+        .unwrap();
+    let v = verdict(&b).await;
+    assert!(v.contains("VALID") && v.contains("offline"), "{v}");
+    next_scan(&b).await;
+
     // Nothing about the passenger anywhere on the page.
     let page = b
         .js("return document.documentElement.outerHTML", json!([]))
@@ -288,6 +308,33 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     b.screenshot("validator-9-registered-by-camera")
         .await
         .unwrap();
-    b.close().await;
+
+    // Everything stops, the apps server too: the app shell comes from the service worker, the
+    // manifest, token and spent list from IndexedDB, and a ticket is still decided (offline).
+    b.wait(
+        "the service worker",
+        "return navigator.serviceWorker.controller !== null",
+        SECS,
+    )
+    .await
+    .unwrap();
     c.cluster.stop().await.unwrap();
+    b.reload().await.unwrap();
+    b.wait(
+        "the scanner offline",
+        "return document.querySelector('#diag-h')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let last = wallet
+        .present(4, ticketing_service::now())
+        .await
+        .unwrap()
+        .to_text();
+    paste(&b, &last).await;
+    let v = verdict(&b).await;
+    assert!(v.contains("VALID") && v.contains("offline"), "{v}");
+    b.screenshot("validator-10-offline-start").await.unwrap();
+    b.close().await;
 }

@@ -178,23 +178,27 @@ fn show(state: State, manifest: &Manifest, payload: &str, outcome: &Result<Outco
 /// code is the conductor asking, and is always decided.
 fn decide(state: State, payload: String, again: bool) {
     let payload = payload.trim().to_owned();
-    if payload.is_empty() || state.busy.get_untracked() || state.verdict.get_untracked().is_some() {
+    // A registration code still in front of the camera after registering is not a ticket.
+    if payload.is_empty() || (!again && payload.starts_with(Registration::PREFIX)) {
         return;
     }
+    let idle = !state.busy.get_untracked() && state.verdict.get_untracked().is_none();
     let t = now();
     let mut seen_recently = false;
     state.recent.update_value(|recent| {
         recent.retain(|(_, at)| t < at + SAME_CODE_SECONDS);
-        // A code still in view stays suppressed: its time moves on while it is seen.
+        // A code still in view stays suppressed: its time moves on while it is seen, even
+        // while a verdict is on screen.
         match recent.iter_mut().find(|(code, _)| *code == payload) {
             Some(entry) => {
                 seen_recently = true;
                 entry.1 = t;
             }
-            None => recent.push((payload.clone(), t)),
+            None if idle => recent.push((payload.clone(), t)),
+            None => {}
         }
     });
-    if seen_recently && !again {
+    if !idle || (seen_recently && !again) {
         return;
     }
     if again {
@@ -375,9 +379,6 @@ async fn start_camera(state: State) {
 
 /// One frame: grab, downscale, greyscale, decode.
 fn grab_frame(state: State, canvas: &HtmlCanvasElement) -> Option<String> {
-    if state.busy.get_untracked() || state.verdict.get_untracked().is_some() {
-        return None;
-    }
     let v = video()?;
     let (w, h) = (v.video_width(), v.video_height());
     if v.ready_state() < 2 || w == 0 || h == 0 {
