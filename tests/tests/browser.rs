@@ -309,3 +309,28 @@ pub(crate) fn qr_png(text: &str, path: &std::path::Path) {
         .save(path)
         .unwrap();
 }
+
+impl Browser {
+    /// Resize the window (e.g. 1280x800 for a laptop).
+    pub(crate) async fn resize(&self, width: u32, height: u32) -> Result<()> {
+        self.raw(
+            "POST",
+            "/window/rect",
+            Some(&json!({ "width": width, "height": height })),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Browser {
+    /// Run an async `script`: it calls `arguments[0]` with its result.
+    pub(crate) async fn js_async(&self, script: &str) -> Result<Value> {
+        self.raw(
+            "POST",
+            "/execute/async",
+            Some(&json!({ "script": script, "args": [] })),
+        )
+        .await
+    }
+}

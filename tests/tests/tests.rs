@@ -35,7 +35,10 @@
 //!   typed, reuse refused), a declined card, the QR read from a screenshot accepted by the CLI
 //!   validator, fewer than t nodes named and the paid purchase kept across a reload and
 //!   retried, then everything stopped: the page reloads from its service worker and the QR
-//!   still renders and rotates. Screenshots in `target/pwa-screenshots/`.
+//!   still renders and rotates; a browser without WebCrypto Ed25519 says so and still works; a
+//!   byzantine node is named and its evidence exported checks out; a new deployment of the
+//!   shell is offered as an update and runs once accepted. Screenshots in
+//!   `target/pwa-screenshots/`.
 //! - `wasm_flow`: the crypto flow (deal, blind, partial sign, combine, unblind, verify,
 //!   present) runs inside wasm32 under Node.js; its bytes equal the native run's, and the
 //!   `blst` crate verifies the wasm-made ticket.

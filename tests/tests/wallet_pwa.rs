@@ -168,6 +168,10 @@ async fn the_wallet_buys_holds_and_shows_tickets_in_a_real_browser() {
     b.click("#tickets li:nth-child(1) button").await.unwrap();
     shown_epoch(&b).await;
     let png = b.screenshot("wallet-6-show").await.unwrap();
+    // The same screen on a laptop.
+    b.resize(1280, 800).await.unwrap();
+    b.screenshot("wallet-6-show-laptop").await.unwrap();
+    b.resize(412, 915).await.unwrap();
     let payload = browser::qr_in(&png).unwrap();
     assert_eq!(
         validate(&c, &payload).await,
@@ -388,4 +392,114 @@ async fn a_byzantine_node_is_named_and_its_evidence_saved_for_the_auditors() {
     }
     b.close().await;
     c.cluster.stop().await.unwrap();
+}
+
+/// The service worker's update path, on the wallet's own shell files: a page controlled by
+/// build A sees build B deployed, offers "Update now", and runs B once the passenger accepts.
+/// The files are served from `wallet/dist` by a small server of the test's, whose `sw.js`
+/// changes build when told (as a deployment does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_deployment_is_offered_as_an_update() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::extract::{Path, State};
+    use axum::http::header;
+    use axum::response::IntoResponse;
+
+    if browser::available().is_none() {
+        return;
+    }
+    let dist = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wallet/dist");
+    let build = std::fs::read_to_string(dist.join("SOURCE_HASH")).unwrap();
+    let build = build.trim().to_owned();
+    let deployed = Arc::new(AtomicBool::new(false));
+    type Served = (std::path::PathBuf, String, Arc<AtomicBool>);
+    async fn file(
+        State((dist, build, deployed)): State<Served>,
+        Path(name): Path<String>,
+    ) -> axum::response::Response {
+        let name = if name.is_empty() {
+            "index.html".to_owned()
+        } else {
+            name
+        };
+        let Ok(mut bytes) = std::fs::read(dist.join(&name)) else {
+            return (axum::http::StatusCode::NOT_FOUND, "").into_response();
+        };
+        if name == "sw.js" && deployed.load(Ordering::SeqCst) {
+            let text = String::from_utf8(bytes)
+                .unwrap()
+                .replace(&build, "next-build");
+            bytes = text.into_bytes();
+        }
+        let mime = match name.rsplit('.').next() {
+            Some("js") => "text/javascript",
+            Some("wasm") => "application/wasm",
+            Some("html") => "text/html",
+            Some("css") => "text/css",
+            _ => "application/octet-stream",
+        };
+        (
+            [
+                (header::CONTENT_TYPE, mime),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response()
+    }
+    let app = axum::Router::new()
+        .route(
+            "/wallet/",
+            axum::routing::get(|s| file(s, Path(String::new()))),
+        )
+        .route("/wallet/{name}", axum::routing::get(file))
+        .with_state((dist, build.clone(), deployed.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/wallet/", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let b = Browser::start(&[]).await.unwrap();
+    b.goto(&url).await.unwrap();
+    b.wait(
+        "build A in control",
+        "return navigator.serviceWorker.controller !== null",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let caches = "const done = arguments[0]; caches.keys().then((k) => done(k.join(',')));";
+    deployed.store(true, Ordering::SeqCst);
+    // The app looks for a new version whenever it comes back to the foreground; a reload too.
+    b.reload().await.unwrap();
+    b.wait(
+        "the update offer",
+        "const u = document.querySelector('.update'); return u && u.innerText.includes('new version')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("wallet-15-update-offered").await.unwrap();
+    b.click(".update button").await.unwrap();
+    b.wait(
+        "build B in control",
+        "return !document.querySelector('.update') && navigator.serviceWorker.controller !== null",
+        SECS,
+    )
+    .await
+    .unwrap();
+    let keys = b.js_async(caches).await.unwrap();
+    assert!(
+        keys.as_str()
+            .unwrap()
+            .contains("ticketing-wallet-next-build"),
+        "{keys}"
+    );
+    assert!(
+        !keys.as_str().unwrap().contains(&build),
+        "the old cache was kept: {keys}"
+    );
+    b.close().await;
+    server.abort();
 }
