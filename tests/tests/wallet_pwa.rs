@@ -306,6 +306,59 @@ async fn without_webcrypto_ed25519_the_wallet_says_so_and_still_works() {
     shown_epoch(&b).await;
     let payload = browser::qr_in(&b.screenshot("wallet-13-software-show").await.unwrap()).unwrap();
     assert_eq!(validate(&c, &payload).await, ExitCode::SUCCESS, "{payload}");
+
+    // Offline at purchase: said before anything is stored or paid.
+    b.click("nav button:nth-child(1)").await.unwrap();
+    b.js(
+        "window.__online = Object.getOwnPropertyDescriptor(Navigator.prototype, 'onLine'); \
+         Object.defineProperty(navigator, 'onLine', { get: () => false, configurable: true }); \
+         window.dispatchEvent(new Event('offline'));",
+        json!([]),
+    )
+    .await
+    .unwrap();
+    open_buy(&b).await;
+    b.click("#buy").await.unwrap();
+    b.wait(
+        "the offline message",
+        "const e = document.querySelector('#banner.error'); return e && e.innerText.includes('offline')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("wallet-16-offline-purchase").await.unwrap();
+    assert_eq!(tickets(&b).await, 0, "the buy form is shown, not the list");
+    b.click("nav button:nth-child(1)").await.unwrap();
+    wait_tickets(&b, 1).await;
+
+    // The wallet pinned another manifest (the cluster's keys changed under it): refused
+    // plainly, the tickets untouched.
+    b.js_async(
+        "const done = arguments[0]; \
+         const open = indexedDB.open('ticketing-wallet'); \
+         open.onsuccess = () => { \
+           const db = open.result; const tx = db.transaction('wallet', 'readwrite'); \
+           const os = tx.objectStore('wallet'); const get = os.get('data'); \
+           get.onsuccess = () => { const d = JSON.parse(get.result); \
+             d.manifest_digest = '00'.repeat(32); os.put(JSON.stringify(d), 'data'); }; \
+           tx.oncomplete = () => done('ok'); tx.onerror = () => done('error'); };",
+    )
+    .await
+    .unwrap();
+    b.reload().await.unwrap();
+    let error = b
+        .wait(
+            "the mismatch",
+            "const e = document.querySelector('#boot-error'); return e && e.innerText",
+            SECS,
+        )
+        .await
+        .unwrap();
+    assert!(
+        error.as_str().unwrap().contains("manifest_mismatch"),
+        "{error}"
+    );
+    b.screenshot("wallet-17-manifest-mismatch").await.unwrap();
     b.close().await;
     c.cluster.stop().await.unwrap();
 }

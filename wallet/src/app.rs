@@ -11,7 +11,7 @@ use ticketing_client::wallet::{
 use ticketing_client::{Client, ClientError, NodeEvent, NodeFailure};
 use ticketing_crypto::presentation::epoch_at;
 use ticketing_protocol::ErrorCode;
-use ticketing_protocol::manifest::{Manifest, ProductKind};
+use ticketing_protocol::manifest::{Manifest, ManifestError, ProductKind};
 use ticketing_protocol::receipt::PaymentMethod;
 use ticketing_protocol::voucher::VoucherCode;
 use wasm_bindgen::JsCast;
@@ -310,16 +310,16 @@ async fn load_manifest(
             .await
             .ok_or_else(|| format!("the cluster's manifest could not be loaded ({why})"))?,
     };
-    let manifest = Manifest::parse_pinned(json.as_bytes(), pinned).map_err(|e| {
-        if e.code() == ErrorCode::ManifestMismatch {
-            format!(
-                "The cluster's manifest is not the one this wallet trusts (manifest_mismatch). \
-                 Your tickets are safe on this device; this page will not use another cluster's \
-                 keys. {e}"
-            )
-        } else {
-            e.to_string()
-        }
+    let manifest = Manifest::parse_pinned(json.as_bytes(), pinned).map_err(|e| match e {
+        ManifestError::Mismatch { pinned, found } => format!(
+            "The cluster's manifest is not the one this wallet trusts (manifest_mismatch: \
+             pinned {}…, served {}…). Your tickets are safe on this device; this page will not \
+             use another cluster's keys. If the operator announced new keys, they will tell \
+             you how to continue.",
+            pinned.to_string().chars().take(12).collect::<String>(),
+            found.to_string().chars().take(12).collect::<String>()
+        ),
+        other => other.to_string(),
     })?;
     Ok((manifest, json))
 }
