@@ -162,22 +162,19 @@ async fn main() {
         )
         .await
         .unwrap();
-        b.wait(
-            "the verdict",
-            "return document.body.dataset.lastVerdictMs",
-            SECS,
-        )
-        .await
-        .unwrap();
-        let text = b
-            .js(
-                "return document.querySelector('#verdict').innerText",
-                json!([]),
+        let seen = b
+            .wait(
+                "the verdict",
+                "const v = document.querySelector('#verdict'); \
+                 const m = document.body.dataset.lastVerdictMs; \
+                 return v && m ? JSON.stringify([v.innerText, m]) : ''",
+                SECS,
             )
             .await
             .unwrap();
-        assert!(text.as_str().unwrap().contains("VALID"), "{text}");
-        verdict.push(mark(&b, "lastVerdictMs").await.unwrap());
+        let (text, ms): (String, String) = serde_json::from_str(seen.as_str().unwrap()).unwrap();
+        assert!(text.contains("VALID"), "{text}");
+        verdict.push(ms.parse().unwrap());
         b.click("#verdict").await.unwrap();
     }
     report(

@@ -86,6 +86,7 @@ impl Browser {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -224,11 +225,28 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "timed out waiting for {what}; the page says:\n{}",
-                    self.text().await?
+                    "timed out waiting for {what}; the page says:\n{}\nits console:\n{}",
+                    self.text().await?,
+                    self.console().await
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the page logged to its console (errors and warnings included).
+    pub(crate) async fn console(&self) -> String {
+        match self
+            .raw("POST", "/se/log", Some(&json!({ "type": "browser" })))
+            .await
+        {
+            Ok(Value::Array(lines)) => lines
+                .iter()
+                .map(|l| l["message"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Ok(other) => other.to_string(),
+            Err(e) => format!("(no console: {e})"),
         }
     }
 

@@ -7,9 +7,12 @@ import init from './ticketing_validator.js';
 init();
 
 if ('serviceWorker' in navigator) {
+  // Reload only for an update the user accepted: the first install also changes the
+  // controller (clients.claim), and a reload then would cut into whatever the page is doing.
+  let accepted = false;
   let reloading = false;
   navigator.serviceWorker.addEventListener('controllerchange', () => {
-    if (!reloading) {
+    if (accepted && !reloading) {
       reloading = true;
       location.reload();
     }
@@ -25,7 +28,10 @@ if ('serviceWorker' in navigator) {
       });
     });
     window.addEventListener('ticketing-apply-update', () => {
-      if (reg.waiting) reg.waiting.postMessage('skip-waiting');
+      if (reg.waiting) {
+        accepted = true;
+        reg.waiting.postMessage('skip-waiting');
+      }
     });
     // Look for a new version whenever the app comes back to the foreground.
     document.addEventListener('visibilitychange', () => {

@@ -74,6 +74,8 @@ struct State {
     registered: RwSignal<Option<bool>>,
     error: RwSignal<Option<String>>,
     verdict: RwSignal<Option<Shown>>,
+    /// How many verdicts were shown (each one's timer clears only its own).
+    shown: StoredValue<u64>,
     busy: RwSignal<bool>,
     /// When the last code was decoded (performance.now), for scan-to-verdict timing.
     decoded_at: StoredValue<Option<f64>>,
@@ -167,8 +169,15 @@ fn show(state: State, manifest: &Manifest, payload: &str, outcome: &Result<Outco
     if let Some(started) = state.decoded_at.get_value() {
         request_animation_frame(move || mark("lastVerdictMs", perf_ms() - started));
     }
+    // Only this verdict's timer may clear it: one dismissed early must not cut the next short.
+    let shown_as = state.shown.get_value().wrapping_add(1);
+    state.shown.set_value(shown_as);
     set_timeout(
-        move || state.verdict.set(None),
+        move || {
+            if state.shown.get_value() == shown_as {
+                state.verdict.set(None);
+            }
+        },
         Duration::from_millis(VERDICT_MS),
     );
 }
@@ -493,6 +502,7 @@ pub(crate) fn App() -> impl IntoView {
         registered: RwSignal::new(None),
         error: RwSignal::new(None),
         verdict: RwSignal::new(None),
+        shown: StoredValue::new(0),
         busy: RwSignal::new(false),
         recent: StoredValue::new(Vec::new()),
         decoded_at: StoredValue::new(None),
