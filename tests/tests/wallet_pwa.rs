@@ -245,8 +245,14 @@ async fn the_wallet_buys_holds_and_shows_tickets_in_a_real_browser() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = browser::qr_in(&b.screenshot("wallet-11-rotated").await.unwrap()).unwrap();
+    // The new code is painted a moment after the epoch changes: poll the screen for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let now = browser::qr_in(&b.screenshot("wallet-11-rotated").await.unwrap()).unwrap();
+        if now != before || std::time::Instant::now() > deadline {
+            break now;
+        }
+    };
     assert_ne!(before, after, "the QR did not change with the epoch");
     b.close().await;
 }
