@@ -337,6 +337,30 @@ async fn without_webcrypto_ed25519_the_wallet_says_so_and_still_works() {
     b.click("nav button:nth-child(1)").await.unwrap();
     wait_tickets(&b, 1).await;
 
+    // A ticket past its window moves to the history (its stored window moved into the past).
+    b.js_async(
+        "const done = arguments[0]; \
+         const open = indexedDB.open('ticketing-wallet'); \
+         open.onsuccess = () => { \
+           const tx = open.result.transaction('wallet', 'readwrite'); \
+           const os = tx.objectStore('wallet'); const get = os.get('data'); \
+           get.onsuccess = () => { const d = JSON.parse(get.result); \
+             d.tickets[0].valid_from = 1000; d.tickets[0].valid_until = 2000; \
+             os.put(JSON.stringify(d), 'data'); }; \
+           tx.oncomplete = () => done('ok'); tx.onerror = () => done('error'); };",
+    )
+    .await
+    .unwrap();
+    b.reload().await.unwrap();
+    b.wait(
+        "the history",
+        "const h = document.querySelector('#history'); return h && h.innerText.includes('EXPIRED')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("wallet-18-history").await.unwrap();
+
     // The wallet pinned another manifest (the cluster's keys changed under it): refused
     // plainly, the tickets untouched.
     b.js_async(

@@ -555,7 +555,9 @@ fn TicketList(state: State) -> impl IntoView {
             </Show>
             {move || {
                 let list = current();
-                if list.is_empty() {
+                if list.is_empty() && !history().is_empty() {
+                    view! { <p class="muted" id="none-current">"No current tickets: the ones below are over."</p> }.into_any()
+                } else if list.is_empty() {
                     view! { <p class="muted" id="empty">"No tickets yet. Buy one: it is ready in a moment."</p> }.into_any()
                 } else {
                     view! { <ul class="tickets" id="tickets">{list.into_iter().map(item).collect_view()}</ul> }.into_any()
