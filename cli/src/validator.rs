@@ -505,7 +505,7 @@ async fn validator(
 async fn decide(settings: &Settings, args: &ValidateArgs, state: State) -> Result<Decision> {
     let validator = validator(settings, &args.state, state).await?;
     let payload = match (&args.payload, &args.image) {
-        (Some(text), _) => text.trim().to_owned(),
+        (Some(text), _) => text.trim_matches(['\n', '\r', '\t']).to_owned(),
         (None, Some(image)) => read_qr(image)?,
         (None, None) => return Err(anyhow!("give the payload text or --image FILE")),
     };

@@ -24,6 +24,8 @@ use crate::ClientError;
 #[derive(Debug, Clone)]
 pub struct Http {
     inner: reqwest::Client,
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    timeout: Duration,
 }
 
 /// What a conditional GET found.
@@ -46,13 +48,11 @@ impl Http {
         let builder = reqwest::Client::builder();
         #[cfg(not(target_arch = "wasm32"))]
         let builder = builder.timeout(timeout).connect_timeout(timeout);
-        #[cfg(target_arch = "wasm32")]
-        let _ = timeout;
         let inner = builder.build().map_err(|e| ClientError::Unreachable {
             service: "http client".into(),
             reason: e.to_string(),
         })?;
-        Ok(Self { inner })
+        Ok(Self { inner, timeout })
     }
 
     /// `GET url?query` as JSON.
@@ -63,14 +63,22 @@ impl Http {
         query: &[(&str, u64)],
         token: Option<&str>,
     ) -> Result<R, ClientError> {
-        let request = with_token(self.inner.get(url).query(query), token);
+        let request = with_token(self.limit(self.inner.get(url)).query(query), token);
         let (_, bytes) = send(service, request).await?;
         parse(service, &bytes)
     }
 
+    /// The browser's fetch has no timeout of its own: each request gets one (an
+    /// `AbortController` under reqwest); natively the client's applies.
+    fn limit(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        #[cfg(target_arch = "wasm32")]
+        let request = request.timeout(self.timeout);
+        request
+    }
+
     /// `GET url` as raw bytes (for bodies whose digest is checked, e.g. the manifest).
     pub async fn get_bytes(&self, service: &str, url: &str) -> Result<Vec<u8>, ClientError> {
-        let (_, bytes) = send(service, self.inner.get(url)).await?;
+        let (_, bytes) = send(service, self.limit(self.inner.get(url))).await?;
         Ok(bytes)
     }
 
@@ -82,7 +90,7 @@ impl Http {
         body: &Q,
         token: Option<&str>,
     ) -> Result<R, ClientError> {
-        let request = with_token(self.inner.post(url).json(body), token);
+        let request = with_token(self.limit(self.inner.post(url)).json(body), token);
         let (_, bytes) = send(service, request).await?;
         parse(service, &bytes)
     }
@@ -94,7 +102,7 @@ impl Http {
         url: &str,
         if_none_match: Option<&str>,
     ) -> Result<Conditional<R>, ClientError> {
-        let mut request = self.inner.get(url);
+        let mut request = self.limit(self.inner.get(url));
         if let Some(tag) = if_none_match {
             request = request.header(IF_NONE_MATCH, format!("\"{tag}\""));
         }
@@ -164,17 +172,26 @@ pub(crate) fn classify(service: &str, status: StatusCode, bytes: &[u8]) -> Clien
             },
         };
     }
+    // Only the service's own error body is a definite answer: a bare 404 may come from a proxy
+    // between deployments, and a wallet must not conclude "never paid" from it.
+    let body = match (body, status) {
+        (Some(body), _) => body,
+        (None, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+            ErrorBody::new(ErrorCode::Unauthorized, format!("HTTP {status}"))
+        }
+        (None, StatusCode::PAYLOAD_TOO_LARGE) => {
+            ErrorBody::new(ErrorCode::PayloadTooLarge, format!("HTTP {status}"))
+        }
+        (None, _) => {
+            return ClientError::Unavailable {
+                service: service.to_owned(),
+                reason: format!("HTTP {status} without the service's error body"),
+            };
+        }
+    };
     ClientError::Refused {
         service: service.to_owned(),
-        body: body.unwrap_or_else(|| {
-            let code = match status {
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ErrorCode::Unauthorized,
-                StatusCode::NOT_FOUND => ErrorCode::NotFound,
-                StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
-                _ => ErrorCode::Malformed,
-            };
-            ErrorBody::new(code, format!("HTTP {status}"))
-        }),
+        body,
     }
 }
 
@@ -243,8 +260,13 @@ mod tests {
         assert!(!e.is_temporary());
         let e = classify("coordinator", StatusCode::UNAUTHORIZED, b"not json");
         assert_eq!(e.code(), Some(ErrorCode::Unauthorized));
-        let e = classify("coordinator", StatusCode::BAD_REQUEST, b"");
-        assert_eq!(e.code(), Some(ErrorCode::Malformed));
+        // Without the service's body an answer is not definite: a proxy's bare 404 is not
+        // "never paid".
+        let e = classify("payments", StatusCode::NOT_FOUND, b"<html>404</html>");
+        assert!(matches!(e, ClientError::Unavailable { .. }), "{e:?}");
+        let body = br#"{"code":"not_found","detail":"no receipt"}"#;
+        let e = classify("payments", StatusCode::NOT_FOUND, body);
+        assert_eq!(e.code(), Some(ErrorCode::NotFound));
         // A 5xx with a body keeps its reason, still temporary.
         let body = br#"{"code":"unavailable","detail":"database down"}"#;
         let e = classify("coordinator", StatusCode::SERVICE_UNAVAILABLE, body);

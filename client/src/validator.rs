@@ -358,7 +358,15 @@ impl<S: ValidatorStore> Validator<S> {
     ) -> Decision {
         let mut notes = Vec::new();
         let outcome = self
-            .decide(payload.trim(), now, offline, scan_id, &mut notes)
+            .decide(
+                // Line breaks only: in the unframed text of earlier wallets a space is data
+                // (`Presentation::from_text` trims the framed form itself).
+                payload.trim_matches(['\n', '\r', '\t']),
+                now,
+                offline,
+                scan_id,
+                &mut notes,
+            )
             .await;
         Decision { outcome, notes }
     }
@@ -645,7 +653,7 @@ pub fn decode_qr(width: usize, height: usize, luma: &[u8]) -> Option<String> {
         .detect_grids()
         .into_iter()
         .find_map(|grid| grid.decode().ok().map(|(_, text)| text))
-        .map(|text| text.trim().to_owned())
+        .map(|text| text.trim_matches(['\n', '\r', '\t']).to_owned())
 }
 
 /// Seen entries and a queue in memory (tests; a page without storage).

@@ -492,11 +492,15 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
         let purchase = self.purchase(digest).await?;
         match self.client.checkout(&purchase.prepared, payment).await {
             Ok(pending) => {
+                // Paid: the receipt is kept whatever happened to the record meanwhile (another
+                // wallet on this store may have judged it never paid and removed it).
                 self.store
-                    .update(|d| {
-                        if let Some(p) = d.purchase_mut(digest) {
-                            p.pending = Some(pending);
-                        }
+                    .update(|d| match d.purchase_mut(digest) {
+                        Some(p) => p.pending = Some(pending),
+                        None => d.purchases.push(StoredPurchase {
+                            pending: Some(pending),
+                            ..purchase
+                        }),
                     })
                     .await?;
                 Ok(PayOutcome::Paid)
@@ -605,11 +609,22 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
                     Recovered::Paid { product }
                 }
                 Ok(None) if p.pending.is_none() => {
-                    self.store.update(|d| d.remove_purchase(&digest)).await?;
-                    for key in &p.keys {
-                        let _ = self.keys.forget(key).await;
+                    // Removed only if it is still unpaid now (checked in the update: another
+                    // wallet on this store may have stored its receipt meanwhile). Its keys are
+                    // kept: a payment racing this check may still bring the purchase back.
+                    let removed = self
+                        .store
+                        .update(|d| {
+                            let unpaid =
+                                d.purchase_mut(&digest).is_some_and(|q| q.pending.is_none());
+                            unpaid && d.remove_purchase(&digest).is_some()
+                        })
+                        .await?;
+                    if removed {
+                        Recovered::NeverPaid { product }
+                    } else {
+                        Recovered::Unchanged
                     }
-                    Recovered::NeverPaid { product }
                 }
                 Ok(None) => Recovered::Unchanged,
                 Err(error) => Recovered::Unknown { product, error },

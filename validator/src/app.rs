@@ -186,9 +186,9 @@ fn show(state: State, manifest: &Manifest, payload: &str, outcome: &Result<Outco
 /// [`SAME_CODE_SECONDS`] is skipped (it is still in front of the lens); a picture or a pasted
 /// code is the conductor asking, and is always decided.
 fn decide(state: State, payload: String, again: bool) {
-    let payload = payload.trim().to_owned();
+    let payload = payload.trim_matches(['\n', '\r', '\t']).to_owned();
     // A registration code still in front of the camera after registering is not a ticket.
-    if payload.is_empty() || (!again && payload.starts_with(Registration::PREFIX)) {
+    if payload.trim().is_empty() || (!again && payload.starts_with(Registration::PREFIX)) {
         return;
     }
     let idle = !state.busy.get_untracked() && state.verdict.get_untracked().is_none();
