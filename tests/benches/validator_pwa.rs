@@ -105,14 +105,7 @@ async fn main() {
         coordinator_url: manifest.coordinator.url.clone(),
     }
     .to_text();
-    let camera = format!("--use-file-for-fake-video-capture={}", video.display());
-    let b = browser::Browser::start(&[
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        &camera,
-    ])
-    .await
-    .unwrap();
+    let b = browser::Browser::with_camera(&video).await.unwrap();
     b.goto(&c.cluster.validator_url().unwrap()).await.unwrap();
     b.wait(
         "registration",

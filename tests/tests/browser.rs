@@ -352,3 +352,17 @@ impl Browser {
         .await
     }
 }
+
+impl Browser {
+    /// A session whose camera plays `video` (a .y4m, e.g. [`qr_video`]) with the permission
+    /// already granted.
+    pub(crate) async fn with_camera(video: &std::path::Path) -> Result<Self> {
+        let camera = format!("--use-file-for-fake-video-capture={}", video.display());
+        Self::start(&[
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            &camera,
+        ])
+        .await
+    }
+}

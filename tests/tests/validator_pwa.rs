@@ -96,14 +96,7 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     }
     .to_text();
 
-    let camera = format!("--use-file-for-fake-video-capture={}", video.display());
-    let b = Browser::start(&[
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        &camera,
-    ])
-    .await
-    .unwrap();
+    let b = Browser::with_camera(&video).await.unwrap();
     b.goto(&c.cluster.validator_url().unwrap()).await.unwrap();
     b.wait(
         "the registration form",
@@ -289,14 +282,7 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     .to_text();
     let video = dir.path().join("registration.y4m");
     std::fs::write(&video, qr_video(&code)).unwrap();
-    let camera = format!("--use-file-for-fake-video-capture={}", video.display());
-    let b = Browser::start(&[
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        &camera,
-    ])
-    .await
-    .unwrap();
+    let b = Browser::with_camera(&video).await.unwrap();
     b.goto(&c.cluster.validator_url().unwrap()).await.unwrap();
     b.wait(
         "the scanner after a camera registration",
