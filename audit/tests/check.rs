@@ -37,6 +37,7 @@ fn cluster() -> Cluster {
         products: ProductsFile::builtin(),
         horizon_days: 1,
         rotation_seconds: 30,
+        clock_skew_seconds: 60,
         now: NOW,
     };
     generate(&spec, &mut ChaCha20Rng::seed_from_u64(7), &mut |_, _| {}).unwrap()

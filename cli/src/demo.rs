@@ -201,7 +201,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         (&audit_token_file, "demo-auditor", TokenRole::Auditor),
     ] {
         if !file.exists() {
-            let (token, _) = ticketing_coordinator::register(settings, name, role)
+            let (token, _) = ticketing_coordinator::register(settings, name, role, false)
                 .await
                 .with_context(|| format!("registering the {name} token"))?;
             write_token(file, token.expose())?;

@@ -16,13 +16,15 @@ pub struct Registered {
     pub id: String,
 }
 
-/// Register `name` with `role`; returns its token (shown once) and the device.
+/// Register `name` with `role` (`replace`: revoke a live token of that name first); returns
+/// its token (shown once) and the device.
 pub async fn register(
     settings: &Settings,
     name: &str,
     role: TokenRole,
+    replace: bool,
 ) -> Result<(Zeroizing<String>, Registered)> {
-    let (token, device) = ticketing_coordinator::register(settings, name, role)
+    let (token, device) = ticketing_coordinator::register(settings, name, role, replace)
         .await
         .context("registering the device in the coordinator's database")?;
     Ok((
@@ -32,4 +34,52 @@ pub async fn register(
             id: device.id.to_string(),
         },
     ))
+}
+
+/// `ticketing validator list`: every token registered, revoked ones included (never a token).
+pub async fn list(settings: &Settings, as_json: bool) -> Result<()> {
+    let devices = ticketing_coordinator::devices(settings)
+        .await
+        .context("reading the devices from the coordinator's database")?;
+    if as_json {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.device.id,
+                    "name": d.device.name,
+                    "role": d.device.role.as_str(),
+                    "created_at": d.created_at,
+                    "revoked_at": d.revoked_at,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if devices.is_empty() {
+        println!("no device tokens registered (`ticketing validator register --name NAME`)");
+        return Ok(());
+    }
+    println!("{:<6} {:<24} {:<10} {:<21} status", "id", "name", "role", "registered");
+    for d in &devices {
+        let status = d
+            .revoked_at
+            .map_or_else(|| "live".to_owned(), |at| format!("revoked {}", crate::validator::utc(at)));
+        println!(
+            "{:<6} {:<24} {:<10} {:<21} {status}",
+            d.device.id,
+            d.device.name,
+            d.device.role.as_str(),
+            crate::validator::utc(d.created_at),
+        );
+    }
+    Ok(())
+}
+
+/// `ticketing validator revoke NAME`: the live tokens of that name get 401 from now on.
+pub async fn revoke(settings: &Settings, name: &str) -> Result<u64> {
+    ticketing_coordinator::revoke_device(settings, name)
+        .await
+        .context("revoking the device token")
 }

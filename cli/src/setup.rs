@@ -80,6 +80,7 @@ pub(crate) fn spec(
         products,
         horizon_days,
         rotation_seconds: ticketing_crypto::presentation::DEFAULT_ROTATION_SECONDS,
+        clock_skew_seconds: ticketing_protocol::manifest::DEFAULT_CLOCK_SKEW_SECONDS,
         now: ticketing_service::now(),
     }
 }

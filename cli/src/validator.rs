@@ -24,16 +24,17 @@ use anyhow::{Context, Result, anyhow};
 use clap::{ArgGroup, Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use ticketing_client::clock::Measured;
 use ticketing_client::validator::{
-    Decision, Failure, Mode, Note, Outcome, SeenEntry, SyncFailure, SyncReport, Validator,
-    ValidatorStore, decode_qr, remember, seen_in,
+    Decision, Failure, Mode, Note, Outcome, RefusedScan, SeenEntry, SyncFailure, SyncReport,
+    Validator, ValidatorStore, clear_refused, decode_qr, remember, seen_epochs, settle,
 };
 use ticketing_client::{ClientError, Http};
 use ticketing_config::Settings;
 use ticketing_config::cluster::{manifest_path, read_manifest, write_private};
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::redeem::{Scan, TokenRole};
-use ticketing_protocol::{Digest32, Id16};
+use ticketing_protocol::{Digest32, ErrorCode, Id16};
 
 /// Environment variable holding the device token (else `<dir>/token`).
 pub const TOKEN_ENV: &str = "TICKETING_VALIDATOR_TOKEN";
@@ -104,11 +105,46 @@ pub enum ValidatorCommand {
         /// Write the registration QR code as a PNG image too (implies --qr).
         #[arg(long, conflicts_with_all = ["admin", "auditor"])]
         png: Option<PathBuf>,
+        /// If a live token has this name, revoke it and issue a new one (a lost or replaced
+        /// device). Without it, an existing name is refused.
+        #[arg(long)]
+        replace: bool,
     },
+    /// List the registered device, admin and auditor tokens (names, roles, dates; never a
+    /// token). An ops command, like `register`.
+    List {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke the token of a device: from its next request on, the coordinator answers 401.
+    Revoke {
+        /// The device's name (see `ticketing validator list`).
+        name: String,
+    },
+    /// This device's state: scans queued for sync, scans the coordinator refused (kept until
+    /// cleared), the clock offset to the coordinator, the spent list's version.
+    Status(StatusArgs),
     /// Push the scans accepted offline to the coordinator. Exit 0 when the queue is empty
     /// afterwards, 1 if the coordinator reported conflicts or rejections, 2 if it could not
     /// be reached (the queue is kept).
     Sync(SyncArgs),
+}
+
+/// `ticketing validator status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Drop the refused scans (after reading them).
+    #[arg(long, conflicts_with = "retry_refused")]
+    clear_refused: bool,
+    /// Put the refused scans back in the queue for the next sync (e.g. after fixing the clock).
+    #[arg(long)]
+    retry_refused: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `ticketing validator sync`.
@@ -130,14 +166,23 @@ struct Seen {
 }
 
 impl Seen {
+    fn epochs(&self, serial: &Serial) -> Vec<u32> {
+        seen_epochs(&self.entries, serial)
+    }
+
+    #[cfg(test)]
     fn contains(&self, serial: &Serial, epoch: u32) -> bool {
-        seen_in(&self.entries, serial, epoch)
+        ticketing_client::validator::seen_in(&self.entries, serial, epoch)
     }
 }
 
+/// `queue.json`: scans owed to the ledger, and those the coordinator refused (kept for an
+/// operator, with the reason).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Queue {
     scans: Vec<Scan>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    refused: Vec<RefusedScan>,
 }
 
 /// The validator's state directory: the [`ValidatorStore`] of the CLI.
@@ -292,15 +337,21 @@ impl State {
         Ok(())
     }
 
-    fn write_dequeue(&self, answered: &HashSet<Id16>) -> Result<()> {
+    /// Change the queue file under the lock.
+    fn update_queue<T>(&self, change: impl FnOnce(&mut Queue) -> T) -> Result<T> {
         let _lock = self.lock()?;
         let mut queue = self.load_queue()?;
-        queue.scans.retain(|s| !answered.contains(&s.scan_id));
+        let out = change(&mut queue);
         write_private(
             &self.path("queue.json"),
             &serde_json::to_vec_pretty(&queue)?,
         )?;
-        Ok(())
+        Ok(out)
+    }
+
+    fn read_clock(&self) -> Option<Measured> {
+        let bytes = std::fs::read(self.path("clock.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     fn read_pin(&self) -> Result<Option<Digest32>> {
@@ -333,8 +384,8 @@ impl ValidatorStore for State {
         self.write_snapshot(snapshot).map_err(|e| store_error(&e))
     }
 
-    async fn seen(&self, serial: &Serial, epoch: u32) -> Result<bool, ClientError> {
-        Ok(self.load_seen().contains(serial, epoch))
+    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError> {
+        Ok(self.load_seen().epochs(serial))
     }
 
     async fn record(
@@ -354,8 +405,38 @@ impl ValidatorStore for State {
             .map_err(|e| store_error(&e))
     }
 
-    async fn dequeue(&self, answered: &HashSet<Id16>) -> Result<(), ClientError> {
-        self.write_dequeue(answered).map_err(|e| store_error(&e))
+    async fn settle(
+        &self,
+        done: &HashSet<Id16>,
+        refused: &[(Id16, ErrorCode)],
+    ) -> Result<(), ClientError> {
+        self.update_queue(|q| settle(&mut q.scans, &mut q.refused, done, refused))
+            .map_err(|e| store_error(&e))
+    }
+
+    async fn refused(&self) -> Result<Vec<RefusedScan>, ClientError> {
+        let _lock = self.lock().map_err(|e| store_error(&e))?;
+        self.load_queue()
+            .map(|q| q.refused)
+            .map_err(|e| store_error(&e))
+    }
+
+    async fn clear_refused(&self, requeue: bool) -> Result<usize, ClientError> {
+        self.update_queue(|q| clear_refused(&mut q.scans, &mut q.refused, requeue))
+            .map_err(|e| store_error(&e))
+    }
+
+    async fn clock(&self) -> Result<Option<Measured>, ClientError> {
+        Ok(self.read_clock())
+    }
+
+    async fn save_clock(&self, measured: Measured) -> Result<(), ClientError> {
+        (|| {
+            self.create()?;
+            write_private(&self.path("clock.json"), &serde_json::to_vec(&measured)?)?;
+            Ok(())
+        })()
+        .map_err(|e: anyhow::Error| store_error(&e))
     }
 
     async fn token(&self) -> Result<Option<String>, ClientError> {
@@ -511,7 +592,7 @@ async fn decide(settings: &Settings, args: &ValidateArgs, state: State) -> Resul
     };
     let scan_id = Id16::random(&mut rand::rng());
     Ok(validator
-        .validate(&payload, ticketing_service::now(), args.offline, scan_id)
+        .validate(&payload, validator.now().await, args.offline, scan_id)
         .await)
 }
 
@@ -531,7 +612,7 @@ fn read_qr(path: &Path) -> Result<String> {
 }
 
 /// `2026-11-21 18:00 UTC`.
-fn utc(unix: u64) -> String {
+pub(crate) fn utc(unix: u64) -> String {
     i64::try_from(unix)
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
@@ -564,6 +645,7 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
             dir,
             qr,
             png,
+            replace,
         } => {
             let code = qr || png.is_some();
             let role = if admin {
@@ -573,7 +655,7 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
             } else {
                 TokenRole::Validator
             };
-            register(settings, &name, role, save, dir.as_deref())
+            register(settings, &name, role, save, dir.as_deref(), replace)
                 .await
                 .and_then(|(exit, token)| {
                     if code {
@@ -583,6 +665,18 @@ pub async fn run(settings: &Settings, cmd: ValidatorCommand) -> Result<ExitCode>
                 })
         }
         ValidatorCommand::Sync(args) => sync(settings, &args).await,
+        ValidatorCommand::List { json } => crate::devices::list(settings, json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        ValidatorCommand::Revoke { name } => {
+            crate::devices::revoke(settings, &name).await.map(|n| {
+                eprintln!(
+                    "revoked {n} token(s) named `{name}`: the coordinator refuses them from now on"
+                );
+                ExitCode::SUCCESS
+            })
+        }
+        ValidatorCommand::Status(args) => status(settings, &args).await,
     };
     Ok(result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -628,8 +722,9 @@ async fn register(
     role: TokenRole,
     save: bool,
     dir: Option<&Path>,
+    replace: bool,
 ) -> Result<(ExitCode, zeroize::Zeroizing<String>)> {
-    let (token, device) = crate::devices::register(settings, name, role).await?;
+    let (token, device) = crate::devices::register(settings, name, role, replace).await?;
     let kind = role.as_str();
     if save {
         let state = State::new(settings, dir);
@@ -672,7 +767,9 @@ fn print_report(report: &SyncReport, error: Option<&str>, as_json: bool) {
                 "conflicts": conflicts,
                 "suspected_sharing": report.suspected_sharing,
                 "rejected": report.rejected,
+                "retry_later": report.retry_later,
                 "remaining": remaining,
+                "refused_kept": report.refused,
                 "error": error,
             })
         );
@@ -704,9 +801,82 @@ fn print_report(report: &SyncReport, error: Option<&str>, as_json: bool) {
             utc(*first)
         );
     }
+    if report.retry_later > 0 {
+        println!(
+            "{} scan(s) refused for now (coordinator unavailable): still queued",
+            report.retry_later
+        );
+    }
     if remaining > 0 {
         println!("{remaining} scan(s) still queued");
     }
+    if report.refused > 0 {
+        println!(
+            "{} refused scan(s) kept on this device: see `ticketing validator status`",
+            report.refused
+        );
+    }
+}
+
+async fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode> {
+    let state = State::new(settings, args.state.dir.as_deref());
+    let validator = validator(settings, &args.state, state).await?;
+    let store = validator.store();
+    let cleared = if args.clear_refused || args.retry_refused {
+        Some(store.clear_refused(args.retry_refused).await?)
+    } else {
+        None
+    };
+    let queued = store.queue().await?;
+    let refused = store.refused().await?;
+    let clock = validator.clock_offset().await;
+    let mut notes = Vec::new();
+    let snapshot = validator.snapshot(&mut notes).await?.map(|s| s.raw.version);
+    if args.json {
+        let refused: Vec<_> = refused
+            .iter()
+            .map(|r| json!({ "code": r.code.as_str(), "scanned_at": r.scan.scanned_at }))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "queued": queued.len(),
+                "refused": refused,
+                "cleared": cleared,
+                "requeued": args.retry_refused,
+                "clock_offset_seconds": clock.map(|m| m.offset),
+                "clock_measured_at": clock.map(|m| m.at),
+                "snapshot_version": snapshot,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(n) = cleared {
+        if args.retry_refused {
+            println!("{n} refused scan(s) put back in the queue");
+        } else {
+            println!("{n} refused scan(s) cleared");
+        }
+    }
+    println!("queued for sync: {}", queued.len());
+    println!("refused by the coordinator (kept): {}", refused.len());
+    for r in &refused {
+        println!("  {} (scanned {})", r.code, utc(r.scan.scanned_at));
+    }
+    match clock {
+        Some(m) => println!(
+            "clock: {:+} s to the coordinator (measured {}){}",
+            m.offset,
+            utc(m.at),
+            if m.offset == 0 { "" } else { ", corrected for" }
+        ),
+        None => println!("clock: offset to the coordinator not measured yet (run once online)"),
+    }
+    match snapshot {
+        Some(v) => println!("spent list: version {v}"),
+        None => println!("spent list: none cached yet"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn sync(settings: &Settings, args: &SyncArgs) -> Result<ExitCode> {

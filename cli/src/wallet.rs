@@ -237,15 +237,26 @@ async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
     }
     let wallet = open(settings, &args.file).await?;
     let mut rng = rand::rng();
+    let now = wallet.now().await?;
+    // What is sold, said before paying: near a window's end that is the next window.
+    let keyset = wallet.client().keyset_on_sale(&args.product, now)?;
+    let price = wallet
+        .client()
+        .manifest()
+        .product(&args.product)
+        .map(|p| format!("{}.{:02} {}", p.price / 100, p.price % 100, p.currency))
+        .unwrap_or_default();
+    eprintln!(
+        "buying {} {} ticket(s) at {price} each, valid from {} until {}",
+        args.count,
+        args.product,
+        crate::validator::utc(keyset.params.valid_from),
+        crate::validator::utc(keyset.params.valid_until),
+    );
     // Stored before paying: if the answer to the payment is lost, `wallet retry` finds the
     // receipt by the points' digest and nothing paid is lost.
     let digest = wallet
-        .prepare(
-            &args.product,
-            args.count,
-            ticketing_service::now(),
-            &mut rng,
-        )
+        .prepare(&args.product, args.count, now, &mut rng)
         .await?;
     match wallet.pay(&digest, payment).await? {
         PayOutcome::Paid => {}
@@ -323,7 +334,7 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
     let (wallet_path, manifest_file) = paths(settings, f);
     let data = FileStore::new(wallet_path).load().await?;
     let manifest = read_manifest(&manifest_file).ok();
-    let now = ticketing_service::now();
+    let now = ticketing_client::clock::cluster_now(data.clock);
     for (i, t) in data.tickets.iter().enumerate() {
         let state = match &manifest {
             Some(m) => match ticket_status(m, t, now) {
@@ -335,12 +346,15 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
             None if now < t.valid_from => "not yet valid",
             None => "valid",
         };
+        let until = manifest
+            .as_ref()
+            .map_or(t.valid_until, |m| ticketing_client::wallet::valid_until(m, t));
         println!(
             "{:>3}  {:<8} {:<13} until {}",
             i + 1,
             t.product,
             state,
-            t.valid_until
+            crate::validator::utc(until)
         );
     }
     // Paid ones and ones whose payment outcome is still unknown alike.
@@ -366,7 +380,7 @@ async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
     };
     let rotation = wallet.client().manifest().rotation_seconds;
     let text = wallet
-        .present(args.number.saturating_sub(1), ticketing_service::now())
+        .present(args.number.saturating_sub(1), wallet.now().await?)
         .await?
         .to_text();
     if args.payload_only {

@@ -289,6 +289,7 @@ async fn audit_reports_clean_and_exits_non_zero_on_violations() {
         &cluster.settings,
         "auditor",
         ticketing_coordinator::TokenRole::Auditor,
+        false,
     )
     .await
     .unwrap();

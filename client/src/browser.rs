@@ -41,17 +41,11 @@ pub fn offset() -> i64 {
 }
 
 /// Take the offset from a `Date` header of an answer requested at `sent_ms` and received at
-/// `received_ms` (device clock): the header truncates to the second, so its true time is half a
-/// second later on average; the request's midpoint is compared. Offsets under 2 s are noise and
-/// count as 0.
+/// `received_ms` (device clock), by the one rule of [`crate::clock::offset_from`].
 pub fn set_offset_from(date_header: &str, sent_ms: f64, received_ms: f64) -> Option<i64> {
-    let server = js_sys::Date::parse(date_header);
-    if !server.is_finite() {
-        return None;
-    }
-    #[allow(clippy::cast_possible_truncation)]
-    let secs = ((server + 500.0 - (sent_ms + received_ms) / 2.0) / 1000.0).round() as i64;
-    let secs = if secs.abs() >= 2 { secs } else { 0 };
+    let server = crate::clock::parse_http_date(date_header)?;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let secs = crate::clock::offset_from(server, sent_ms.max(0.0) as u64, received_ms.max(0.0) as u64);
     OFFSET.with(|o| o.set(secs));
     Some(secs)
 }

@@ -19,13 +19,17 @@ use serde::de::DeserializeOwned;
 use ticketing_protocol::{ErrorBody, ErrorCode};
 
 use crate::ClientError;
+use crate::clock::{ClockOffset, device_ms};
 
 /// An HTTP client with a per-request timeout (native; browsers apply their own fetch limits).
+/// Every answer's `Date` updates the shared estimate of this device's clock offset
+/// ([`Http::clock`]).
 #[derive(Debug, Clone)]
 pub struct Http {
     inner: reqwest::Client,
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     timeout: Duration,
+    clock: ClockOffset,
 }
 
 /// What a conditional GET found.
@@ -52,7 +56,16 @@ impl Http {
             service: "http client".into(),
             reason: e.to_string(),
         })?;
-        Ok(Self { inner, timeout })
+        Ok(Self {
+            inner,
+            timeout,
+            clock: ClockOffset::default(),
+        })
+    }
+
+    /// The offset of this device's clock to the services', from the latest answer's `Date`.
+    pub fn clock(&self) -> &ClockOffset {
+        &self.clock
     }
 
     /// `GET url?query` as JSON.
@@ -64,8 +77,37 @@ impl Http {
         token: Option<&str>,
     ) -> Result<R, ClientError> {
         let request = with_token(self.limit(self.inner.get(url)).query(query), token);
-        let (_, bytes) = send(service, request).await?;
+        let (_, bytes) = self.send(service, request).await?;
         parse(service, &bytes)
+    }
+
+    async fn send(
+        &self,
+        service: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let response = self.answer(service, request).await?;
+        let status = response.status();
+        let bytes = read(service, response).await?;
+        Ok((status, bytes))
+    }
+
+    /// Send, and note the answer's `Date`.
+    async fn answer(
+        &self,
+        service: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let sent = device_ms();
+        let response = request.send().await.map_err(|e| unreachable(service, e))?;
+        if let Some(date) = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.clock.observe(date, sent, device_ms());
+        }
+        Ok(response)
     }
 
     /// The browser's fetch has no timeout of its own: each request gets one (an
@@ -78,7 +120,7 @@ impl Http {
 
     /// `GET url` as raw bytes (for bodies whose digest is checked, e.g. the manifest).
     pub async fn get_bytes(&self, service: &str, url: &str) -> Result<Vec<u8>, ClientError> {
-        let (_, bytes) = send(service, self.limit(self.inner.get(url))).await?;
+        let (_, bytes) = self.send(service, self.limit(self.inner.get(url))).await?;
         Ok(bytes)
     }
 
@@ -91,7 +133,7 @@ impl Http {
         token: Option<&str>,
     ) -> Result<R, ClientError> {
         let request = with_token(self.limit(self.inner.post(url)).json(body), token);
-        let (_, bytes) = send(service, request).await?;
+        let (_, bytes) = self.send(service, request).await?;
         parse(service, &bytes)
     }
 
@@ -106,7 +148,7 @@ impl Http {
         if let Some(tag) = if_none_match {
             request = request.header(IF_NONE_MATCH, format!("\"{tag}\""));
         }
-        let response = request.send().await.map_err(|e| unreachable(service, e))?;
+        let response = self.answer(service, request).await?;
         if response.status() == StatusCode::NOT_MODIFIED {
             return Ok(Conditional::NotModified);
         }
@@ -133,16 +175,6 @@ fn with_token(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest:
         Some(t) => request.header(AUTHORIZATION, format!("Bearer {t}")),
         None => request,
     }
-}
-
-async fn send(
-    service: &str,
-    request: reqwest::RequestBuilder,
-) -> Result<(StatusCode, Vec<u8>), ClientError> {
-    let response = request.send().await.map_err(|e| unreachable(service, e))?;
-    let status = response.status();
-    let bytes = read(service, response).await?;
-    Ok((status, bytes))
 }
 
 /// The body of a successful answer, or the error it stands for.

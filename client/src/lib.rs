@@ -13,6 +13,7 @@ use std::time::Duration;
 
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
+pub mod clock;
 pub mod coordinator;
 pub mod http;
 #[cfg(target_arch = "wasm32")]
@@ -37,8 +38,11 @@ use ticketing_protocol::{ErrorBody, ErrorCode};
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The manifest has no keyset of this product valid now.
-    #[error("no keyset of product `{product}` is valid at {now}")]
+    /// The manifest has no keyset of this product on sale now.
+    #[error(
+        "no keyset of product `{product}` is on sale at {now} (unix seconds): the window on \
+         sale is not in the manifest (the operator runs `ticketing keys extend`)"
+    )]
     NoKeyset {
         /// Product asked for.
         product: String,
@@ -251,13 +255,12 @@ impl Client {
         &self.manifest
     }
 
-    /// The keyset of `product` whose window contains `now`.
-    pub fn current_keyset(&self, product: &str, now: u64) -> Result<&KeysetInfo, ClientError> {
+    /// The keyset of `product` on sale at `now` ([`Manifest::on_sale`]: the current window,
+    /// or the next one once the current has less than the product's minimum left). What a
+    /// wallet shows before payment and buys.
+    pub fn keyset_on_sale(&self, product: &str, now: u64) -> Result<&KeysetInfo, ClientError> {
         self.manifest
-            .keysets
-            .iter()
-            .filter(|k| k.params.product == product && k.is_valid_at(now))
-            .min_by_key(|k| k.params.valid_until)
+            .on_sale(product, now)
             .ok_or_else(|| ClientError::NoKeyset {
                 product: product.to_owned(),
                 now,
@@ -288,7 +291,7 @@ impl Client {
         now: u64,
         rng: &mut impl rand_core::CryptoRng,
     ) -> Result<PreparedPurchase, ClientError> {
-        let keyset_id = self.current_keyset(product, now)?.id;
+        let keyset_id = self.keyset_on_sale(product, now)?.id;
         let (blinded, factors): (Vec<_>, Vec<_>) = holders
             .iter()
             .map(|h| issuance::blind(&keyset_id, h, rng))
@@ -311,6 +314,17 @@ impl Client {
         prepared: &PreparedPurchase,
         payment: PaymentMethod,
     ) -> Result<PendingPurchase, ClientError> {
+        // The payments service sees only the digest: repeated points are caught here, before
+        // anything is paid (every node would refuse them: `duplicate_point`).
+        if let Some(i) = ticketing_protocol::receipt::first_duplicate(&prepared.blinded) {
+            return Err(ClientError::Refused {
+                service: "wallet".into(),
+                body: ErrorBody::new(
+                    ErrorCode::DuplicatePoint,
+                    format!("blinded point {} repeats an earlier one; nothing was paid", i + 1),
+                ),
+            });
+        }
         let digest = blinded_digest(&prepared.blinded);
         let count = u32::try_from(prepared.holders.len())
             .map_err(|_| ClientError::BadReceipt("too many tickets".into()))?;

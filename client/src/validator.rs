@@ -22,6 +22,7 @@ use ticketing_protocol::redeem::{Scan, SyncStatus, Verdict as CoordinatorVerdict
 use ticketing_protocol::verify::{self, Screened};
 use ticketing_protocol::{Digest32, ErrorCode, Id16};
 
+use crate::clock::Measured;
 use crate::{ClientError, CoordinatorClient, Http};
 
 /// Most scans per `POST /v1/sync` (the coordinator's default `max_scans_per_request`).
@@ -34,11 +35,20 @@ pub struct SeenEntry {
     pub serial: Serial,
     /// The epoch shown.
     pub epoch: u32,
-    /// End of the ticket's keyset window: the entry is useless afterwards.
+    /// When the ticket can no longer be valid (its keyset window's end; for a single, plus its
+    /// transfer time): the entry is useless afterwards.
     pub until: u64,
 }
 
-/// The seen set's rules, for every store: whether it holds (serial, epoch)...
+/// The seen set's rules, for every store: the epochs at which it holds `serial`...
+pub fn seen_epochs(seen: &[SeenEntry], serial: &Serial) -> Vec<u32> {
+    seen.iter()
+        .filter(|e| e.serial == *serial)
+        .map(|e| e.epoch)
+        .collect()
+}
+
+/// ...whether it holds (serial, epoch)...
 pub fn seen_in(seen: &[SeenEntry], serial: &Serial, epoch: u32) -> bool {
     seen.iter().any(|e| e.epoch == epoch && e.serial == *serial)
 }
@@ -60,8 +70,8 @@ pub trait ValidatorStore {
     async fn snapshot(&self) -> Result<Option<BloomSnapshot>, ClientError>;
     /// Store a verified snapshot unless a newer one is already stored.
     async fn save_snapshot(&self, snapshot: &BloomSnapshot) -> Result<(), ClientError>;
-    /// Whether this device accepted (serial, epoch).
-    async fn seen(&self, serial: &Serial, epoch: u32) -> Result<bool, ClientError>;
+    /// The epochs at which this device accepted `serial` (empty: never).
+    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError>;
     /// Record an accepted scan: mark (serial, epoch) seen, queue `queued` (a scan accepted
     /// offline), and forget entries of keysets that ended before `now`.
     async fn record(
@@ -72,14 +82,45 @@ pub trait ValidatorStore {
     ) -> Result<(), ClientError>;
     /// Scans accepted offline, oldest first.
     async fn queue(&self) -> Result<Vec<Scan>, ClientError>;
-    /// Remove answered scans from the queue.
-    async fn dequeue(&self, answered: &HashSet<Id16>) -> Result<(), ClientError>;
+    /// Settle a sync's answers: `done` scans leave the queue; `refused` ones move from the
+    /// queue to the refused list with the coordinator's code, kept until an operator clears
+    /// them ([`ValidatorStore::clear_refused`]). One atomic update.
+    async fn settle(
+        &self,
+        done: &HashSet<Id16>,
+        refused: &[(Id16, ErrorCode)],
+    ) -> Result<(), ClientError>;
+    /// Scans the coordinator refused at sync, oldest first.
+    async fn refused(&self) -> Result<Vec<RefusedScan>, ClientError>;
+    /// Empty the refused list (an operator has read it); with `requeue` its scans go back to
+    /// the queue to be sent again (e.g. after the device's clock was fixed). Returns how many.
+    async fn clear_refused(&self, requeue: bool) -> Result<usize, ClientError>;
+    /// The last clock offset measured against the coordinator.
+    async fn clock(&self) -> Result<Option<Measured>, ClientError>;
+    /// Keep a clock offset measurement.
+    async fn save_clock(&self, measured: Measured) -> Result<(), ClientError>;
     /// The device token, if the device is registered.
     async fn token(&self) -> Result<Option<String>, ClientError>;
     /// The manifest digest this device trusts.
     async fn pinned_manifest(&self) -> Result<Option<Digest32>, ClientError>;
     /// Trust this manifest digest from now on.
     async fn pin_manifest(&self, digest: Digest32) -> Result<(), ClientError>;
+}
+
+/// A scan accepted offline that the coordinator refused at sync: kept, with the reason, until
+/// an operator clears it (it is a passenger let through on this device's word).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedScan {
+    /// The scan as queued.
+    pub scan: Scan,
+    /// The coordinator's code, e.g. `future_timestamp`.
+    pub code: ErrorCode,
+}
+
+/// Whether a sync refusal says "not now" (the scan stays queued for the next sync) rather than
+/// a verdict on the scan.
+pub fn refusal_is_temporary(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
 }
 
 /// A snapshot whose signature verified, with its decoded filter.
@@ -256,10 +297,15 @@ pub struct SyncReport {
     pub suspected_sharing: usize,
     /// (code, our scan time, the winning scan's time), one per conflicting scan.
     pub conflicts: Vec<(ErrorCode, u64, u64)>,
-    /// Rejections by code.
+    /// Rejections by code (each such scan is now on the refused list).
     pub rejected: BTreeMap<&'static str, usize>,
+    /// Refused for now (`unavailable`, `internal`): still queued for the next sync.
+    pub retry_later: usize,
     /// Scans still queued afterwards.
     pub remaining: usize,
+    /// Scans on the refused list afterwards (this sync's and earlier ones), kept until an
+    /// operator clears them.
+    pub refused: usize,
 }
 
 impl SyncReport {
@@ -410,6 +456,7 @@ impl<S: ValidatorStore> Validator<S> {
         // Both at once: the conductor waits for one round trip, not two.
         let cached_version = cached.as_ref().map(|s| s.raw.version);
         let (fresh, answer) = futures::join!(client.bloom(cached_version), client.redeem(&scan));
+        self.note_clock().await;
         let snapshot = self.take_fresh(fresh, cached, answer.is_ok(), notes).await;
 
         match answer {
@@ -483,6 +530,7 @@ impl<S: ValidatorStore> Validator<S> {
             .coordinator(None)
             .bloom(cached.as_ref().map(|s| s.raw.version))
             .await;
+        self.note_clock().await;
         if let Err(e) = &fresh
             && e.is_temporary()
         {
@@ -509,9 +557,10 @@ impl<S: ValidatorStore> Validator<S> {
         }
         if self
             .store
-            .seen(&s.serial, s.presentation.epoch)
+            .seen(&s.serial)
             .await
             .map_err(Failure::Store)?
+            .contains(&s.presentation.epoch)
         {
             return Ok(Some(Outcome::Invalid {
                 code: ErrorCode::ReplayedEpoch,
@@ -537,7 +586,42 @@ impl<S: ValidatorStore> Validator<S> {
         }
         let valid_until = match s.kind {
             ProductKind::Single { transfer_minutes } => {
-                now.saturating_add(u64::from(transfer_minutes).saturating_mul(60))
+                let transfer = u64::from(transfer_minutes).saturating_mul(60);
+                // The first showing this device accepted, if any (its epoch's start: within
+                // the clock skew of the scan), decides by the one rule for singles.
+                let first = self
+                    .store
+                    .seen(&s.serial)
+                    .await
+                    .map_err(Failure::Store)?
+                    .into_iter()
+                    .min()
+                    .map(|e| u64::from(e).saturating_mul(self.manifest.rotation_seconds.max(1)));
+                let first = match first {
+                    Some(first) => first.max(s.keyset.params.valid_from).min(now),
+                    // After the window only a known first use makes a transfer.
+                    None if s.after_end => {
+                        return Ok(Outcome::Invalid {
+                            code: ErrorCode::Expired,
+                            mode: Mode::Offline,
+                        });
+                    }
+                    None => now,
+                };
+                match verify::single_valid_until(
+                    s.keyset.params.valid_from,
+                    s.keyset.params.valid_until,
+                    transfer,
+                    first,
+                ) {
+                    Some(until) if until > now => until,
+                    _ => {
+                        return Ok(Outcome::Invalid {
+                            code: ErrorCode::Spent,
+                            mode: Mode::Offline,
+                        });
+                    }
+                }
             }
             ProductKind::Pass => s.keyset.params.valid_until,
         };
@@ -551,8 +635,35 @@ impl<S: ValidatorStore> Validator<S> {
         })
     }
 
+    /// Keep the clock offset the last answer measured.
+    async fn note_clock(&self) {
+        if let Some(m) = self.http.clock().get()
+            && let Err(e) = self.store.save_clock(m).await
+        {
+            // Not worth failing a scan over: the next answer measures again.
+            let _ = e;
+        }
+    }
+
+    /// This device's clock offset to the coordinator: measured by this process, else the last
+    /// one stored.
+    pub async fn clock_offset(&self) -> Option<Measured> {
+        match self.http.clock().get() {
+            Some(m) => Some(m),
+            None => self.store.clock().await.ok().flatten(),
+        }
+    }
+
+    /// Unix seconds by the coordinator's clock as far as this device knows it (its own clock
+    /// corrected by [`Validator::clock_offset`]).
+    pub async fn now(&self) -> u64 {
+        crate::clock::cluster_now(self.clock_offset().await)
+    }
+
     /// Push the queue to the coordinator in chunks of [`SYNC_CHUNK`]; answered scans leave the
-    /// queue after each chunk. Returns the report and, if it stopped early, why.
+    /// queue after each chunk, refused ones move to the refused list (with the coordinator's
+    /// code; [`ValidatorStore::refused`]), temporary refusals stay queued. Returns the report
+    /// and, if it stopped early, why.
     pub async fn sync(&self) -> (SyncReport, Option<SyncFailure>) {
         let mut report = SyncReport::default();
         let queued = match self.store.queue().await {
@@ -560,6 +671,7 @@ impl<S: ValidatorStore> Validator<S> {
             Err(e) => return (report, Some(SyncFailure::Other(e))),
         };
         if queued.is_empty() {
+            report.refused = self.store.refused().await.map_or(0, |r| r.len());
             return (report, None);
         }
         let token = match self.store.token().await {
@@ -575,7 +687,9 @@ impl<S: ValidatorStore> Validator<S> {
         let mut failure = None;
         for chunk in queued.chunks(SYNC_CHUNK) {
             let at: BTreeMap<Id16, u64> = chunk.iter().map(|s| (s.scan_id, s.scanned_at)).collect();
-            let response = match client.sync(chunk.to_vec()).await {
+            let response = client.sync(chunk.to_vec()).await;
+            self.note_clock().await;
+            let response = match response {
                 Ok(r) => r,
                 Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
                     failure = Some(SyncFailure::Unauthorized);
@@ -588,12 +702,24 @@ impl<S: ValidatorStore> Validator<S> {
             };
             report.sent = report.sent.saturating_add(chunk.len());
             let mut answered = HashSet::new();
+            let mut done = HashSet::new();
+            let mut refused = Vec::new();
             for result in response.results {
                 let Some(scanned_at) = at.get(&result.scan_id) else {
                     continue;
                 };
                 if !answered.insert(result.scan_id) {
                     continue;
+                }
+                match &result.status {
+                    SyncStatus::Rejected { code } if refusal_is_temporary(*code) => {
+                        report.retry_later += 1;
+                        continue;
+                    }
+                    SyncStatus::Rejected { code } => refused.push((result.scan_id, *code)),
+                    _ => {
+                        done.insert(result.scan_id);
+                    }
                 }
                 match result.status {
                     SyncStatus::Recorded => report.recorded += 1,
@@ -608,13 +734,14 @@ impl<S: ValidatorStore> Validator<S> {
                     }
                 }
             }
-            if let Err(e) = self.store.dequeue(&answered).await {
+            if let Err(e) = self.store.settle(&done, &refused).await {
                 failure = Some(SyncFailure::Other(e));
                 break;
             }
-            pending.retain(|id| !answered.contains(id));
+            pending.retain(|id| !done.contains(id) && !refused.iter().any(|(r, _)| r == id));
         }
         report.remaining = pending.len();
+        report.refused = self.store.refused().await.map_or(0, |r| r.len());
         (report, failure)
     }
 }
@@ -629,10 +756,14 @@ fn reason(e: &ClientError) -> String {
 }
 
 fn seen_entry(s: &Screened<'_>) -> SeenEntry {
+    let transfer = match s.kind {
+        ProductKind::Single { transfer_minutes } => u64::from(transfer_minutes) * 60,
+        ProductKind::Pass => 0,
+    };
     SeenEntry {
         serial: s.serial,
         epoch: s.presentation.epoch,
-        until: s.keyset.params.valid_until,
+        until: s.keyset.params.valid_until.saturating_add(transfer),
     }
 }
 
@@ -656,6 +787,38 @@ pub fn decode_qr(width: usize, height: usize, luma: &[u8]) -> Option<String> {
         .map(|text| text.trim_matches(['\n', '\r', '\t']).to_owned())
 }
 
+/// The queue's rules, for every store: settle a sync's answers (see
+/// [`ValidatorStore::settle`])...
+pub fn settle(
+    queue: &mut Vec<Scan>,
+    held: &mut Vec<RefusedScan>,
+    done: &HashSet<Id16>,
+    refused: &[(Id16, ErrorCode)],
+) {
+    let mut kept = Vec::with_capacity(queue.len());
+    for scan in queue.drain(..) {
+        if done.contains(&scan.scan_id) {
+            continue;
+        }
+        match refused.iter().find(|(id, _)| *id == scan.scan_id) {
+            Some((_, code)) => held.push(RefusedScan { scan, code: *code }),
+            None => kept.push(scan),
+        }
+    }
+    *queue = kept;
+}
+
+/// ...and clear the refused list, optionally back into the queue.
+pub fn clear_refused(queue: &mut Vec<Scan>, held: &mut Vec<RefusedScan>, requeue: bool) -> usize {
+    let n = held.len();
+    for r in held.drain(..) {
+        if requeue && !queue.iter().any(|q| q.scan_id == r.scan.scan_id) {
+            queue.push(r.scan);
+        }
+    }
+    n
+}
+
 /// Seen entries and a queue in memory (tests; a page without storage).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -667,6 +830,8 @@ struct MemoryState {
     snapshot: Option<BloomSnapshot>,
     seen: Vec<SeenEntry>,
     queue: Vec<Scan>,
+    refused: Vec<RefusedScan>,
+    clock: Option<Measured>,
     token: Option<String>,
     pinned: Option<Digest32>,
 }
@@ -705,8 +870,8 @@ impl ValidatorStore for MemoryStore {
         })
     }
 
-    async fn seen(&self, serial: &Serial, epoch: u32) -> Result<bool, ClientError> {
-        self.with(|s| seen_in(&s.seen, serial, epoch))
+    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError> {
+        self.with(|s| seen_epochs(&s.seen, serial))
     }
 
     async fn record(
@@ -725,8 +890,28 @@ impl ValidatorStore for MemoryStore {
         self.with(|s| s.queue.clone())
     }
 
-    async fn dequeue(&self, answered: &HashSet<Id16>) -> Result<(), ClientError> {
-        self.with(|s| s.queue.retain(|q| !answered.contains(&q.scan_id)))
+    async fn settle(
+        &self,
+        done: &HashSet<Id16>,
+        refused: &[(Id16, ErrorCode)],
+    ) -> Result<(), ClientError> {
+        self.with(|s| settle(&mut s.queue, &mut s.refused, done, refused))
+    }
+
+    async fn refused(&self) -> Result<Vec<RefusedScan>, ClientError> {
+        self.with(|s| s.refused.clone())
+    }
+
+    async fn clear_refused(&self, requeue: bool) -> Result<usize, ClientError> {
+        self.with(|s| clear_refused(&mut s.queue, &mut s.refused, requeue))
+    }
+
+    async fn clock(&self) -> Result<Option<Measured>, ClientError> {
+        self.with(|s| s.clock)
+    }
+
+    async fn save_clock(&self, measured: Measured) -> Result<(), ClientError> {
+        self.with(|s| s.clock = Some(measured))
     }
 
     async fn token(&self) -> Result<Option<String>, ClientError> {

@@ -202,6 +202,10 @@ pub struct WalletData {
     /// Digest of the manifest this wallet trusts (pinned at first use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_digest: Option<Digest32>,
+    /// This device's clock offset to the cluster, from the `Date` of the services' last
+    /// answers: presentations are signed for the cluster's epoch, offline too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<crate::clock::Measured>,
 }
 
 impl WalletData {
@@ -280,6 +284,7 @@ pub fn not_charged(code: ErrorCode) -> bool {
             | C::UnknownKeyset
             | C::KeysetNotActive
             | C::PayloadTooLarge
+            | C::DuplicatePoint
     )
 }
 
@@ -376,11 +381,10 @@ impl TicketStatus {
 /// has passed (a first scan that failed can be tried again within it).
 pub const USED_UP_GRACE_SECONDS: u64 = 600;
 
-/// The status of `ticket` at unix time `now` under `manifest`.
+/// The status of `ticket` at unix time `now` under `manifest`. A single first shown inside
+/// its window stays active for its transfer time after that showing, past the window's end
+/// too (`verify::single_valid_until`, the rule the coordinator and validators apply).
 pub fn status(manifest: &Manifest, ticket: &StoredTicket, now: u64) -> TicketStatus {
-    if now >= ticket.valid_until {
-        return TicketStatus::Expired;
-    }
     if now < ticket.valid_from {
         return TicketStatus::Upcoming;
     }
@@ -388,14 +392,43 @@ pub fn status(manifest: &Manifest, ticket: &StoredTicket, now: u64) -> TicketSta
     if let (Some(ProductKind::Single { transfer_minutes }), Some(shown)) =
         (kind, ticket.first_shown)
     {
-        let over = shown
-            .saturating_add(u64::from(transfer_minutes).saturating_mul(60))
-            .saturating_add(USED_UP_GRACE_SECONDS);
-        if now >= over {
+        let transfer = u64::from(transfer_minutes).saturating_mul(60);
+        let until = ticketing_protocol::verify::single_valid_until(
+            ticket.valid_from,
+            ticket.valid_until,
+            transfer,
+            shown,
+        );
+        if until.is_some_and(|until| now < until) {
+            return TicketStatus::Active;
+        }
+        if now >= shown.saturating_add(transfer).saturating_add(USED_UP_GRACE_SECONDS) {
             return TicketStatus::UsedUp;
         }
     }
+    if now >= ticket.valid_until {
+        return TicketStatus::Expired;
+    }
     TicketStatus::Active
+}
+
+/// Until when `ticket` is valid as far as this wallet knows: its window's end, or for
+/// a single first shown inside the window, the end of its transfer time when that is later.
+pub fn valid_until(manifest: &Manifest, ticket: &StoredTicket) -> u64 {
+    let transfer = manifest
+        .product(&ticket.product)
+        .map_or(0, ticketing_protocol::manifest::Product::transfer_seconds);
+    ticket
+        .first_shown
+        .and_then(|shown| {
+            ticketing_protocol::verify::single_valid_until(
+                ticket.valid_from,
+                ticket.valid_until,
+                transfer,
+                shown,
+            )
+        })
+        .map_or(ticket.valid_until, |u| u.max(ticket.valid_until))
 }
 
 /// A wallet: a client bound to a pinned manifest, a store and a key store.
@@ -463,7 +496,7 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
             ));
         }
         // Checked before any key is made.
-        self.client.current_keyset(product, now)?;
+        self.client.keyset_on_sale(product, now)?;
         let mut holders = Vec::new();
         let mut keys = Vec::new();
         for _ in 0..count {
@@ -490,7 +523,9 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
         payment: PaymentMethod,
     ) -> Result<PayOutcome, ClientError> {
         let purchase = self.purchase(digest).await?;
-        match self.client.checkout(&purchase.prepared, payment).await {
+        let answer = self.client.checkout(&purchase.prepared, payment).await;
+        self.note_clock().await?;
+        match answer {
             Ok(pending) => {
                 // Paid: the receipt is kept whatever happened to the record meanwhile (another
                 // wallet on this store may have judged it never paid and removed it).
@@ -531,7 +566,9 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
                 "this purchase has no receipt yet".into(),
             ));
         };
-        let done = self.client.complete_with(pending, progress).await?;
+        let done = self.client.complete_with(pending, progress).await;
+        self.note_clock().await?;
+        let done = done?;
         let keyset = self.client.manifest().keyset(&purchase.prepared.keyset_id);
         let (valid_from, valid_until) =
             keyset.map_or((0, 0), |k| (k.params.valid_from, k.params.valid_until));
@@ -705,6 +742,24 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
                 .await?;
         }
         Ok(presentation)
+    }
+
+    /// Keep the clock offset the services' last answer measured.
+    async fn note_clock(&self) -> Result<(), ClientError> {
+        if let Some(m) = self.client.http().clock().get() {
+            self.store.update(|d| d.clock = Some(m)).await?;
+        }
+        Ok(())
+    }
+
+    /// Unix seconds by the cluster's clock as far as this wallet knows it: the device's clock
+    /// corrected by the offset last measured (by this process, else the one stored).
+    pub async fn now(&self) -> Result<u64, ClientError> {
+        let measured = match self.client.http().clock().get() {
+            Some(m) => Some(m),
+            None => self.store.load().await?.clock,
+        };
+        Ok(crate::clock::cluster_now(measured))
     }
 
     async fn purchase(&self, digest: &Digest32) -> Result<StoredPurchase, ClientError> {

@@ -160,6 +160,8 @@ pub struct SetupSpec {
     pub horizon_days: u32,
     /// Presentation epoch length.
     pub rotation_seconds: u64,
+    /// Clock skew every verifier tolerates (the manifest's `clock_skew_seconds`).
+    pub clock_skew_seconds: u64,
     /// Current unix time.
     pub now: u64,
 }
@@ -203,6 +205,7 @@ pub fn generate(
             nodes_total,
             threshold: spec.threshold,
             rotation_seconds: spec.rotation_seconds,
+            clock_skew_seconds: spec.clock_skew_seconds,
             nodes: identities
                 .iter()
                 .zip(&spec.node_urls)
@@ -491,6 +494,7 @@ mod tests {
             products: ProductsFile::builtin(),
             horizon_days: 7,
             rotation_seconds: 30,
+            clock_skew_seconds: 60,
             now: 1_795_266_000,
         }
     }

@@ -35,6 +35,10 @@ pub struct ProductSpec {
     pub currency: String,
     /// Keyset window.
     pub window: Window,
+    /// A window is sold while at least this many minutes of it remain; after that, the next
+    /// window is (so a day pass bought at 23:59 is tomorrow's, not one minute of today's).
+    #[serde(default)]
+    pub min_remaining_minutes: u32,
 }
 
 /// Product kind in the products file.
@@ -64,6 +68,7 @@ transfer_minutes = 90
 price = 250
 currency = "EUR"
 window = "month"
+min_remaining_minutes = 10
 
 [[product]]
 name = "day"
@@ -71,6 +76,7 @@ kind = "pass"
 price = 700
 currency = "EUR"
 window = "day"
+min_remaining_minutes = 120
 
 [[product]]
 name = "week"
@@ -78,6 +84,7 @@ kind = "pass"
 price = 2500
 currency = "EUR"
 window = "week"
+min_remaining_minutes = 1440
 "#;
 
 impl ProductsFile {
@@ -109,6 +116,23 @@ impl ProductsFile {
                 return Err(ConfigError::Invalid {
                     key: "products",
                     reason: format!("product `{}` is listed twice", p.name),
+                });
+            }
+            // The shortest window (a day, or a month of 28 days) must outlast the minimum, or
+            // the window "on sale" would skip one.
+            let shortest = match p.window {
+                Window::Day => 24 * 60,
+                Window::Week => 7 * 24 * 60,
+                Window::Month => 28 * 24 * 60,
+            };
+            if p.min_remaining_minutes >= shortest {
+                return Err(ConfigError::Invalid {
+                    key: "products",
+                    reason: format!(
+                        "product `{}`: min_remaining_minutes ({}) must be shorter than its \
+                         window ({shortest} minutes)",
+                        p.name, p.min_remaining_minutes
+                    ),
                 });
             }
             if p.currency.len() != 3 || !p.currency.chars().all(|c| c.is_ascii_uppercase()) {
@@ -146,6 +170,7 @@ impl ProductSpec {
             },
             price: self.price,
             currency: self.currency.clone(),
+            min_remaining_minutes: self.min_remaining_minutes,
         }
     }
 }

@@ -12,13 +12,22 @@ pub enum CoordinatorError {
     Refused(ErrorCode, String),
     /// Storage failed; nothing was recorded.
     #[error("storage unavailable: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// Loading the coordinator failed (startup only).
     #[error(transparent)]
     Config(#[from] ticketing_config::ConfigError),
     /// A background task failed.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<StoreError> for CoordinatorError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken(_) => Self::Refused(ErrorCode::NameTaken, e.to_string()),
+            other => Self::Store(other),
+        }
+    }
 }
 
 impl From<CoordinatorError> for ApiError {

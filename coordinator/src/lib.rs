@@ -490,20 +490,17 @@ where
     })
 }
 
-/// Register a device (or admin, or auditor) token directly in the coordinator's database (an ops command
-/// run where the coordinator runs). The token is returned once; only its hash is stored.
+/// Register a device (or admin, or auditor) token directly in the coordinator's database (an
+/// ops command run where the coordinator runs). The token is returned once; only its hash is
+/// stored. A name with a live token is refused (`name_taken`) unless `replace`, which revokes
+/// the old token in the same transaction.
 pub async fn register(
     settings: &Settings,
     name: &str,
     role: Role,
+    replace: bool,
 ) -> Result<(auth::Token, Device), CoordinatorError> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(CoordinatorError::Refused(
-            ErrorCode::Malformed,
-            "a device name is 1 to 64 printable characters".into(),
-        ));
-    }
+    let name = device_name(name)?;
     let store = store::open(&settings.coordinator_database_url()).await?;
     let token = auth::Token::generate(role);
     let device = store
@@ -512,9 +509,42 @@ pub async fn register(
             name,
             role,
             ticketing_service::now(),
+            replace,
         )
         .await?;
     Ok((token, device))
+}
+
+/// Every device token ever registered (names, roles, dates; never a token).
+pub async fn devices(settings: &Settings) -> Result<Vec<store::DeviceInfo>, CoordinatorError> {
+    let store = store::open(&settings.coordinator_database_url()).await?;
+    Ok(store.devices().await?)
+}
+
+/// Revoke the live tokens named `name`: they get 401 from the next request on. Refused with
+/// `not_found` when no live token has that name.
+pub async fn revoke_device(settings: &Settings, name: &str) -> Result<u64, CoordinatorError> {
+    let name = device_name(name)?;
+    let store = store::open(&settings.coordinator_database_url()).await?;
+    let revoked = store.revoke_device(name, ticketing_service::now()).await?;
+    if revoked == 0 {
+        return Err(CoordinatorError::Refused(
+            ErrorCode::NotFound,
+            format!("no live device token is named `{name}` (see `ticketing validator list`)"),
+        ));
+    }
+    Ok(revoked)
+}
+
+fn device_name(name: &str) -> Result<&str, CoordinatorError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(CoordinatorError::Refused(
+            ErrorCode::Malformed,
+            "a device name is 1 to 64 printable characters".into(),
+        ));
+    }
+    Ok(name)
 }
 
 fn check_count(c: &Coordinator, n: usize) -> Result<(), ApiError> {

@@ -9,10 +9,12 @@
 //!
 //! Each request waits on a oneshot answered after its commit. A request that hangs up does not
 //! cancel its scans: they complete, and a retry with the same scan ids gets the same answers.
+//! A scan the check stage refuses for a reason that depends on the clock (stale epoch, window
+//! ended, timestamp in the future) is looked up first: a retry of a scan answered before gets
+//! that answer whenever it arrives (`LedgerStore::answered`).
 
 use std::sync::Arc;
 
-use ticketing_crypto::presentation::DEFAULT_ROTATION_SECONDS;
 use ticketing_protocol::ErrorCode;
 use ticketing_protocol::manifest::{Manifest, ProductKind};
 use ticketing_protocol::redeem::{RedeemResponse, Scan, SyncResult, SyncStatus, Verdict};
@@ -20,7 +22,7 @@ use ticketing_protocol::verify;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::CoordinatorError;
-use crate::store::{Fare, LedgerStore, Mode, Outcome, ScanRecord, Usage};
+use crate::store::{Fare, LedgerStore, Mode, Outcome, Retry, ScanRecord, Usage};
 
 /// Scans checked together at most (bounds the latency a large batch adds to others).
 const MAX_CHECK: usize = 2048;
@@ -131,8 +133,32 @@ struct Job {
 struct Checked {
     mode: Mode,
     scan_ids: Vec<ticketing_protocol::Id16>,
-    slots: Vec<Result<ScanRecord, ErrorCode>>,
+    slots: Vec<Result<ScanRecord, Refusal>>,
     reply: Reply,
+}
+
+/// A scan the check stage refused; `retry` when the reason depends on the clock, so a stored
+/// answer to the same scan takes precedence.
+struct Refusal {
+    code: ErrorCode,
+    retry: Option<Retry>,
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Self { code, retry: None }
+    }
+}
+
+/// Codes a later retry of the same scan can get only because time has passed.
+fn depends_on_time(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::StaleEpoch
+            | ErrorCode::Expired
+            | ErrorCode::NotYetValid
+            | ErrorCode::FutureTimestamp
+    )
 }
 
 /// Handle to the running stages.
@@ -214,11 +240,6 @@ async fn check_stage(
 
 /// Everything but the ledger, for a batch of jobs (blocking: curve arithmetic).
 fn check(manifest: &Manifest, jobs: Vec<Job>) -> Vec<Checked> {
-    let rotation = if manifest.rotation_seconds == 0 {
-        DEFAULT_ROTATION_SECONDS
-    } else {
-        manifest.rotation_seconds
-    };
     let mut out = Vec::with_capacity(jobs.len());
     // (job, slot) of each ticket awaiting its BLS check, and the ticket with its keyset key.
     let mut pending = Vec::new();
@@ -236,11 +257,20 @@ fn check(manifest: &Manifest, jobs: Vec<Job>) -> Vec<Checked> {
         };
         let mut slots = Vec::with_capacity(scans.len());
         for (s, scan) in scans.iter().enumerate() {
+            // Offline, the scan counts at the validator's time, but never later than now: a
+            // clock running fast by up to the allowed skew is accepted at the coordinator's
+            // time; further ahead, `future_timestamp`.
             let at = match kind {
                 Kind::Online => now,
-                Kind::Offline { .. } => scan.scanned_at,
+                Kind::Offline { .. } => scan.scanned_at.min(now),
             };
-            let slot = screen(manifest, scan, at, now, rotation, kind).map(|screened| {
+            let slot = screen(manifest, scan, at, now, kind).map_err(|code| Refusal {
+                code,
+                retry: depends_on_time(code)
+                    .then(|| retry_of(scan, device))
+                    .flatten(),
+            });
+            let slot = slot.map(|screened| {
                 pending.push((j, s));
                 tickets.push((screened.keyset.public_key.clone(), screened.ticket));
                 ScanRecord {
@@ -267,7 +297,7 @@ fn check(manifest: &Manifest, jobs: Vec<Job>) -> Vec<Checked> {
         if let Some(&(j, s)) = pending.get(bad)
             && let Some(slot) = out.get_mut(j).and_then(|c| c.slots.get_mut(s))
         {
-            *slot = Err(ErrorCode::InvalidSignature);
+            *slot = Err(ErrorCode::InvalidSignature.into());
         }
     }
     out
@@ -287,12 +317,14 @@ fn screen(
     scan: &Scan,
     at: u64,
     now: u64,
-    rotation: u64,
     kind: Kind,
 ) -> Result<Screened, ErrorCode> {
-    if matches!(kind, Kind::Offline { .. }) && at > now.saturating_add(rotation) {
-        // A scan from the future: the validator's clock is wrong or the scan is made up.
-        return Err(ErrorCode::Malformed);
+    if matches!(kind, Kind::Offline { .. })
+        && scan.scanned_at > now.saturating_add(manifest.clock_skew_seconds)
+    {
+        // Further ahead than any tolerated clock: the validator's clock is wrong (or the scan
+        // is made up). The validator keeps it, with this code, for an operator.
+        return Err(ErrorCode::FutureTimestamp);
     }
     let s = verify::screen(manifest, &scan.payload, at)?;
     if let Kind::Offline { prune_after, .. } = kind
@@ -304,6 +336,7 @@ fn screen(
     let usage = match s.kind {
         ProductKind::Single { transfer_minutes } => Usage::Single {
             transfer_seconds: u64::from(transfer_minutes) * 60,
+            window_end: s.keyset.params.valid_until,
         },
         ProductKind::Pass => Usage::Pass {
             valid_until: s.keyset.params.valid_until,
@@ -317,6 +350,18 @@ fn screen(
         serial: s.serial,
         epoch: s.presentation.epoch,
         usage,
+    })
+}
+
+/// What a retry lookup needs of a scan: its ticket and epoch (`None` if it does not parse,
+/// which no stored scan does).
+fn retry_of(scan: &Scan, device: i64) -> Option<Retry> {
+    let p = ticketing_crypto::presentation::Presentation::from_text(&scan.payload).ok()?;
+    Some(Retry {
+        device,
+        scan_id: scan.scan_id,
+        serial: p.ticket.serial(),
+        epoch: p.epoch,
     })
 }
 
@@ -399,21 +444,47 @@ async fn commit(store: &dyn LedgerStore, mode: Mode, jobs: Vec<Checked>) {
         .iter()
         .flat_map(|c| c.slots.iter().filter_map(|s| s.as_ref().ok().cloned()))
         .collect();
-    let result = if records.is_empty() {
-        Ok(Vec::new())
-    } else {
-        store.record(mode, &records).await
-    };
+    let retries: Vec<Retry> = jobs
+        .iter()
+        .flat_map(|c| {
+            c.slots
+                .iter()
+                .filter_map(|s| s.as_ref().err().and_then(|r| r.retry.clone()))
+        })
+        .collect();
+    let result = async {
+        let answered = if retries.is_empty() {
+            Vec::new()
+        } else {
+            store.answered(mode, &retries).await?
+        };
+        let recorded = if records.is_empty() {
+            Vec::new()
+        } else {
+            store.record(mode, &records).await?
+        };
+        Ok::<_, crate::store::StoreError>((recorded, answered))
+    }
+    .await;
     match result {
-        Ok(outcomes) => {
+        Ok((outcomes, answered)) => {
             let mut outcomes = outcomes.into_iter();
+            let mut answered = answered.into_iter();
             for job in jobs {
                 let answers = job
                     .slots
                     .into_iter()
                     .map(|slot| match slot {
                         Ok(_) => outcomes.next().ok_or(ErrorCode::Internal),
-                        Err(code) => Err(code),
+                        Err(Refusal { code, retry: None }) => Err(code),
+                        Err(Refusal {
+                            code,
+                            retry: Some(_),
+                        }) => match answered.next() {
+                            Some(Some(stored)) => Ok(stored),
+                            Some(None) => Err(code),
+                            None => Err(ErrorCode::Internal),
+                        },
                     })
                     .collect();
                 let _ = job.reply.send(Ok(Results {

@@ -143,6 +143,7 @@ impl Rig {
             products: ProductsFile::builtin(),
             horizon_days: 2,
             rotation_seconds: 30,
+            clock_skew_seconds: 60,
             now: ticketing_service::now(),
         };
         let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |_, _| {}).unwrap();
@@ -275,7 +276,7 @@ impl Rig {
     }
 
     async fn token(&self, name: &str, role: TokenRole) -> String {
-        let (token, _) = ticketing_coordinator::register(&self.settings, name, role)
+        let (token, _) = ticketing_coordinator::register(&self.settings, name, role, false)
             .await
             .unwrap();
         token.expose().to_owned()

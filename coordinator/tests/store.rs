@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use ticketing_coordinator::store::{
-    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PostgresStore, Role, ScanRecord,
-    SqliteStore, Usage, Webhook,
+    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PostgresStore, Retry, Role, ScanRecord,
+    SqliteStore, StoreError, Usage, Webhook,
 };
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
@@ -25,9 +25,11 @@ use ticketing_protocol::{ErrorCode, Id16};
 const KS: KeysetId = KeysetId([7; 8]);
 const SINGLE: Usage = Usage::Single {
     transfer_seconds: 0,
+    window_end: 99_999,
 };
 const TRANSFER: Usage = Usage::Single {
     transfer_seconds: 600,
+    window_end: 99_999,
 };
 const PASS: Usage = Usage::Pass {
     valid_until: 99_999,
@@ -357,17 +359,20 @@ mod cases {
     pub(crate) async fn devices_and_publications(store: Arc<dyn LedgerStore>) {
         let s = store.as_ref();
         let d = s
-            .add_device(&[1; 32], "laptop-01", Role::Validator, 5)
+            .add_device(&[1; 32], "laptop-01", Role::Validator, 5, false)
             .await
             .unwrap();
-        let a = s.add_device(&[2; 32], "ops", Role::Admin, 5).await.unwrap();
+        let a = s
+            .add_device(&[2; 32], "ops", Role::Admin, 5, false)
+            .await
+            .unwrap();
         assert_ne!(d.id, a.id);
         assert_eq!(s.device(&[1; 32]).await.unwrap(), Some(d));
         assert_eq!(s.device(&[2; 32]).await.unwrap().unwrap().role, Role::Admin);
         assert_eq!(s.device(&[3; 32]).await.unwrap(), None);
         // The same token hash twice is refused by the constraint.
         assert!(
-            s.add_device(&[1; 32], "again", Role::Admin, 6)
+            s.add_device(&[1; 32], "again", Role::Admin, 6, false)
                 .await
                 .is_err()
         );
@@ -380,13 +385,175 @@ mod cases {
             Some((2, "two".into()))
         );
         // Auditor tokens are a role of their own.
-        s.add_device(&[4; 32], "books", Role::Auditor, 7)
+        s.add_device(&[4; 32], "books", Role::Auditor, 7, false)
             .await
             .unwrap();
         assert_eq!(
             s.device(&[4; 32]).await.unwrap().unwrap().role,
             Role::Auditor
         );
+    }
+
+    pub(crate) async fn device_names_are_unique_and_tokens_revocable(
+        store: Arc<dyn LedgerStore>,
+    ) {
+        let s = store.as_ref();
+        let first = s
+            .add_device(&[1; 32], "gate-1", Role::Validator, 5, false)
+            .await
+            .unwrap();
+        // The same name again is refused, and nothing changes.
+        let again = s
+            .add_device(&[2; 32], "gate-1", Role::Validator, 6, false)
+            .await;
+        assert!(matches!(again, Err(StoreError::NameTaken(ref n)) if n == "gate-1"), "{again:?}");
+        assert_eq!(s.device(&[2; 32]).await.unwrap(), None);
+        assert_eq!(s.device(&[1; 32]).await.unwrap(), Some(first.clone()));
+        // Asked for explicitly: the old token is revoked, the new one works.
+        let second = s
+            .add_device(&[2; 32], "gate-1", Role::Validator, 7, true)
+            .await
+            .unwrap();
+        assert_eq!(s.device(&[1; 32]).await.unwrap(), None);
+        assert_eq!(s.device(&[2; 32]).await.unwrap(), Some(second.clone()));
+        // Revocation: at once, only live tokens, and idempotent.
+        s.add_device(&[3; 32], "gate-2", Role::Validator, 8, false)
+            .await
+            .unwrap();
+        assert_eq!(s.revoke_device("gate-2", 9).await.unwrap(), 1);
+        assert_eq!(s.revoke_device("gate-2", 10).await.unwrap(), 0);
+        assert_eq!(s.device(&[3; 32]).await.unwrap(), None);
+        // A revoked name can be registered again without --replace.
+        s.add_device(&[4; 32], "gate-2", Role::Validator, 11, false)
+            .await
+            .unwrap();
+        let listed: Vec<_> = s
+            .devices()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.device.name, d.created_at, d.revoked_at))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("gate-1".to_owned(), 5, Some(7)),
+                ("gate-1".to_owned(), 7, None),
+                ("gate-2".to_owned(), 8, Some(9)),
+                ("gate-2".to_owned(), 11, None),
+            ]
+        );
+    }
+
+    /// A scan id is scoped to its device and bound to its (serial, epoch): another ticket or
+    /// epoch under a used id is `scan_id_reused` and records nothing; the same id on another
+    /// device is another scan.
+    pub(crate) async fn scan_ids_are_per_device_and_bound_to_their_ticket(
+        store: Arc<dyn LedgerStore>,
+    ) {
+        let s = store.as_ref();
+        let first = scan(1, 1, 10, 300, 1, SINGLE);
+        assert_eq!(one(s, Mode::Online, first.clone()).await, accepted(300));
+        // Same device, same id, an unspent ticket: refused, and the ticket stays unspent.
+        let other_ticket = scan(1, 2, 10, 300, 1, SINGLE);
+        assert_eq!(
+            one(s, Mode::Online, other_ticket.clone()).await,
+            rejected(ErrorCode::ScanIdReused)
+        );
+        assert_eq!(
+            one(s, OFFLINE, other_ticket.clone()).await,
+            Outcome::Offline(SyncStatus::Rejected {
+                code: ErrorCode::ScanIdReused
+            })
+        );
+        // The same ticket at another epoch under the id: also another scan.
+        assert_eq!(
+            one(s, Mode::Online, scan(1, 1, 11, 330, 1, SINGLE)).await,
+            rejected(ErrorCode::ScanIdReused)
+        );
+        // In one batch too.
+        let out = s
+            .record(
+                Mode::Online,
+                &[scan(5, 3, 10, 300, 1, SINGLE), scan(5, 4, 10, 300, 1, SINGLE)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, vec![accepted(300), rejected(ErrorCode::ScanIdReused)]);
+        // Ticket 2 was never recorded: its first real scan is accepted.
+        assert_eq!(
+            one(s, Mode::Online, scan(2, 2, 10, 300, 1, SINGLE)).await,
+            accepted(300)
+        );
+        assert_eq!(s.counts(&KS).await.unwrap().redeemed, 3);
+        // Another device picking the same id scans its own ticket.
+        assert_eq!(
+            one(s, Mode::Online, scan(1, 6, 10, 300, 2, SINGLE)).await,
+            accepted(300)
+        );
+        // Lookups for retries refused before the ledger: the stored answer, a reuse, or none.
+        let retry = |id: u16, serial: u8, epoch: u32, device: i64| {
+            let r = scan(id, serial, epoch, 0, device, SINGLE);
+            Retry {
+                device,
+                scan_id: r.scan_id,
+                serial: r.serial,
+                epoch,
+            }
+        };
+        let found = s
+            .answered(
+                Mode::Online,
+                &[retry(1, 1, 10, 1), retry(1, 2, 10, 1), retry(9, 1, 10, 1), retry(1, 1, 10, 3)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Some(accepted(300)),
+                Some(rejected(ErrorCode::ScanIdReused)),
+                None,
+                None
+            ]
+        );
+    }
+
+    /// The one rule for singles at the window's end: first use inside the window, transfers
+    /// run on past the end; no first use after the end.
+    pub(crate) async fn singles_transfer_past_the_window_end(store: Arc<dyn LedgerStore>) {
+        let s = store.as_ref();
+        let usage = Usage::Single {
+            transfer_seconds: 5400,
+            window_end: 10_000,
+        };
+        // First scan 4 min before the end: valid 86 min past it...
+        assert_eq!(
+            one(s, Mode::Online, scan(1, 1, 10, 9_760, 1, usage)).await,
+            accepted(15_160)
+        );
+        // ...and so it is 5 s after the end, with the same valid_until.
+        assert_eq!(
+            one(s, Mode::Online, scan(2, 1, 11, 10_005, 2, usage)).await,
+            accepted(15_160)
+        );
+        // After the transfer time: spent.
+        assert_eq!(
+            one(s, Mode::Online, scan(3, 1, 12, 15_200, 2, usage)).await,
+            rejected(ErrorCode::Spent)
+        );
+        // A ticket never used before the end cannot start after it, online or synced.
+        assert_eq!(
+            one(s, Mode::Online, scan(4, 2, 11, 10_005, 1, usage)).await,
+            rejected(ErrorCode::Expired)
+        );
+        assert_eq!(
+            one(s, OFFLINE, scan(5, 2, 11, 10_006, 1, usage)).await,
+            Outcome::Offline(SyncStatus::Rejected {
+                code: ErrorCode::Expired
+            })
+        );
+        assert_eq!(s.counts(&KS).await.unwrap().redeemed, 1);
     }
 
     pub(crate) async fn issuances_are_recorded_once(store: Arc<dyn LedgerStore>) {
@@ -661,6 +828,9 @@ conformance!(
     revoked_serials_are_refused,
     spent_after_transfer_and_prune,
     devices_and_publications,
+    device_names_are_unique_and_tokens_revocable,
+    scan_ids_are_per_device_and_bound_to_their_ticket,
+    singles_transfer_past_the_window_end,
     issuances_are_recorded_once,
     denials_write_events_without_serials,
     partners_see_their_products_only,

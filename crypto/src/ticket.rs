@@ -23,12 +23,21 @@ impl HolderPublicKey {
         let arr: &[u8; 32] = bytes
             .try_into()
             .map_err(|_| CryptoError::length("holder public key", Self::LEN, bytes.len()))?;
-        VerifyingKey::from_bytes(arr)
-            .map(Self)
-            .map_err(|_| CryptoError::Malformed {
-                what: "holder public key",
-                reason: "not an Ed25519 point",
-            })
+        let bad = |reason| CryptoError::Malformed {
+            what: "holder public key",
+            reason,
+        };
+        let key = VerifyingKey::from_bytes(arr).map_err(|_| bad("not an Ed25519 point"))?;
+        // Decompression accepts y >= p and the sign bit set on x = 0: another encoding of a
+        // point with a canonical one. Only the canonical encoding is a holder key, so every
+        // verifier (and the serial, a hash of these bytes) sees one form per key.
+        if key.to_edwards().compress().as_bytes() != arr {
+            return Err(bad("not the canonical encoding of its point"));
+        }
+        if key.is_weak() {
+            return Err(bad("a point of small order"));
+        }
+        Ok(Self(key))
     }
 
     /// The 32-byte encoding.

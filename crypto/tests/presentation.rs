@@ -251,3 +251,41 @@ fn the_payload_fits_qr_version_11_at_ecc_m_and_reads_back() {
     let (size, px) = render(&auto, 4);
     assert_eq!(decode_qr(size, &px), text);
 }
+
+/// A holder key written in a non-canonical form (y + p for small y, which decompression
+/// accepts) or of small order is malformed: refused when the payload is decoded, before any
+/// signature is checked, so the verifier's code is `malformed`, not `invalid_signature`.
+#[test]
+fn a_non_canonical_or_small_order_holder_key_is_malformed() {
+    let (s, t) = ticket();
+    let good = Presentation::sign(&t, &s.holder, EPOCH).encode();
+    let mut decompressible = 0;
+    for k in 0u8..19 {
+        for sign in [0u8, 0x80] {
+            // p + k, little-endian: p = 2^255 - 19 = ed ff .. ff 7f.
+            let mut key = [0xffu8; 32];
+            key[0] = 0xed + k;
+            key[31] = 0x7f | sign;
+            if ed25519_dalek::VerifyingKey::from_bytes(&key).is_ok() {
+                decompressible += 1;
+            }
+            let mut bytes = good.clone();
+            bytes[9..41].copy_from_slice(&key);
+            match Presentation::decode(&bytes) {
+                Err(CryptoError::Malformed { what, .. }) => assert_eq!(what, "holder public key"),
+                other => panic!("y = p + {k}, sign {sign}: {other:?}"),
+            }
+        }
+    }
+    // The case is real: the plain decoder takes some of these encodings.
+    assert!(decompressible > 0);
+    // The identity (y = 1), a small-order point in canonical form.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut bytes = good.clone();
+    bytes[9..41].copy_from_slice(&identity);
+    assert!(matches!(
+        Presentation::decode(&bytes),
+        Err(CryptoError::Malformed { .. })
+    ));
+}

@@ -15,9 +15,12 @@ pub enum NodeError {
     /// The keyset is unknown to the manifest or to this node.
     #[error("keyset {0} is not held by this node")]
     UnknownKeyset(String),
-    /// The keyset's window has ended.
-    #[error("keyset {0} has ended")]
+    /// The receipt was issued when its keyset was not on sale (`Manifest::sellable`).
+    #[error("keyset {0} was not on sale when the receipt was issued")]
     KeysetNotActive(String),
+    /// The same blinded point appears twice in the request.
+    #[error("blinded point {0} appears twice; each ticket needs its own")]
+    DuplicatePoint(usize),
     /// The points do not match the receipt.
     #[error("{0}")]
     DigestMismatch(String),
@@ -51,6 +54,7 @@ impl From<NodeError> for ApiError {
             NodeError::UnknownKeyset(_) => ErrorCode::UnknownKeyset,
             NodeError::KeysetNotActive(_) => ErrorCode::KeysetNotActive,
             NodeError::DigestMismatch(_) => ErrorCode::DigestMismatch,
+            NodeError::DuplicatePoint(_) => ErrorCode::DuplicatePoint,
             NodeError::TooManyPoints { .. } => ErrorCode::Malformed,
             NodeError::ReceiptReused => ErrorCode::ReceiptReused,
             NodeError::Store(_) => ErrorCode::Unavailable,

@@ -25,7 +25,7 @@ use ticketing_protocol::Digest32;
 use ticketing_protocol::issue::{IssueRequest, IssueResponse};
 use ticketing_protocol::log::{Checkpoint, LogPage, NodeKeyset, NodeStatus};
 use ticketing_protocol::manifest::Manifest;
-use ticketing_protocol::receipt::blinded_digest;
+use ticketing_protocol::receipt::{blinded_digest, first_duplicate};
 use ticketing_service::{ApiError, Json, Metrics, Query};
 
 mod error;
@@ -168,19 +168,19 @@ impl Node {
             .manifest
             .keyset(&receipt.keyset_id)
             .ok_or_else(|| NodeError::UnknownKeyset(receipt.keyset_id.to_string()))?;
-        let expired = now >= receipt.expires_at;
-        let ended = now >= keyset.params.valid_until;
-        if expired || ended {
-            // Time limits bound when a receipt can be honoured the first time. A receipt this
-            // node already recorded (same points) is a retry of a sale it accepted: answer it,
-            // or a wallet that waited out an outage would lose what it paid for.
+        // A sale is judged at the time it was made (the receipt's `issued_at`, signed by the
+        // payments service), not when the wallet completes it: a purchase paid before its
+        // keyset's window ended completes after the end too, within the receipt's validity.
+        if !inner.manifest.sellable(keyset, receipt.issued_at) {
+            return Err(NodeError::KeysetNotActive(keyset.id.to_string()));
+        }
+        if now >= receipt.expires_at {
+            // The receipt's validity bounds when it can be honoured the first time. A receipt
+            // this node already recorded (same points) is a retry of a sale it accepted: answer
+            // it, or a wallet that waited out an outage would lose what it paid for.
             let recorded = inner.store.find(&receipt.receipt_id).await?;
             if recorded.is_none_or(|(_, digest)| digest != receipt.digest) {
-                return Err(if expired {
-                    NodeError::ReceiptExpired(receipt.expires_at)
-                } else {
-                    NodeError::KeysetNotActive(keyset.id.to_string())
-                });
+                return Err(NodeError::ReceiptExpired(receipt.expires_at));
             }
         }
         if req.blinded.len() > inner.max_points as usize {
@@ -195,6 +195,9 @@ impl Node {
                 receipt.count,
                 req.blinded.len()
             )));
+        }
+        if let Some(i) = first_duplicate(&req.blinded) {
+            return Err(NodeError::DuplicatePoint(i + 1));
         }
         if blinded_digest(&req.blinded) != receipt.digest {
             return Err(NodeError::DigestMismatch(

@@ -33,6 +33,7 @@ async fn node() -> (tempfile::TempDir, Cluster, Node) {
         products: ProductsFile::builtin(),
         horizon_days: 2,
         rotation_seconds: 30,
+        clock_skew_seconds: 60,
         now: NOW,
     };
     let mut rng = ChaCha20Rng::seed_from_u64(5);

@@ -31,8 +31,12 @@ pub enum PaymentsError {
         /// The product requested (also from the manifest: unknown products fail earlier).
         requested: String,
     },
-    /// The keyset's validity window has ended.
-    #[error("keyset {0} has ended; buy from a current keyset")]
+    /// The keyset is not on sale: its window has ended, or less than the product's minimum is
+    /// left of it (the next window is on sale), or it lies further ahead.
+    #[error(
+        "keyset {0} is not on sale now: its window has ended, too little of it is left, or it \
+         starts later; buy the keyset on sale (the manifest's current or next window)"
+    )]
     KeysetEnded(KeysetId),
     /// A request field is out of range (detail says which and what would be accepted).
     #[error("{0}")]

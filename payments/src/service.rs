@@ -296,7 +296,9 @@ impl Payments {
             });
         }
         let now = ticketing_service::now();
-        if now >= keyset.params.valid_until {
+        // The window on sale (`Manifest::on_sale`): not one that has ended or has less than
+        // the product's minimum left (the next one is on sale then).
+        if !inner.manifest.sellable(keyset, now) {
             return Err(PaymentsError::KeysetEnded(keyset_id));
         }
         let max = inner.settings.max_tickets_per_checkout;

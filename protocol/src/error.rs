@@ -53,6 +53,14 @@ pub enum ErrorCode {
     Unavailable,
     /// The manifest is not the one this wallet or validator pinned (by digest).
     ManifestMismatch,
+    /// This device already used the scan id for another ticket or epoch.
+    ScanIdReused,
+    /// A synced scan's time is further in the future than the allowed clock skew.
+    FutureTimestamp,
+    /// The same blinded point appears twice in one checkout or issue request.
+    DuplicatePoint,
+    /// A device token of that name exists (register with `--replace` to replace it).
+    NameTaken,
 }
 
 impl ErrorCode {
@@ -82,6 +90,10 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::ManifestMismatch => "manifest_mismatch",
+            Self::ScanIdReused => "scan_id_reused",
+            Self::FutureTimestamp => "future_timestamp",
+            Self::DuplicatePoint => "duplicate_point",
+            Self::NameTaken => "name_taken",
         }
     }
 }

@@ -48,6 +48,14 @@ pub struct Manifest {
     pub threshold: u16,
     /// Seconds per presentation epoch (default 30).
     pub rotation_seconds: u64,
+    /// How far a wallet's or validator's clock may be from the cluster's and still be accepted
+    /// (default [`DEFAULT_CLOCK_SKEW_SECONDS`]; not serialized at the default, so manifests
+    /// made before the field existed keep their digest).
+    #[serde(
+        default = "default_clock_skew",
+        skip_serializing_if = "is_default_clock_skew"
+    )]
+    pub clock_skew_seconds: u64,
     /// Issuer nodes.
     pub nodes: Vec<NodeInfo>,
     /// Keysets, past, current and future.
@@ -58,6 +66,23 @@ pub struct Manifest {
     pub coordinator: ServiceInfo,
     /// The payments service.
     pub payments: ServiceInfo,
+}
+
+/// The clock skew every verifier tolerates unless the manifest says otherwise.
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+
+fn default_clock_skew() -> u64 {
+    DEFAULT_CLOCK_SKEW_SECONDS
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_default_clock_skew(v: &u64) -> bool {
+    *v == DEFAULT_CLOCK_SKEW_SECONDS
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One issuer node.
@@ -105,6 +130,25 @@ pub struct Product {
     pub price: u64,
     /// ISO 4217 code.
     pub currency: String,
+    /// A window is sold while at least this many minutes of it remain; after that the next
+    /// window is sold ([`Manifest::on_sale`]). 0 (the default, not serialized): until its end.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_remaining_minutes: u32,
+}
+
+impl Product {
+    /// [`Product::min_remaining_minutes`] in seconds.
+    pub fn min_remaining_seconds(&self) -> u64 {
+        u64::from(self.min_remaining_minutes) * 60
+    }
+
+    /// For singles, the transfer time in seconds (0 for passes).
+    pub fn transfer_seconds(&self) -> u64 {
+        match self.kind {
+            ProductKind::Single { transfer_minutes } => u64::from(transfer_minutes) * 60,
+            ProductKind::Pass => 0,
+        }
+    }
 }
 
 /// A keyset's public data.
@@ -275,5 +319,27 @@ impl Manifest {
     /// A product by name.
     pub fn product(&self, name: &str) -> Option<&Product> {
         self.products.iter().find(|p| p.name == name)
+    }
+
+    /// The keyset of `product` on sale at `now`: the one whose window holds
+    /// `now + min_remaining` (so a window with less than the product's minimum left is no
+    /// longer sold and the next one is, ahead of its start). `None` when that window's keyset
+    /// is not published (yet). The wallet picks with it; the payments service refuses any
+    /// other keyset; nodes check it at the receipt's `issued_at`.
+    pub fn on_sale(&self, product: &str, now: u64) -> Option<&KeysetInfo> {
+        let p = self.product(product)?;
+        let at = now.saturating_add(p.min_remaining_seconds());
+        self.keysets
+            .iter()
+            .filter(|k| k.params.product == product && k.is_valid_at(at))
+            .min_by_key(|k| k.params.valid_until)
+    }
+
+    /// Whether `keyset` may be sold at `now` ([`Manifest::on_sale`]'s rule for one keyset).
+    pub fn sellable(&self, keyset: &KeysetInfo, now: u64) -> bool {
+        self.product(&keyset.params.product).is_some_and(|p| {
+            keyset.is_valid_at(now.saturating_add(p.min_remaining_seconds()))
+                && now < keyset.params.valid_until
+        })
     }
 }

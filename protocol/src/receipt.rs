@@ -19,6 +19,14 @@ pub fn blinded_digest(points: &[BlindedPoint]) -> Digest32 {
     Digest32(h.finalize().into())
 }
 
+/// The index of the first point that repeats an earlier one, if any. Each ticket needs its own
+/// blinded point: the payments service and every node refuse a repeat (`duplicate_point`)
+/// rather than charge for, or sign, the same ticket twice.
+pub fn first_duplicate(points: &[BlindedPoint]) -> Option<usize> {
+    let mut seen = std::collections::HashSet::with_capacity(points.len());
+    points.iter().position(|p| !seen.insert(p.to_bytes()))
+}
+
 /// The receipt body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {

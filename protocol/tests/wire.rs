@@ -61,6 +61,7 @@ fn fixture() -> Fixture {
         nodes_total: 3,
         threshold: 2,
         rotation_seconds: 30,
+        clock_skew_seconds: 60,
         nodes: (1..=3)
             .map(|i| NodeInfo {
                 index: ShareIndex::new(i).unwrap(),
@@ -95,12 +96,14 @@ fn fixture() -> Fixture {
                 },
                 price: 250,
                 currency: "EUR".into(),
+                min_remaining_minutes: 0,
             },
             Product {
                 name: "day".into(),
                 kind: ProductKind::Pass,
                 price: 700,
                 currency: "EUR".into(),
+                min_remaining_minutes: 0,
             },
         ],
         coordinator: ServiceInfo {
@@ -320,6 +323,11 @@ fn error_codes_have_stable_names() {
         (ErrorCode::Revoked, "revoked"),
         (ErrorCode::Internal, "internal"),
         (ErrorCode::Unavailable, "unavailable"),
+        (ErrorCode::ManifestMismatch, "manifest_mismatch"),
+        (ErrorCode::ScanIdReused, "scan_id_reused"),
+        (ErrorCode::FutureTimestamp, "future_timestamp"),
+        (ErrorCode::DuplicatePoint, "duplicate_point"),
+        (ErrorCode::NameTaken, "name_taken"),
     ];
     for (code, name) in codes {
         assert_eq!(code.as_str(), name);

@@ -45,7 +45,9 @@ impl ApiError {
 /// The HTTP status each stable code is served with.
 pub fn status_for(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::Malformed | ErrorCode::DigestMismatch => StatusCode::BAD_REQUEST,
+        ErrorCode::Malformed | ErrorCode::DigestMismatch | ErrorCode::DuplicatePoint => {
+            StatusCode::BAD_REQUEST
+        }
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::CardDeclined => StatusCode::PAYMENT_REQUIRED,
         ErrorCode::InvalidReceipt | ErrorCode::ReceiptExpired => StatusCode::FORBIDDEN,
@@ -53,7 +55,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::ReceiptReused
         | ErrorCode::VoucherUsed
         | ErrorCode::Spent
-        | ErrorCode::ReplayedEpoch => StatusCode::CONFLICT,
+        | ErrorCode::ReplayedEpoch
+        | ErrorCode::ScanIdReused
+        | ErrorCode::NameTaken => StatusCode::CONFLICT,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::KeysetNotActive
         | ErrorCode::InvalidVoucher
@@ -61,6 +65,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::Expired
         | ErrorCode::NotYetValid
         | ErrorCode::StaleEpoch
+        | ErrorCode::FutureTimestamp
         | ErrorCode::Revoked => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

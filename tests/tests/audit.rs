@@ -345,6 +345,7 @@ pub(crate) async fn redeeming_more_than_issued_is_named(c: TestCluster) {
             device: 1,
             usage: Usage::Single {
                 transfer_seconds: 0,
+                window_end: u64::MAX,
             },
             fare: Default::default(),
         })

@@ -79,7 +79,7 @@ pub(crate) async fn buy(
 
 /// A coordinator token of `role`, registered the way `ticketing validator register` does.
 pub(crate) async fn token(c: &TestCluster, name: &str, role: TokenRole) -> String {
-    let (token, _) = ticketing_coordinator::register(&c.cluster.settings, name, role)
+    let (token, _) = ticketing_coordinator::register(&c.cluster.settings, name, role, false)
         .await
         .unwrap();
     token.expose().to_owned()

@@ -57,7 +57,7 @@ pub(crate) async fn purchase_end_to_end(c: TestCluster) {
         .unwrap();
     assert_eq!(purchase.tickets.len(), 3);
     assert!(purchase.blamed.is_empty());
-    let keyset = client.current_keyset("day", now).unwrap();
+    let keyset = client.keyset_on_sale("day", now).unwrap();
     for (ticket, secret) in purchase.tickets.iter().zip(&secrets) {
         ticket.verify(&keyset.public_key).unwrap();
         let epoch = ticketing_crypto::presentation::epoch_at(now, 30);

@@ -88,6 +88,7 @@ struct State {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Diag {
     queued: usize,
+    held: usize,
     refused: Vec<(String, usize)>,
     last_sync: Option<u64>,
     filter_version: Option<u64>,
@@ -107,11 +108,13 @@ impl State {
             return;
         };
         let queued = core.store().queue().await.map_or(0, |q| q.len());
+        let held = core.store().refused().await.map_or(0, |r| r.len());
         let log = store.sync_log().await;
         let mut notes = Vec::new();
         let snap = core.snapshot(&mut notes).await.ok().flatten();
         self.diag.update(|d| {
             d.queued = queued;
+            d.held = held;
             d.refused = log.refused;
             d.last_sync = log.last_sync;
             d.filter_version = snap.as_ref().map(|s| s.raw.version);
@@ -613,6 +616,22 @@ fn Scanner(state: State) -> impl IntoView {
                     let r = diag().refused;
                     if r.is_empty() { "none".to_owned() } else { r.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ") }
                 }}</dd>
+                <dt>"Refused scans kept"</dt><dd id="held">{move || diag().held}
+                    <Show when=move || { diag().held > 0 }>
+                        " "<button id="retry-refused" on:click=move |_| spawn_local(async move {
+                            if let Some(core) = state.core() {
+                                let _ = core.store().clear_refused(true).await;
+                            }
+                            state.refresh_diag().await;
+                        })>"Send again"</button>
+                        " "<button id="clear-refused" on:click=move |_| spawn_local(async move {
+                            if let Some(core) = state.core() {
+                                let _ = core.store().clear_refused(false).await;
+                            }
+                            state.refresh_diag().await;
+                        })>"Clear"</button>
+                    </Show>
+                </dd>
                 <dt>"Last sync"</dt><dd id="last-sync">{move || diag().last_sync.map_or("never".to_owned(), |t| format!("{} s ago", now().saturating_sub(t)))}</dd>
                 <dt>"Spent list"</dt><dd id="filter" class=move || if diag().filter_age.is_none_or(|a| a > OLD_FILTER_SECONDS) { "warn" } else { "" }>
                     {move || match (diag().filter_version, diag().filter_age) {

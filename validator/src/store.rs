@@ -7,11 +7,14 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use ticketing_client::ClientError;
 use ticketing_client::idb::Db;
-use ticketing_client::validator::{SeenEntry, ValidatorStore, remember, seen_in};
+use ticketing_client::clock::Measured;
+use ticketing_client::validator::{
+    RefusedScan, SeenEntry, ValidatorStore, clear_refused, remember, seen_epochs, settle,
+};
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::publication::BloomSnapshot;
 use ticketing_protocol::redeem::Scan;
-use ticketing_protocol::{Digest32, Id16};
+use ticketing_protocol::{Digest32, ErrorCode, Id16};
 use wasm_bindgen::JsValue;
 
 const DB_NAME: &str = "ticketing-validator";
@@ -146,9 +149,9 @@ impl ValidatorStore for IdbStore {
             .map_err(err)
     }
 
-    async fn seen(&self, serial: &Serial, epoch: u32) -> Result<bool, ClientError> {
+    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError> {
         let seen: Vec<SeenEntry> = parse(self.get("seen").await?.as_deref());
-        Ok(seen_in(&seen, serial, epoch))
+        Ok(seen_epochs(&seen, serial))
     }
 
     async fn record(
@@ -176,16 +179,52 @@ impl ValidatorStore for IdbStore {
         Ok(parse(self.get("queue").await?.as_deref()))
     }
 
-    async fn dequeue(&self, answered: &HashSet<Id16>) -> Result<(), ClientError> {
-        let answered = answered.clone();
+    async fn settle(
+        &self,
+        done: &HashSet<Id16>,
+        refused: &[(Id16, ErrorCode)],
+    ) -> Result<(), ClientError> {
+        let (done, refused) = (done.clone(), refused.to_vec());
         self.db
-            .update_strings(STORE, &["queue"], move |v| {
+            .update_strings(STORE, &["queue", "refused"], move |v| {
                 let mut queue: Vec<Scan> = parse(v[0].as_deref());
-                queue.retain(|s| !answered.contains(&s.scan_id));
+                let mut held: Vec<RefusedScan> = parse(v[1].as_deref());
+                settle(&mut queue, &mut held, &done, &refused);
                 v[0] = json(&queue);
+                v[1] = json(&held);
             })
             .await
             .map_err(err)
+    }
+
+    async fn refused(&self) -> Result<Vec<RefusedScan>, ClientError> {
+        Ok(parse(self.get("refused").await?.as_deref()))
+    }
+
+    async fn clear_refused(&self, requeue: bool) -> Result<usize, ClientError> {
+        self.db
+            .update_strings(STORE, &["queue", "refused"], move |v| {
+                let mut queue: Vec<Scan> = parse(v[0].as_deref());
+                let mut held: Vec<RefusedScan> = parse(v[1].as_deref());
+                let n = clear_refused(&mut queue, &mut held, requeue);
+                v[0] = json(&queue);
+                v[1] = json(&held);
+                n
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn clock(&self) -> Result<Option<Measured>, ClientError> {
+        Ok(self
+            .get("clock")
+            .await?
+            .and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    async fn save_clock(&self, measured: Measured) -> Result<(), ClientError> {
+        let text = json(&measured).ok_or_else(|| err("clock does not serialize"))?;
+        self.put("clock", &text).await
     }
 
     async fn token(&self) -> Result<Option<String>, ClientError> {

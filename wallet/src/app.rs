@@ -610,7 +610,7 @@ fn offers(client: &Client, at: u64) -> Vec<Offer> {
         .products
         .iter()
         .filter_map(|p| {
-            let k = client.current_keyset(&p.name, at).ok()?;
+            let k = client.keyset_on_sale(&p.name, at).ok()?;
             Some(Offer {
                 name: p.name.clone(),
                 price: price(p.price, &p.currency),

@@ -127,6 +127,7 @@ async fn one_run(
         &cluster.settings,
         "bench",
         ticketing_coordinator::TokenRole::Validator,
+        true,
     )
     .await?;
     let url = cluster

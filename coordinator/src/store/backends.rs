@@ -24,10 +24,14 @@ use tokio::sync::Mutex;
 use ticketing_protocol::partner::{EventKind, PartnerEvent, ProductTotals};
 
 use super::{
-    Device, Fare, FlagCounts, Issuance, LedgerCounts, LedgerStore, Mode, NewEvent, Outcome,
-    Partner, Role, ScanRecord, StoreError, Usage, Webhook, encode_outcome, id16_of, keyset_of,
-    parse_reason, parse_role, reason_str, repeat_outcome, serial_of, to_i64, to_u64,
+    Device, DeviceInfo, Fare, FlagCounts, Issuance, LedgerCounts, LedgerStore, Mode, NewEvent,
+    Outcome, Partner, Retry, Role, ScanRecord, StoreError, Usage, Webhook, encode_outcome,
+    id16_of, keyset_of, parse_reason, parse_role, reason_str, repeat_outcome, reused, serial_of,
+    to_i64, to_u64,
 };
+
+/// A scan id as the ledger keys it: scoped to its device.
+type ScanKey = (i64, Id16);
 
 /// `SELECT` of a partner row, then the rest of the query.
 macro_rules! select_partner {
@@ -90,30 +94,40 @@ macro_rules! sql_store {
                 }
             }
 
-            /// One attempt: `Ok(Err(ids))` when some scan ids turned out to be taken (rolled
+            /// One attempt: `Ok(Err(scans))` when some scan ids turned out to be taken (rolled
             /// back; the caller reads their stored answers and tries again).
             async fn attempt(
                 &self,
                 mode: Mode,
                 scans: &[ScanRecord],
-                repeats: &HashMap<Id16, Outcome>,
-            ) -> Result<Result<Vec<Outcome>, Vec<Id16>>, StoreError> {
+                repeats: &HashMap<ScanKey, Outcome>,
+            ) -> Result<Result<Vec<Outcome>, Vec<Retry>>, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let mut events = Vec::new();
                 let mut outcomes: Vec<Outcome> = Vec::with_capacity(scans.len());
-                let mut in_batch: HashMap<Id16, usize> = HashMap::new();
+                let mut in_batch: HashMap<ScanKey, usize> = HashMap::new();
                 let mut taken = Vec::new();
                 for scan in scans {
-                    if let Some(o) = repeats.get(&scan.scan_id) {
+                    let key = (scan.device, scan.scan_id);
+                    if let Some(o) = repeats.get(&key) {
                         outcomes.push(o.clone());
                         continue;
                     }
-                    // The same scan id twice in one request: the second is a repeat.
-                    if let Some(&i) = in_batch.get(&scan.scan_id) {
-                        let first = outcomes.get(i).cloned().ok_or_else(|| {
-                            StoreError::Corrupt("batch bookkeeping".into())
-                        })?;
-                        outcomes.push(repeat_outcome(mode, &encode_outcome(&first)?)?);
+                    // The same scan id twice in one batch: a repeat if it is the same ticket
+                    // and epoch, a reuse otherwise.
+                    if let Some(&i) = in_batch.get(&key) {
+                        let (first, first_scan) = outcomes
+                            .get(i)
+                            .cloned()
+                            .zip(scans.get(i))
+                            .ok_or_else(|| StoreError::Corrupt("batch bookkeeping".into()))?;
+                        outcomes.push(
+                            if first_scan.serial == scan.serial && first_scan.epoch == scan.epoch {
+                                repeat_outcome(mode, &encode_outcome(&first)?)?
+                            } else {
+                                reused(mode)
+                            },
+                        );
                         continue;
                     }
                     let applied = Self::apply(&mut tx, mode, scan, &mut events).await?;
@@ -121,7 +135,7 @@ macro_rules! sql_store {
                         "INSERT INTO scans (scan_id, keyset_id, serial, epoch, scanned_at, \
                          device_id, offline, accepted, flag, outcome) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                         ON CONFLICT (scan_id) DO NOTHING",
+                         ON CONFLICT (device_id, scan_id) DO NOTHING",
                     ))
                     .bind(scan.scan_id.0.as_slice())
                     .bind(scan.keyset_id.0.as_slice())
@@ -137,9 +151,14 @@ macro_rules! sql_store {
                     .await?
                     .rows_affected();
                     if inserted == 0 {
-                        taken.push(scan.scan_id);
+                        taken.push(Retry {
+                            device: scan.device,
+                            scan_id: scan.scan_id,
+                            serial: scan.serial,
+                            epoch: scan.epoch,
+                        });
                     }
-                    in_batch.insert(scan.scan_id, outcomes.len());
+                    in_batch.insert(key, outcomes.len());
                     outcomes.push(applied.outcome);
                 }
                 if !taken.is_empty() {
@@ -253,8 +272,12 @@ macro_rules! sql_store {
                     }
                 }
                 match scan.usage {
-                    Usage::Single { transfer_seconds } => {
-                        Self::apply_single(tx, mode, scan, transfer_seconds, events).await
+                    Usage::Single {
+                        transfer_seconds,
+                        window_end,
+                    } => {
+                        Self::apply_single(tx, mode, scan, transfer_seconds, window_end, events)
+                            .await
                     }
                     Usage::Pass { valid_until } => {
                         Self::apply_pass(tx, mode, scan, valid_until, events).await
@@ -312,6 +335,7 @@ macro_rules! sql_store {
                 mode: Mode,
                 scan: &ScanRecord,
                 transfer: u64,
+                window_end: u64,
                 events: &mut Vec<NewEvent>,
             ) -> Result<Applied, StoreError> {
                 let accepted = |outcome| Applied {
@@ -319,6 +343,28 @@ macro_rules! sql_store {
                     accepted: true,
                     flag: None,
                 };
+                if scan.at >= window_end {
+                    // After the window only a transfer of a first use inside it is valid
+                    // (`verify::single_valid_until`): without one, nothing is recorded.
+                    let known = sqlx::query(&Self::sql("SELECT 1 FROM tickets WHERE serial = $1"))
+                        .bind(scan.serial.0.as_slice())
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    if known.is_none() {
+                        return Ok(Applied {
+                            outcome: match mode {
+                                Mode::Online => Outcome::Online(Verdict::Rejected {
+                                    code: ErrorCode::Expired,
+                                }),
+                                Mode::Offline { .. } => Outcome::Offline(SyncStatus::Rejected {
+                                    code: ErrorCode::Expired,
+                                }),
+                            },
+                            accepted: false,
+                            flag: None,
+                        });
+                    }
+                }
                 let until = scan.at.saturating_add(transfer);
                 let first = sqlx::query(&Self::sql(
                     "INSERT INTO tickets (serial, keyset_id, first_scan_id, first_at, until_at) \
@@ -514,19 +560,37 @@ macro_rules! sql_store {
                 }
             }
 
+            /// The stored answer of one retry, checked against what it scanned.
+            async fn stored_outcome(&self, mode: Mode, retry: &Retry) -> Result<Option<Outcome>, StoreError> {
+                let row = sqlx::query(&Self::sql(
+                    "SELECT outcome, serial, epoch FROM scans WHERE device_id = $1 AND scan_id = $2",
+                ))
+                .bind(retry.device)
+                .bind(retry.scan_id.0.as_slice())
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let same = serial_of(row.try_get::<&[u8], _>("serial")?)? == retry.serial
+                    && row.try_get::<i64, _>("epoch")? == i64::from(retry.epoch);
+                if !same {
+                    return Ok(Some(reused(mode)));
+                }
+                repeat_outcome(mode, row.try_get("outcome")?).map(Some)
+            }
+
             async fn stored_outcomes(
                 &self,
                 mode: Mode,
-                ids: &[Id16],
-                repeats: &mut HashMap<Id16, Outcome>,
+                taken: &[Retry],
+                repeats: &mut HashMap<ScanKey, Outcome>,
             ) -> Result<(), StoreError> {
-                for id in ids {
-                    let row = sqlx::query(&Self::sql("SELECT outcome FROM scans WHERE scan_id = $1"))
-                        .bind(id.0.as_slice())
-                        .fetch_one(&self.pool)
-                        .await?;
-                    let stored: &str = row.try_get("outcome")?;
-                    repeats.insert(*id, repeat_outcome(mode, stored)?);
+                for retry in taken {
+                    let outcome = self.stored_outcome(mode, retry).await?.ok_or_else(|| {
+                        StoreError::Corrupt("a taken scan id has no row".into())
+                    })?;
+                    repeats.insert((retry.device, retry.scan_id), outcome);
                 }
                 Ok(())
             }
@@ -558,8 +622,20 @@ macro_rules! sql_store {
                 ))
             }
 
+            async fn answered(
+                &self,
+                mode: Mode,
+                retries: &[Retry],
+            ) -> Result<Vec<Option<Outcome>>, StoreError> {
+                let mut out = Vec::with_capacity(retries.len());
+                for retry in retries {
+                    out.push(self.stored_outcome(mode, retry).await?);
+                }
+                Ok(out)
+            }
+
             async fn scan_accepted(&self, scan_id: &Id16) -> Result<Option<bool>, StoreError> {
-                let row = sqlx::query(&Self::sql("SELECT accepted FROM scans WHERE scan_id = $1"))
+                let row = sqlx::query(&Self::sql("SELECT accepted FROM scans WHERE scan_id = $1 LIMIT 1"))
                     .bind(scan_id.0.as_slice())
                     .fetch_optional(&self.pool)
                     .await?;
@@ -892,8 +968,28 @@ macro_rules! sql_store {
                 name: &str,
                 role: Role,
                 now: u64,
+                replace: bool,
             ) -> Result<Device, StoreError> {
                 let _guard = self.write_guard().await;
+                let mut tx = self.pool.begin_with($begin).await?;
+                let live = sqlx::query(&Self::sql(
+                    "SELECT id FROM devices WHERE name = $1 AND revoked_at IS NULL",
+                ))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if live.is_some() {
+                    if !replace {
+                        return Err(StoreError::NameTaken(name.to_owned()));
+                    }
+                    sqlx::query(&Self::sql(
+                        "UPDATE devices SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+                    ))
+                    .bind(to_i64(now)?)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let row = sqlx::query(&Self::sql(
                     "INSERT INTO devices (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4) \
                      RETURNING id",
@@ -902,8 +998,9 @@ macro_rules! sql_store {
                 .bind(name)
                 .bind(role.as_str())
                 .bind(to_i64(now)?)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(Device {
                     id: row.try_get("id")?,
                     name: name.to_owned(),
@@ -913,7 +1010,7 @@ macro_rules! sql_store {
 
             async fn device(&self, token_hash: &[u8; 32]) -> Result<Option<Device>, StoreError> {
                 let row = sqlx::query(&Self::sql(
-                    "SELECT id, name, role FROM devices WHERE token_hash = $1",
+                    "SELECT id, name, role FROM devices WHERE token_hash = $1 AND revoked_at IS NULL",
                 ))
                 .bind(token_hash.as_slice())
                 .fetch_optional(&self.pool)
@@ -926,6 +1023,42 @@ macro_rules! sql_store {
                     })
                 })
                 .transpose()
+            }
+
+            async fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, name, role, created_at, revoked_at FROM devices ORDER BY name, id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(DeviceInfo {
+                            device: Device {
+                                id: row.try_get("id")?,
+                                name: row.try_get("name")?,
+                                role: parse_role(row.try_get::<&str, _>("role")?)?,
+                            },
+                            created_at: to_u64(row.try_get("created_at")?)?,
+                            revoked_at: row
+                                .try_get::<Option<i64>, _>("revoked_at")?
+                                .map(to_u64)
+                                .transpose()?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn revoke_device(&self, name: &str, now: u64) -> Result<u64, StoreError> {
+                let _guard = self.write_guard().await;
+                Ok(sqlx::query(&Self::sql(
+                    "UPDATE devices SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+                ))
+                .bind(to_i64(now)?)
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
             }
 
             async fn save_publication(&self, version: u64, body: &str) -> Result<(), StoreError> {

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// A stored row does not decode (tampering or a bug): reported, never papered over.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A live device token of this name exists (nothing was changed).
+    #[error("a device named `{0}` is registered; pass --replace to revoke its token and issue a new one")]
+    NameTaken(String),
 }
 
 impl From<ProtocolError> for StoreError {
@@ -46,10 +49,14 @@ impl From<ProtocolError> for StoreError {
 /// How a product is used, as the ledger needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
-    /// Spent at the first scan; valid `transfer_seconds` more after it.
+    /// Spent at the first scan, which must fall inside the keyset's window; valid
+    /// `transfer_seconds` more after it, past the window's end too
+    /// (`protocol::verify::single_valid_until`).
     Single {
         /// Transfer window (0: none).
         transfer_seconds: u64,
+        /// The keyset window's end: no first use at or after it.
+        window_end: u64,
     },
     /// Valid until the keyset's window ends; each (serial, epoch) once.
     Pass {
@@ -58,7 +65,8 @@ pub enum Usage {
     },
 }
 
-/// A scan that passed every cryptographic check, ready for the ledger.
+/// A scan that passed every cryptographic check, ready for the ledger. Its scan id is scoped
+/// to its device and bound to its (serial, epoch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanRecord {
     /// Validator-chosen id.
@@ -208,6 +216,33 @@ pub enum Outcome {
     Offline(SyncStatus),
 }
 
+/// A scan refused before the ledger for a reason that depends on the time (a stale epoch, an
+/// ended window, a timestamp in the future): if its (device, scan id) was answered before, for
+/// the same ticket and epoch, the stored answer wins (a late retry of an accepted scan is
+/// still accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// The device that scanned.
+    pub device: i64,
+    /// Its scan id.
+    pub scan_id: Id16,
+    /// The ticket's serial.
+    pub serial: Serial,
+    /// The presentation's epoch.
+    pub epoch: u32,
+}
+
+/// A device as `ticketing validator list` shows it (never its token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device.
+    pub device: Device,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds, if revoked.
+    pub revoked_at: Option<u64>,
+}
+
 /// A validator device or an admin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -252,7 +287,13 @@ pub struct FlagCounts {
 pub trait LedgerStore: Send + Sync + 'static {
     /// Apply the ledger rules to `scans` in one transaction; one outcome per scan, in order.
     async fn record(&self, mode: Mode, scans: &[ScanRecord]) -> Result<Vec<Outcome>, StoreError>;
-    /// Whether scan `scan_id` is in the ledger, and if so whether it was accepted.
+    /// The stored answers of scans refused before the ledger ([`Retry`]), one per retry in
+    /// order: the answer (as [`repeat_outcome`] gives it) when the device answered that scan id
+    /// for the same ticket and epoch, `scan_id_reused` for another, `None` when it never did.
+    async fn answered(&self, mode: Mode, retries: &[Retry])
+    -> Result<Vec<Option<Outcome>>, StoreError>;
+    /// Whether scan `scan_id` (of any device) is in the ledger, and if so whether it was
+    /// accepted.
     async fn scan_accepted(&self, scan_id: &Id16) -> Result<Option<bool>, StoreError>;
     /// Put a serial on the deny list (idempotent; the first reason stays). A new entry also
     /// records its `revoked` event (valued at `fare`), in the same transaction. Returns whether
@@ -311,16 +352,22 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn counts(&self, keyset_id: &KeysetId) -> Result<LedgerCounts, StoreError>;
     /// Flag counts over the whole ledger.
     async fn flags(&self) -> Result<FlagCounts, StoreError>;
-    /// Register a token (by its hash).
+    /// Register a token (by its hash) under `name`. A live token of that name is refused
+    /// ([`StoreError::NameTaken`]) unless `replace`, which revokes it in the same transaction.
     async fn add_device(
         &self,
         token_hash: &[u8; 32],
         name: &str,
         role: Role,
         now: u64,
+        replace: bool,
     ) -> Result<Device, StoreError>;
-    /// The device a token hash belongs to.
+    /// The live (not revoked) device a token hash belongs to.
     async fn device(&self, token_hash: &[u8; 32]) -> Result<Option<Device>, StoreError>;
+    /// Every device, revoked ones included, by name.
+    async fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
+    /// Revoke the live tokens named `name` at `now`; returns how many were revoked.
+    async fn revoke_device(&self, name: &str, now: u64) -> Result<u64, StoreError>;
     /// Keep a published snapshot (JSON) under its version.
     async fn save_publication(&self, version: u64, body: &str) -> Result<(), StoreError>;
     /// The newest published snapshot.
@@ -392,9 +439,18 @@ pub(crate) fn encode_outcome(o: &Outcome) -> Result<String, StoreError> {
     .map_err(|e| StoreError::Corrupt(format!("encode outcome: {e}")))
 }
 
-/// The answer to a scan id seen before: the stored verdict online; `AlreadySynced` offline
-/// (whatever the first answer was, nothing changes).
-pub(crate) fn repeat_outcome(mode: Mode, stored: &str) -> Result<Outcome, StoreError> {
+/// The refusal of a scan id this device used for another ticket or epoch.
+pub(crate) fn reused(mode: Mode) -> Outcome {
+    let code = ticketing_protocol::ErrorCode::ScanIdReused;
+    match mode {
+        Mode::Online => Outcome::Online(Verdict::Rejected { code }),
+        Mode::Offline { .. } => Outcome::Offline(SyncStatus::Rejected { code }),
+    }
+}
+
+/// The answer to a scan id seen before, for the same ticket and epoch: the stored verdict
+/// online; `AlreadySynced` offline (whatever the first answer was, nothing changes).
+pub fn repeat_outcome(mode: Mode, stored: &str) -> Result<Outcome, StoreError> {
     match mode {
         Mode::Offline { .. } => Ok(Outcome::Offline(SyncStatus::AlreadySynced)),
         Mode::Online => match serde_json::from_str::<Verdict>(stored) {

@@ -39,6 +39,7 @@ pub fn test_cluster(seed: u64) -> Cluster {
         products: ProductsFile::builtin(),
         horizon_days: 2,
         rotation_seconds: 30,
+        clock_skew_seconds: 60,
         now,
     };
     let mut c = cluster::generate(&spec, &mut rng, &mut |_, _| {}).unwrap();
