@@ -316,13 +316,32 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Set up an n-node, threshold-t cluster in `dir` and start payments and every node.
+    /// Set up an n-node, threshold-t cluster in `dir` and start payments and every node. Its
+    /// products are the built-in ones without their sale minimums, so a ticket bought is the
+    /// current window's and usable at once, whatever the hour a test runs at (the minimums
+    /// have tests of their own: [`LocalCluster::start_with_products`]).
     pub async fn start(
+        dir: &Path,
+        nodes: u16,
+        threshold: u16,
+        settings: Settings,
+        databases: Databases,
+    ) -> Result<Self> {
+        let mut products = ProductsFile::builtin();
+        for p in &mut products.product {
+            p.min_remaining_minutes = 0;
+        }
+        Self::start_with_products(dir, nodes, threshold, settings, databases, products).await
+    }
+
+    /// [`LocalCluster::start`] with these products.
+    pub async fn start_with_products(
         dir: &Path,
         nodes: u16,
         threshold: u16,
         mut settings: Settings,
         databases: Databases,
+        products: ProductsFile,
     ) -> Result<Self> {
         settings.data_dir = dir.to_owned();
         let apps_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -349,7 +368,7 @@ impl LocalCluster {
         for _ in 0..nodes {
             node_listeners.push(TcpListener::bind("127.0.0.1:0").await?);
         }
-        let mut spec = crate::setup::spec(&settings, nodes, threshold, ProductsFile::builtin(), 31);
+        let mut spec = crate::setup::spec(&settings, nodes, threshold, products, 31);
         spec.payments_url = format!("http://{}", payments_listener.local_addr()?);
         spec.coordinator_url = format!("http://{}", coordinator_listener.local_addr()?);
         spec.node_urls = node_listeners

@@ -61,11 +61,15 @@ pub async fn list(settings: &Settings, as_json: bool) -> Result<()> {
         println!("no device tokens registered (`ticketing validator register --name NAME`)");
         return Ok(());
     }
-    println!("{:<6} {:<24} {:<10} {:<21} status", "id", "name", "role", "registered");
+    println!(
+        "{:<6} {:<24} {:<10} {:<21} status",
+        "id", "name", "role", "registered"
+    );
     for d in &devices {
-        let status = d
-            .revoked_at
-            .map_or_else(|| "live".to_owned(), |at| format!("revoked {}", crate::validator::utc(at)));
+        let status = d.revoked_at.map_or_else(
+            || "live".to_owned(),
+            |at| format!("revoked {}", crate::validator::utc(at)),
+        );
         println!(
             "{:<6} {:<24} {:<10} {:<21} {status}",
             d.device.id,

@@ -27,7 +27,7 @@ use serde_json::json;
 use ticketing_client::clock::Measured;
 use ticketing_client::validator::{
     Decision, Failure, Mode, Note, Outcome, RefusedScan, SeenEntry, SyncFailure, SyncReport,
-    Validator, ValidatorStore, clear_refused, decode_qr, remember, seen_epochs, settle,
+    Validator, ValidatorStore, clear_refused, decode_qr, remember, seen_of, settle,
 };
 use ticketing_client::{ClientError, Http};
 use ticketing_config::Settings;
@@ -166,8 +166,8 @@ struct Seen {
 }
 
 impl Seen {
-    fn epochs(&self, serial: &Serial) -> Vec<u32> {
-        seen_epochs(&self.entries, serial)
+    fn of(&self, serial: &Serial) -> Vec<SeenEntry> {
+        seen_of(&self.entries, serial)
     }
 
     #[cfg(test)]
@@ -384,8 +384,8 @@ impl ValidatorStore for State {
         self.write_snapshot(snapshot).map_err(|e| store_error(&e))
     }
 
-    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError> {
-        Ok(self.load_seen().epochs(serial))
+    async fn seen(&self, serial: &Serial) -> Result<Vec<SeenEntry>, ClientError> {
+        Ok(self.load_seen().of(serial))
     }
 
     async fn record(
@@ -962,6 +962,7 @@ mod tests {
             serial: Serial([b; 32]),
             epoch: 7,
             until,
+            at: 40,
         };
         state.write_record(entry(1, 100), None, 50).unwrap();
         state.write_record(entry(2, 1000), None, 50).unwrap();

@@ -346,9 +346,9 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
             None if now < t.valid_from => "not yet valid",
             None => "valid",
         };
-        let until = manifest
-            .as_ref()
-            .map_or(t.valid_until, |m| ticketing_client::wallet::valid_until(m, t));
+        let until = manifest.as_ref().map_or(t.valid_until, |m| {
+            ticketing_client::wallet::valid_until(m, t)
+        });
         println!(
             "{:>3}  {:<8} {:<13} until {}",
             i + 1,

@@ -346,9 +346,10 @@ async fn every_accepted_redemption_survives_a_sigkill_of_the_coordinator() {
         data_dir: data.clone(),
         ..Settings::default()
     };
-    let (token, _device) = ticketing_coordinator::register(&settings, "load", TokenRole::Validator, false)
-        .await
-        .unwrap();
+    let (token, _device) =
+        ticketing_coordinator::register(&settings, "load", TokenRole::Validator, false)
+            .await
+            .unwrap();
     let token = token.expose().to_owned();
 
     // Tickets first (no nodes needed), then presentations, all before the load starts.

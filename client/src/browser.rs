@@ -45,7 +45,8 @@ pub fn offset() -> i64 {
 pub fn set_offset_from(date_header: &str, sent_ms: f64, received_ms: f64) -> Option<i64> {
     let server = crate::clock::parse_http_date(date_header)?;
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let secs = crate::clock::offset_from(server, sent_ms.max(0.0) as u64, received_ms.max(0.0) as u64);
+    let secs =
+        crate::clock::offset_from(server, sent_ms.max(0.0) as u64, received_ms.max(0.0) as u64);
     OFFSET.with(|o| o.set(secs));
     Some(secs)
 }

@@ -151,7 +151,10 @@ mod tests {
             parse_http_date("Tue, 01 Dec 2026 15:43:06 GMT"),
             Some(1_796_139_786)
         );
-        assert_eq!(parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT"), Some(1_709_164_800));
+        assert_eq!(
+            parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT"),
+            Some(1_709_164_800)
+        );
         for bad in [
             "",
             "Sunday, 06-Nov-94 08:49:37 GMT",
@@ -173,7 +176,11 @@ mod tests {
         assert_eq!(c.get(), None);
         c.observe("not a date", 0, 0);
         assert_eq!(c.get(), None);
-        c.observe("Tue, 01 Dec 2026 15:43:06 GMT", 1_796_139_741_000, 1_796_139_741_100);
+        c.observe(
+            "Tue, 01 Dec 2026 15:43:06 GMT",
+            1_796_139_741_000,
+            1_796_139_741_100,
+        );
         assert_eq!(c.get().map(|m| m.offset), Some(45));
     }
 }

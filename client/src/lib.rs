@@ -321,7 +321,10 @@ impl Client {
                 service: "wallet".into(),
                 body: ErrorBody::new(
                     ErrorCode::DuplicatePoint,
-                    format!("blinded point {} repeats an earlier one; nothing was paid", i + 1),
+                    format!(
+                        "blinded point {} repeats an earlier one; nothing was paid",
+                        i + 1
+                    ),
                 ),
             });
         }

@@ -38,13 +38,16 @@ pub struct SeenEntry {
     /// When the ticket can no longer be valid (its keyset window's end; for a single, plus its
     /// transfer time): the entry is useless afterwards.
     pub until: u64,
+    /// When this device accepted it (unix seconds; 0 in entries written before it was kept).
+    #[serde(default)]
+    pub at: u64,
 }
 
-/// The seen set's rules, for every store: the epochs at which it holds `serial`...
-pub fn seen_epochs(seen: &[SeenEntry], serial: &Serial) -> Vec<u32> {
+/// The seen set's rules, for every store: the entries that hold `serial`...
+pub fn seen_of(seen: &[SeenEntry], serial: &Serial) -> Vec<SeenEntry> {
     seen.iter()
         .filter(|e| e.serial == *serial)
-        .map(|e| e.epoch)
+        .cloned()
         .collect()
 }
 
@@ -70,8 +73,8 @@ pub trait ValidatorStore {
     async fn snapshot(&self) -> Result<Option<BloomSnapshot>, ClientError>;
     /// Store a verified snapshot unless a newer one is already stored.
     async fn save_snapshot(&self, snapshot: &BloomSnapshot) -> Result<(), ClientError>;
-    /// The epochs at which this device accepted `serial` (empty: never).
-    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError>;
+    /// This device's seen entries of `serial` (empty: never accepted here).
+    async fn seen(&self, serial: &Serial) -> Result<Vec<SeenEntry>, ClientError>;
     /// Record an accepted scan: mark (serial, epoch) seen, queue `queued` (a scan accepted
     /// offline), and forget entries of keysets that ended before `now`.
     async fn record(
@@ -463,7 +466,7 @@ impl<S: ValidatorStore> Validator<S> {
             Ok(response) => match response.verdict {
                 CoordinatorVerdict::Accepted { valid_until } => {
                     self.store
-                        .record(seen_entry(&screened), None, now)
+                        .record(seen_entry(&screened, now), None, now)
                         .await
                         .map_err(Failure::Store)?;
                     Ok(Outcome::Valid {
@@ -560,7 +563,8 @@ impl<S: ValidatorStore> Validator<S> {
             .seen(&s.serial)
             .await
             .map_err(Failure::Store)?
-            .contains(&s.presentation.epoch)
+            .iter()
+            .any(|e| e.epoch == s.presentation.epoch)
         {
             return Ok(Some(Outcome::Invalid {
                 code: ErrorCode::ReplayedEpoch,
@@ -587,16 +591,23 @@ impl<S: ValidatorStore> Validator<S> {
         let valid_until = match s.kind {
             ProductKind::Single { transfer_minutes } => {
                 let transfer = u64::from(transfer_minutes).saturating_mul(60);
-                // The first showing this device accepted, if any (its epoch's start: within
-                // the clock skew of the scan), decides by the one rule for singles.
+                // The first showing this device accepted, if any, decides by the one rule for
+                // singles (entries of older versions carry only the epoch: its start).
+                let rotation = self.manifest.rotation_seconds.max(1);
                 let first = self
                     .store
                     .seen(&s.serial)
                     .await
                     .map_err(Failure::Store)?
-                    .into_iter()
-                    .min()
-                    .map(|e| u64::from(e).saturating_mul(self.manifest.rotation_seconds.max(1)));
+                    .iter()
+                    .map(|e| {
+                        if e.at > 0 {
+                            e.at
+                        } else {
+                            u64::from(e.epoch).saturating_mul(rotation)
+                        }
+                    })
+                    .min();
                 let first = match first {
                     Some(first) => first.max(s.keyset.params.valid_from).min(now),
                     // After the window only a known first use makes a transfer.
@@ -626,7 +637,7 @@ impl<S: ValidatorStore> Validator<S> {
             ProductKind::Pass => s.keyset.params.valid_until,
         };
         self.store
-            .record(seen_entry(s), Some(scan), now)
+            .record(seen_entry(s, now), Some(scan), now)
             .await
             .map_err(Failure::Store)?;
         Ok(Outcome::Valid {
@@ -755,7 +766,7 @@ fn reason(e: &ClientError) -> String {
     }
 }
 
-fn seen_entry(s: &Screened<'_>) -> SeenEntry {
+fn seen_entry(s: &Screened<'_>, now: u64) -> SeenEntry {
     let transfer = match s.kind {
         ProductKind::Single { transfer_minutes } => u64::from(transfer_minutes) * 60,
         ProductKind::Pass => 0,
@@ -764,6 +775,7 @@ fn seen_entry(s: &Screened<'_>) -> SeenEntry {
         serial: s.serial,
         epoch: s.presentation.epoch,
         until: s.keyset.params.valid_until.saturating_add(transfer),
+        at: now,
     }
 }
 
@@ -870,8 +882,8 @@ impl ValidatorStore for MemoryStore {
         })
     }
 
-    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError> {
-        self.with(|s| seen_epochs(&s.seen, serial))
+    async fn seen(&self, serial: &Serial) -> Result<Vec<SeenEntry>, ClientError> {
+        self.with(|s| seen_of(&s.seen, serial))
     }
 
     async fn record(

@@ -402,7 +402,11 @@ pub fn status(manifest: &Manifest, ticket: &StoredTicket, now: u64) -> TicketSta
         if until.is_some_and(|until| now < until) {
             return TicketStatus::Active;
         }
-        if now >= shown.saturating_add(transfer).saturating_add(USED_UP_GRACE_SECONDS) {
+        if now
+            >= shown
+                .saturating_add(transfer)
+                .saturating_add(USED_UP_GRACE_SECONDS)
+        {
             return TicketStatus::UsedUp;
         }
     }

@@ -499,6 +499,76 @@ mod tests {
         }
     }
 
+    /// The window on sale near a window's end (built-in minimums: single 10 min, day 2 h, week
+    /// 1 day), with the clock injected: the next window is sold once the current one has less
+    /// than the minimum left, never one further ahead, and nothing when the next is missing.
+    #[test]
+    fn the_next_window_is_sold_when_the_current_ends_within_the_minimum() {
+        let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(3);
+        // 2026-11-21 13:00 UTC, a Saturday; keysets for 3 days.
+        let mut s = spec(3, 2);
+        s.horizon_days = 3;
+        let c = generate(&s, &mut rng, &mut |_, _| {}).unwrap();
+        let m = &c.manifest;
+        let midnight = 1_795_305_600; // 2026-11-22 00:00, end of today's day pass
+        let window = |p: &str, at: u64| {
+            m.on_sale(p, at)
+                .map(|k| (k.params.valid_from, k.params.valid_until))
+        };
+        assert_eq!(
+            window("day", midnight - 7201),
+            Some((midnight - 86_400, midnight))
+        );
+        // 10 s before the end (and anywhere in the last 2 h): tomorrow's, at the full window.
+        for at in [midnight - 7200, midnight - 10] {
+            assert_eq!(
+                window("day", at),
+                Some((midnight, midnight + 86_400)),
+                "{at}"
+            );
+        }
+        let today = m
+            .keysets
+            .iter()
+            .find(|k| k.params.product == "day" && k.params.valid_until == midnight)
+            .unwrap();
+        assert!(m.sellable(today, midnight - 7201));
+        assert!(!m.sellable(today, midnight - 10));
+        assert!(!m.sellable(today, midnight + 1));
+        // Never two windows ahead.
+        let after_tomorrow = m
+            .keysets
+            .iter()
+            .find(|k| k.params.product == "day" && k.params.valid_from == midnight + 86_400)
+            .unwrap();
+        assert!(!m.sellable(after_tomorrow, midnight - 10));
+        // The week ends Monday 00:00: this week's on Saturday, next week's from Sunday 00:00.
+        let monday = midnight + 86_400;
+        assert_eq!(
+            window("week", 1_795_266_000),
+            Some((monday - 7 * 86_400, monday))
+        );
+        assert_eq!(
+            window("week", monday - 86_400),
+            Some((monday, monday + 7 * 86_400))
+        );
+        // Singles: the last 10 minutes of November sell December's.
+        let december = 1_796_083_200;
+        assert_eq!(
+            window("single", december - 601).map(|w| w.1),
+            Some(december)
+        );
+        // The last keyset of the horizon: past it, nothing is on sale (not a short window).
+        let last = m
+            .keysets
+            .iter()
+            .filter(|k| k.params.product == "day")
+            .map(|k| k.params.valid_until)
+            .max()
+            .unwrap();
+        assert_eq!(window("day", last - 60), None);
+    }
+
     #[test]
     fn setup_writes_a_verifiable_cluster_with_private_secrets() {
         let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(1);

@@ -394,9 +394,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn device_names_are_unique_and_tokens_revocable(
-        store: Arc<dyn LedgerStore>,
-    ) {
+    pub(crate) async fn device_names_are_unique_and_tokens_revocable(store: Arc<dyn LedgerStore>) {
         let s = store.as_ref();
         let first = s
             .add_device(&[1; 32], "gate-1", Role::Validator, 5, false)
@@ -406,7 +404,10 @@ mod cases {
         let again = s
             .add_device(&[2; 32], "gate-1", Role::Validator, 6, false)
             .await;
-        assert!(matches!(again, Err(StoreError::NameTaken(ref n)) if n == "gate-1"), "{again:?}");
+        assert!(
+            matches!(again, Err(StoreError::NameTaken(ref n)) if n == "gate-1"),
+            "{again:?}"
+        );
         assert_eq!(s.device(&[2; 32]).await.unwrap(), None);
         assert_eq!(s.device(&[1; 32]).await.unwrap(), Some(first.clone()));
         // Asked for explicitly: the old token is revoked, the new one works.
@@ -475,7 +476,10 @@ mod cases {
         let out = s
             .record(
                 Mode::Online,
-                &[scan(5, 3, 10, 300, 1, SINGLE), scan(5, 4, 10, 300, 1, SINGLE)],
+                &[
+                    scan(5, 3, 10, 300, 1, SINGLE),
+                    scan(5, 4, 10, 300, 1, SINGLE),
+                ],
             )
             .await
             .unwrap();
@@ -504,7 +508,12 @@ mod cases {
         let found = s
             .answered(
                 Mode::Online,
-                &[retry(1, 1, 10, 1), retry(1, 2, 10, 1), retry(9, 1, 10, 1), retry(1, 1, 10, 3)],
+                &[
+                    retry(1, 1, 10, 1),
+                    retry(1, 2, 10, 1),
+                    retry(9, 1, 10, 1),
+                    retry(1, 1, 10, 3),
+                ],
             )
             .await
             .unwrap();

@@ -1,5 +1,5 @@
-//! `Node::issue` with an explicit clock: receipts expire and keysets end for new sales, never
-//! for a retry of a sale the node already recorded.
+//! `Node::issue` with an explicit clock: receipts expire for new sales, never for a retry of a
+//! sale the node already recorded; a sale is judged at the time it was made.
 
 // Test code: a panic is how a test fails.
 #![allow(
@@ -48,6 +48,11 @@ async fn node() -> (tempfile::TempDir, Cluster, Node) {
 }
 
 fn request(c: &Cluster, id: u8, expires_at: u64) -> IssueRequest {
+    request_at(c, id, NOW, expires_at)
+}
+
+/// A day-pass sale of two tickets, paid at `issued_at`.
+fn request_at(c: &Cluster, id: u8, issued_at: u64, expires_at: u64) -> IssueRequest {
     let mut rng = ChaCha20Rng::seed_from_u64(u64::from(id));
     let keyset = c
         .manifest
@@ -72,7 +77,7 @@ fn request(c: &Cluster, id: u8, expires_at: u64) -> IssueRequest {
         digest: blinded_digest(&blinded),
         amount: 1400,
         currency: "EUR".into(),
-        issued_at: NOW,
+        issued_at,
         expires_at,
     }
     .sign(&c.payments.sign_key().unwrap());
@@ -95,8 +100,12 @@ async fn an_expired_receipt_is_refused_unless_already_recorded() {
     ));
 }
 
+/// A sale is judged when it was made (the receipt's `issued_at`): one paid before the window
+/// ended completes after the end, within the receipt's validity, even at a node that never saw
+/// it before (fewer than t nodes answered before the end); one paid when the window was not on
+/// sale is refused.
 #[tokio::test]
-async fn an_ended_keyset_refuses_new_sales_but_answers_retries() {
+async fn a_sale_made_before_the_window_ended_completes_after_it() {
     let (_dir, c, node) = node().await;
     let req = request(&c, 3, u64::MAX);
     let valid_until = c
@@ -107,11 +116,46 @@ async fn an_ended_keyset_refuses_new_sales_but_answers_retries() {
         .valid_until;
     node.issue(req.clone(), NOW).await.unwrap();
     node.issue(req, valid_until + 10).await.unwrap();
-    let fresh = request(&c, 4, u64::MAX);
+    // Paid before the end, first seen by this node after it.
+    let late = request(&c, 4, u64::MAX);
+    node.issue(late, valid_until + 10).await.unwrap();
+    // Within its validity only.
+    let expired = request(&c, 7, valid_until + 5);
     assert!(matches!(
-        node.issue(fresh, valid_until + 10).await,
-        Err(NodeError::KeysetNotActive(_))
+        node.issue(expired, valid_until + 10).await,
+        Err(NodeError::ReceiptExpired(_))
     ));
+    // Issued after the end, or in the last 2 h of a day (tomorrow's day pass was on sale then).
+    for issued_at in [valid_until + 1, valid_until - 3600] {
+        let not_on_sale = request_at(&c, 8, issued_at, u64::MAX);
+        assert!(matches!(
+            node.issue(not_on_sale, issued_at).await,
+            Err(NodeError::KeysetNotActive(_))
+        ));
+    }
+}
+
+/// Each ticket needs its own blinded point: a repeated one is refused before anything is
+/// recorded or signed (it used to be signed twice).
+#[tokio::test]
+async fn a_repeated_blinded_point_is_refused() {
+    let (_dir, c, node) = node().await;
+    let mut req = request(&c, 9, u64::MAX);
+    req.blinded[1] = req.blinded[0];
+    let mut receipt = req.receipt.receipt.clone();
+    receipt.digest = blinded_digest(&req.blinded);
+    req.receipt = receipt.sign(&c.payments.sign_key().unwrap());
+    let refused = node.issue(req, NOW).await;
+    assert!(
+        matches!(refused, Err(NodeError::DuplicatePoint(2))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        ticketing_service::ApiError::from(refused.unwrap_err())
+            .0
+            .code,
+        ticketing_protocol::ErrorCode::DuplicatePoint
+    );
 }
 
 #[tokio::test]

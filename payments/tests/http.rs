@@ -16,7 +16,7 @@ mod common;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use common::{Server, assert_error, card_body, current_keyset, ended_keyset, voucher_body};
+use common::{DAY, Server, assert_error, card_body, current_keyset, ended_keyset, voucher_body};
 use ticketing_config::Settings;
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_payments::card::{
@@ -296,6 +296,19 @@ async fn products_keysets_and_counts_are_checked() {
         .await;
     let detail = assert_error(&answer, 422, "keyset_not_active");
     assert!(detail.contains("ended"), "{detail}");
+
+    // Nor a window further ahead than the next one: the day after tomorrow is not on sale.
+    let now = ticketing_service::now();
+    let later = s
+        .manifest()
+        .keysets
+        .iter()
+        .find(|k| k.params.product == "day" && k.params.valid_from > now + DAY)
+        .unwrap()
+        .id;
+    let answer = s.checkout(&card_body("day", &later, 1, &d, SUCCEEDS)).await;
+    let detail = assert_error(&answer, 422, "keyset_not_active");
+    assert!(detail.contains("not on sale"), "{detail}");
 
     let max = s.settings.payments.max_tickets_per_checkout;
     for count in [0, max + 1, u32::MAX] {

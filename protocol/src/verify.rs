@@ -70,7 +70,12 @@ pub fn screen<'m>(manifest: &'m Manifest, text: &str, at: u64) -> Result<Screene
     if at < keyset.params.valid_from {
         return Err(ErrorCode::NotYetValid);
     }
-    if at >= keyset.params.valid_until.saturating_add(product.transfer_seconds()) {
+    if at
+        >= keyset
+            .params
+            .valid_until
+            .saturating_add(product.transfer_seconds())
+    {
         return Err(ErrorCode::Expired);
     }
     if !epoch_fresh(

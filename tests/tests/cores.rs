@@ -406,6 +406,7 @@ async fn a_scan_is_decided_offline_queued_synced_and_resynced() {
                         .serial(),
                     epoch: 0,
                     until: u64::MAX,
+                    at: s.scanned_at,
                 },
                 Some(s.clone()),
                 now(),

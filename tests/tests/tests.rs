@@ -12,6 +12,14 @@
 //!   other than the pinned one is refused (`manifest_mismatch`); a scan decided online, as a
 //!   replay, offline by choice and with the coordinator down, queued, synced, re-synced; a
 //!   camera frame decodes to a payload that verifies.
+//! - `edges`: the system at its edges, as an attacker or an unlucky passenger meets it: a
+//!   scan id reused for another ticket is `scan_id_reused` (and scoped per device); a retry of
+//!   an answered scan gets its answer however late; wallet clocks off by up to 60 s accepted
+//!   at every position of the epoch; clock offsets measured from `Date` and corrected for; a
+//!   validator's scans from a fast clock recorded, ones from the future refused with their own
+//!   code and kept on the device; singles transfer past their window's end (coordinator,
+//!   validator core and wallet alike); repeated blinded points refused; device tokens
+//!   replaced, listed and revoked (401 at once).
 //! - `issuance`: payments + a 3-of-5 cluster over HTTP on 127.0.0.1:0, on SQLite and on real
 //!   Postgres: a purchase end to end; two nodes down still buys 100 of 100; three down names
 //!   the unreachable nodes and the same receipt works once they return; a byzantine node is
@@ -56,6 +64,7 @@ mod audit;
 mod browser;
 mod common;
 mod cores;
+mod edges;
 mod issuance;
 mod redemption;
 mod validator_pwa;

@@ -6,10 +6,10 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 use ticketing_client::ClientError;
-use ticketing_client::idb::Db;
 use ticketing_client::clock::Measured;
+use ticketing_client::idb::Db;
 use ticketing_client::validator::{
-    RefusedScan, SeenEntry, ValidatorStore, clear_refused, remember, seen_epochs, settle,
+    RefusedScan, SeenEntry, ValidatorStore, clear_refused, remember, seen_of, settle,
 };
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::publication::BloomSnapshot;
@@ -149,9 +149,9 @@ impl ValidatorStore for IdbStore {
             .map_err(err)
     }
 
-    async fn seen(&self, serial: &Serial) -> Result<Vec<u32>, ClientError> {
+    async fn seen(&self, serial: &Serial) -> Result<Vec<SeenEntry>, ClientError> {
         let seen: Vec<SeenEntry> = parse(self.get("seen").await?.as_deref());
-        Ok(seen_epochs(&seen, serial))
+        Ok(seen_of(&seen, serial))
     }
 
     async fn record(

@@ -25,9 +25,9 @@ use ticketing_protocol::partner::{EventKind, PartnerEvent, ProductTotals};
 
 use super::{
     Device, DeviceInfo, Fare, FlagCounts, Issuance, LedgerCounts, LedgerStore, Mode, NewEvent,
-    Outcome, Partner, Retry, Role, ScanRecord, StoreError, Usage, Webhook, encode_outcome,
-    id16_of, keyset_of, parse_reason, parse_role, reason_str, repeat_outcome, reused, serial_of,
-    to_i64, to_u64,
+    Outcome, Partner, Retry, Role, ScanRecord, StoreError, Usage, Webhook, encode_outcome, id16_of,
+    keyset_of, parse_reason, parse_role, reason_str, repeat_outcome, reused, serial_of, to_i64,
+    to_u64,
 };
 
 /// A scan id as the ledger keys it: scoped to its device.

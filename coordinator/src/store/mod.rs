@@ -36,7 +36,9 @@ pub enum StoreError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// A live device token of this name exists (nothing was changed).
-    #[error("a device named `{0}` is registered; pass --replace to revoke its token and issue a new one")]
+    #[error(
+        "a device named `{0}` is registered; pass --replace to revoke its token and issue a new one"
+    )]
     NameTaken(String),
 }
 
@@ -290,8 +292,11 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// The stored answers of scans refused before the ledger ([`Retry`]), one per retry in
     /// order: the answer (as [`repeat_outcome`] gives it) when the device answered that scan id
     /// for the same ticket and epoch, `scan_id_reused` for another, `None` when it never did.
-    async fn answered(&self, mode: Mode, retries: &[Retry])
-    -> Result<Vec<Option<Outcome>>, StoreError>;
+    async fn answered(
+        &self,
+        mode: Mode,
+        retries: &[Retry],
+    ) -> Result<Vec<Option<Outcome>>, StoreError>;
     /// Whether scan `scan_id` (of any device) is in the ledger, and if so whether it was
     /// accepted.
     async fn scan_accepted(&self, scan_id: &Id16) -> Result<Option<bool>, StoreError>;

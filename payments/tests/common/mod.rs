@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 pub const DAY: u64 = 86_400;
 
 /// A 1-of-1 cluster with the built-in products (single 250, day 700, week 2500 EUR) for the
-/// next two days, plus keysets whose windows ended weeks ago.
+/// next three days, plus keysets whose windows ended weeks ago.
 pub fn test_cluster(seed: u64) -> Cluster {
     let now = ticketing_service::now();
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -37,7 +37,7 @@ pub fn test_cluster(seed: u64) -> Cluster {
         payments_url: "http://127.0.0.1:7600".into(),
         coordinator_url: "http://127.0.0.1:7601".into(),
         products: ProductsFile::builtin(),
-        horizon_days: 2,
+        horizon_days: 3,
         rotation_seconds: 30,
         clock_skew_seconds: 60,
         now,
@@ -47,13 +47,11 @@ pub fn test_cluster(seed: u64) -> Cluster {
     c
 }
 
-/// A keyset of `product` that is valid now.
+/// The keyset of `product` on sale now (today's window, or the next one in the last part of
+/// a window: the product's `min_remaining_minutes`).
 pub fn current_keyset(manifest: &Manifest, product: &str) -> KeysetId {
-    let now = ticketing_service::now();
     manifest
-        .keysets
-        .iter()
-        .find(|k| k.params.product == product && k.is_valid_at(now))
+        .on_sale(product, ticketing_service::now())
         .unwrap()
         .id
 }
