@@ -568,7 +568,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5084(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5300(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -594,7 +594,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5084(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5300(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -644,10 +644,6 @@ function __wbg_get_imports() {
         __wbg_parentNode_fe15bcc26df42856: function(arg0) {
             const ret = arg0.parentNode;
             return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
-        },
-        __wbg_parse_db19ce9de46824f7: function(arg0, arg1) {
-            const ret = Date.parse(getStringFromWasm0(arg0, arg1));
-            return ret;
         },
         __wbg_performance_50e6a3f8dc80bbca: function(arg0) {
             const ret = arg0.performance;
@@ -863,38 +859,38 @@ function __wbg_get_imports() {
             return ret;
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 507, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3063);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 566, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3258);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 569, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5066);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 627, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5282);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 258, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1453);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 307, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1582);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 507, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3063_15);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 566, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3258_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 7, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_503);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_523);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 346, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1751);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 395, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1903);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 508, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3062);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 567, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3257);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0, arg1) {
@@ -917,38 +913,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_1751(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_1751(arg0, arg1);
+function __wasm_bindgen_func_elem_1903(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_1903(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3062(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_3062(arg0, arg1);
+function __wasm_bindgen_func_elem_3257(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_3257(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3063(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3063(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3258(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3258(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_1453(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_1453(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_1582(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_1582(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_3063_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3063_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3258_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3258_15(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_503(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_503(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_523(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_523(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_5084(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_5084(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_5300(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_5300(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_5066(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_5282(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_5066(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_5282(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

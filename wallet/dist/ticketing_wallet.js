@@ -501,7 +501,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6427(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6477(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -531,7 +531,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6427(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6477(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -593,10 +593,6 @@ function __wbg_get_imports() {
         __wbg_parentNode_fe15bcc26df42856: function(arg0) {
             const ret = arg0.parentNode;
             return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
-        },
-        __wbg_parse_db19ce9de46824f7: function(arg0, arg1) {
-            const ret = Date.parse(getStringFromWasm0(arg0, arg1));
-            return ret;
         },
         __wbg_performance_50e6a3f8dc80bbca: function(arg0) {
             const ret = arg0.performance;
@@ -806,38 +802,38 @@ function __wbg_get_imports() {
             return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 925, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4379);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 927, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4428);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 988, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6409);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 990, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6459);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 631, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2569);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 633, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2587);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 925, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4379_15);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 927, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4428_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 5, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_633);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_639);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 706, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2746);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 708, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2774);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 926, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4378);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 928, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4427);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0) {
@@ -865,38 +861,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_2746(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_2746(arg0, arg1);
+function __wasm_bindgen_func_elem_2774(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_2774(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4378(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4378(arg0, arg1);
+function __wasm_bindgen_func_elem_4427(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4427(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4379(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4379(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4428(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4428(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_2569(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_2569(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_2587(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_2587(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4379_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4379_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4428_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4428_15(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_633(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_633(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_639(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_639(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_6427(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_6427(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_6477(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_6477(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_6409(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_6459(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_6409(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_6459(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {
