@@ -608,6 +608,7 @@ impl<S: ValidatorStore> Validator<S> {
                         }
                     })
                     .min();
+                let first_here = first.is_none();
                 let first = match first {
                     Some(first) => first.max(s.keyset.params.valid_from).min(now),
                     // After the window only a known first use makes a transfer.
@@ -625,7 +626,9 @@ impl<S: ValidatorStore> Validator<S> {
                     transfer,
                     first,
                 ) {
-                    Some(until) if until > now => until,
+                    // This scan is the first use (valid for it even without a transfer
+                    // time), or a transfer within the time after the first.
+                    Some(until) if first_here || until > now => until,
                     _ => {
                         return Ok(Outcome::Invalid {
                             code: ErrorCode::Spent,

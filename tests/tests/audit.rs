@@ -32,7 +32,18 @@ async fn audit_with(
     evidence: Vec<ticketing_protocol::issue::Blame>,
 ) -> (Report, AuditState) {
     let options = Options {
-        coordinator_token: Some(token(c, "auditor", TokenRole::Auditor).await),
+        // A token per audit, as separate auditors would hold (a name is registered once).
+        coordinator_token: Some(
+            token(
+                c,
+                &format!(
+                    "auditor-{}",
+                    ticketing_protocol::Id16::random(&mut rand::rng())
+                ),
+                TokenRole::Auditor,
+            )
+            .await,
+        ),
         timeout: Duration::from_secs(10),
         evidence,
     };
