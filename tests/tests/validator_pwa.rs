@@ -3,7 +3,8 @@
 //! pasting the code `ticketing validator register --qr` prints, a ticket scanned from the
 //! camera (rqrr in wasm) and accepted online, the same code again refused as a replay, a
 //! forged one and a two-minute-old one refused, one accepted offline while the coordinator is
-//! down, queued in IndexedDB and synced by the button once it is back, a revoked ticket refused
+//! down, queued in IndexedDB and synced by the button once it is back, a scan the coordinator
+//! refuses at sync kept with its reason until cleared, a revoked ticket refused
 //! offline after the spent list was refreshed, a picked picture decided; then a second device
 //! registered through its camera, everything stopped (the apps server too), the page reloaded
 //! from its service worker: a fresh ticket VALID offline.
@@ -263,6 +264,45 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     let v = verdict(&b).await;
     assert!(v.contains("VALID") && v.contains("offline"), "{v}");
     next_scan(&b).await;
+
+    // That ticket is revoked before the device syncs: the coordinator refuses the scan, and
+    // the device keeps it, with the reason, until the conductor clears it.
+    c.start_coordinator().await.unwrap();
+    let pictured = wallet.data().await.unwrap().tickets[3].ticket;
+    let status = http
+        .post(format!("{}/v1/admin/revoke", manifest.coordinator.url))
+        .bearer_auth(&admin)
+        .json(&json!({ "keyset_id": pictured.keyset_id, "serial": pictured.serial() }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    b.click("#sync").await.unwrap();
+    b.wait(
+        "a refused scan kept",
+        "return document.querySelector('#held').innerText.startsWith('1') && \
+         document.querySelector('#queued').innerText == '0'",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.js(
+        "document.querySelector('#diag-h').scrollIntoView()",
+        json!([]),
+    )
+    .await
+    .unwrap();
+    b.screenshot("validator-8b-refused-kept").await.unwrap();
+    b.click("#clear-refused").await.unwrap();
+    b.wait(
+        "the refused scan cleared",
+        "return document.querySelector('#held').innerText.startsWith('0')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    c.stop_coordinator().await.unwrap();
 
     // Nothing about the passenger anywhere on the page.
     let page = b

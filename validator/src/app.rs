@@ -612,7 +612,7 @@ fn Scanner(state: State) -> impl IntoView {
             <h2 id="diag-h">"Device"</h2>
             <dl>
                 <dt>"Queued offline"</dt><dd id="queued">{move || diag().queued}</dd>
-                <dt>"Refused by the coordinator"</dt><dd id="refused">{move || {
+                <dt>"Refused at sync, ever"</dt><dd id="refused">{move || {
                     let r = diag().refused;
                     if r.is_empty() { "none".to_owned() } else { r.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ") }
                 }}</dd>
