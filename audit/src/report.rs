@@ -239,13 +239,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether nothing could be read: every node unreachable (the audit could not run, as
+    /// opposed to finding violations).
+    pub fn nothing_read(&self) -> bool {
+        !self.nodes.is_empty() && self.nodes.iter().all(|n| !n.reachable)
+    }
+
     /// The report as text tables for a terminal.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
             "audit of manifest {} at {} (threshold {})\n",
-            self.manifest_digest, self.time, self.threshold
+            self.manifest_digest,
+            ticketing_protocol::when::utc(self.time),
+            self.threshold
         );
         let _ = writeln!(
             out,

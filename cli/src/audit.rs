@@ -44,8 +44,15 @@ pub fn auditor_token_path(settings: &Settings) -> PathBuf {
 /// Run the audit; errors are printed here (exit 2) so that 1 always means "violations".
 pub async fn audit(settings: &Settings, args: &AuditArgs) -> ExitCode {
     match try_audit(settings, args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(Verdict::Clean) => ExitCode::SUCCESS,
+        Ok(Verdict::Violations) => ExitCode::from(1),
+        Ok(Verdict::NothingRead) => {
+            eprintln!(
+                "error: no node could be read (see the table above); the audit could not run: \
+                 check the manifest's URLs and that the services are up"
+            );
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -61,7 +68,13 @@ fn read_token(path: &Path) -> Result<Option<String>> {
     }
 }
 
-async fn try_audit(settings: &Settings, args: &AuditArgs) -> Result<bool> {
+enum Verdict {
+    Clean,
+    Violations,
+    NothingRead,
+}
+
+async fn try_audit(settings: &Settings, args: &AuditArgs) -> Result<Verdict> {
     let manifest_file = args
         .manifest
         .clone()
@@ -91,9 +104,15 @@ async fn try_audit(settings: &Settings, args: &AuditArgs) -> Result<bool> {
         next.save(path)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render());
+        out!("{}", report.render());
     }
-    Ok(report.clean)
+    Ok(if report.nothing_read() {
+        Verdict::NothingRead
+    } else if report.clean {
+        Verdict::Clean
+    } else {
+        Verdict::Violations
+    })
 }

@@ -39,7 +39,12 @@ impl Running {
     {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, stopped));
+        // Every line a service logs names it (several run in one process in the demo).
+        let span = tracing::info_span!("service", name = %name);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            serve(listener, stopped),
+            span,
+        ));
         Ok(Self {
             name,
             url: format!("http://{addr}"),
@@ -146,8 +151,32 @@ async fn bind(url: &str) -> Result<TcpListener> {
         .with_context(|| format!("binding {addr} (is another demo running? change demo.base_port)"))
 }
 
+/// Ctrl-C, or SIGTERM (what `docker stop`, systemd and Kubernetes send): either stops the
+/// services gracefully (no new connections, in-flight requests finished).
 async fn shutdown_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C still works");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+        tracing::info!("stopping: finishing requests in flight");
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// `ticketing demo`: set the cluster up in `data_dir` if it is not there, start payments and
@@ -155,7 +184,7 @@ async fn shutdown_signal() {
 pub async fn run(settings: &Settings) -> Result<()> {
     let dir = &settings.data_dir;
     if !cluster::manifest_path(dir).exists() {
-        println!(
+        outln!(
             "setting up a {}-of-{} cluster in {} ...",
             settings.demo.threshold,
             settings.demo.nodes,
@@ -208,43 +237,43 @@ pub async fn run(settings: &Settings) -> Result<()> {
         }
     }
 
-    println!();
-    println!(
+    outln!();
+    outln!(
         "ticketing demo: {} of {} nodes, data in {}",
         manifest.threshold,
         manifest.nodes_total,
         dir.display()
     );
     for r in &running {
-        println!("  {:<11} {}", r.name, r.url);
+        outln!("  {:<11} {}", r.name, r.url);
     }
-    println!(
+    outln!(
         "  manifest    {} (digest {})",
         cluster::manifest_path(dir).display(),
         manifest.digest()
     );
-    println!(
+    outln!(
         "  wallet      {apps_url}/wallet/   (passengers: open in a browser; build {})",
         crate::apps::wallet_build()
     );
-    println!(
+    outln!(
         "  validator   {apps_url}/validator/   (conductors; register with: ticketing validator register --name bus-1 --qr; build {})",
         crate::apps::validator_build()
     );
-    println!("  or the CLIs:");
-    println!("    ticketing wallet buy --product single --card 4242424242424242");
-    println!("    ticketing wallet show --png ticket.png");
-    println!(
+    outln!("  or the CLIs:");
+    outln!("    ticketing wallet buy --product single --card 4242424242424242");
+    outln!("    ticketing wallet show --png ticket.png");
+    outln!(
         "    ticketing validate --image ticket.png     (conductor; token in {})",
         token_file.display()
     );
-    println!("    ticketing validator sync                  (push scans queued offline)");
-    println!("  vouchers:  ticketing voucher create --product single --count 3");
-    println!("  auditors:  ticketing audit --state audit-state.json");
-    println!("Ctrl-C stops everything.");
+    outln!("    ticketing validator sync                  (push scans queued offline)");
+    outln!("  vouchers:  ticketing voucher create --product single --count 3");
+    outln!("  auditors:  ticketing audit --state audit-state.json");
+    outln!("Ctrl-C (or SIGTERM) stops everything.");
 
     shutdown_signal().await;
-    println!("stopping ...");
+    outln!("stopping ...");
     running.push(apps);
     for r in running {
         r.stop().await?;
@@ -258,7 +287,7 @@ pub async fn run_node(settings: &Settings) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.node.listen))?;
     let running = spawn_node(settings, settings.node.index, listener).await?;
-    tracing::info!(url = %running.url, "node {} listening", settings.node.index);
+    tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
     running.stop().await
 }
@@ -269,7 +298,7 @@ pub async fn run_coordinator(settings: &Settings) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.coordinator.listen))?;
     let running = spawn_coordinator(settings, listener).await?;
-    tracing::info!(url = %running.url, "coordinator listening");
+    tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
     running.stop().await
 }
@@ -280,7 +309,7 @@ pub async fn run_payments(settings: &Settings) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.payments.listen))?;
     let running = spawn_payments(settings, listener).await?;
-    tracing::info!(url = %running.url, "payments listening");
+    tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
     running.stop().await
 }

@@ -54,23 +54,26 @@ pub async fn list(settings: &Settings, as_json: bool) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     if devices.is_empty() {
-        println!("no device tokens registered (`ticketing validator register --name NAME`)");
+        outln!("no device tokens registered (`ticketing validator register --name NAME`)");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<6} {:<24} {:<10} {:<21} status",
-        "id", "name", "role", "registered"
+        "id",
+        "name",
+        "role",
+        "registered"
     );
     for d in &devices {
         let status = d.revoked_at.map_or_else(
             || "live".to_owned(),
             |at| format!("revoked {}", crate::validator::utc(at)),
         );
-        println!(
+        outln!(
             "{:<6} {:<24} {:<10} {:<21} {status}",
             d.device.id,
             d.device.name,

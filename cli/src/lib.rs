@@ -12,6 +12,49 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ticketing_config::Settings;
 
+/// Write to standard output. When the reader has gone (`ticketing wallet list | head -1`) the
+/// command stops quietly with exit 0, as Unix tools do, instead of panicking; another write
+/// error (a full disk behind a redirect) is reported once, exit 2.
+#[doc(hidden)]
+pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` through [`write_out`].
+macro_rules! outln {
+    () => {
+        $crate::write_out(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` through [`write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*), false)
+    };
+}
+
 pub mod apps;
 pub mod audit;
 pub mod bench;
@@ -143,18 +186,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<ExitCode> {
     match cli.command {
         Command::Config(ConfigCommand::Example) => {
-            print!("{}", ticketing_config::EXAMPLE);
+            out!("{}", ticketing_config::EXAMPLE);
         }
         Command::Setup(args) => setup::setup(&settings()?, &args)?,
         Command::Keys(KeysCommand::Extend(args)) => setup::extend(&settings()?, &args)?,
         Command::Demo => {
             let s = settings()?;
-            ticketing_service::init_tracing(&s.log.filter);
+            ticketing_service::init_tracing(&s.log);
             demo::run(&s).await?;
         }
         Command::Node(args) => {
             let mut s = settings()?;
-            ticketing_service::init_tracing(&s.log.filter);
+            ticketing_service::init_tracing(&s.log);
             if let Some(i) = args.index {
                 s.node.index = i;
             }
@@ -162,12 +205,12 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
         }
         Command::Payments => {
             let s = settings()?;
-            ticketing_service::init_tracing(&s.log.filter);
+            ticketing_service::init_tracing(&s.log);
             demo::run_payments(&s).await?;
         }
         Command::Coordinator => {
             let s = settings()?;
-            ticketing_service::init_tracing(&s.log.filter);
+            ticketing_service::init_tracing(&s.log);
             demo::run_coordinator(&s).await?;
         }
         Command::Validate(args) => return Ok(validator::validate(&settings()?, &args).await),
@@ -179,7 +222,7 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
                     .await
                     .context("creating vouchers")?;
             for code in codes {
-                println!("{code}");
+                outln!("{code}");
             }
         }
         Command::Wallet(cmd) => return wallet::run(&settings()?, cmd).await,

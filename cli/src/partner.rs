@@ -62,8 +62,8 @@ async fn add(
                 p.name,
                 p.products.join(", ")
             );
-            println!("{}", added.token.expose());
-            println!("{}", secret.expose());
+            outln!("{}", added.token.expose());
+            outln!("{}", secret.expose());
         }
         None => {
             eprintln!(
@@ -72,7 +72,7 @@ async fn add(
                 p.name,
                 p.products.join(", ")
             );
-            println!("{}", added.token.expose());
+            outln!("{}", added.token.expose());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -125,7 +125,7 @@ async fn list(settings: &Settings) -> Result<ExitCode> {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(&header);
     for row in &rows {

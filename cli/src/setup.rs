@@ -144,19 +144,19 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
 
 fn print_summary(cluster: &Cluster, out: &std::path::Path) {
     let m = &cluster.manifest;
-    println!(
+    outln!(
         "cluster: {} of {} nodes, {} keysets, manifest version {}",
         m.threshold,
         m.nodes_total,
         m.keysets.len(),
         m.version
     );
-    println!(
+    outln!(
         "manifest: {} (digest {})",
         cluster::manifest_path(out).display(),
         m.digest()
     );
-    println!(
+    outln!(
         "secrets:  {} (mode 0600; give each node only its own bundle)",
         out.join("secrets").display()
     );
@@ -182,14 +182,14 @@ pub(crate) fn extend(settings: &Settings, args: &ExtendArgs) -> Result<()> {
     )?;
     bar.finish();
     if added == 0 {
-        println!(
+        outln!(
             "nothing to add: keysets already cover the next {} days",
             args.horizon_days
         );
         return Ok(());
     }
     cluster.save(&dir)?;
-    println!("added {added} keysets; restart the nodes and publish the new manifest");
+    outln!("added {added} keysets; restart the nodes and publish the new manifest");
     print_summary(&cluster, &dir);
     Ok(())
 }

@@ -613,22 +613,7 @@ fn read_qr(path: &Path) -> Result<String> {
 
 /// `2026-11-21 18:00 UTC`.
 pub(crate) fn utc(unix: u64) -> String {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .map_or_else(
-            || unix.to_string(),
-            |t| {
-                format!(
-                    "{:04}-{:02}-{:02} {:02}:{:02} UTC",
-                    t.year(),
-                    u8::from(t.month()),
-                    t.day(),
-                    t.hour(),
-                    t.minute()
-                )
-            },
-        )
+    ticketing_protocol::when::utc(unix)
 }
 
 // ---------------------------------------------------------------------------------------------

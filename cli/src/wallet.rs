@@ -201,9 +201,9 @@ async fn pin(settings: &Settings, file: &WalletFile) -> Result<ExitCode> {
     let before = CliWallet::pin(&FileStore::new(wallet_path), &manifest).await?;
     let now = manifest.digest();
     match before {
-        Some(old) if old == now => println!("the wallet already trusts manifest {now}"),
-        Some(old) => println!("the wallet now trusts manifest {now} (was {old})"),
-        None => println!("the wallet now trusts manifest {now}"),
+        Some(old) if old == now => outln!("the wallet already trusts manifest {now}"),
+        Some(old) => outln!("the wallet now trusts manifest {now} (was {old})"),
+        None => outln!("the wallet now trusts manifest {now}"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -211,7 +211,7 @@ async fn pin(settings: &Settings, file: &WalletFile) -> Result<ExitCode> {
 async fn evidence(settings: &Settings, file: &WalletFile) -> Result<ExitCode> {
     let (wallet_path, _) = paths(settings, file);
     let data = FileStore::new(wallet_path).load().await?;
-    println!("{}", serde_json::to_string_pretty(&data.evidence)?);
+    outln!("{}", serde_json::to_string_pretty(&data.evidence)?);
     if data.evidence.is_empty() {
         eprintln!("no evidence: no node was caught signing wrong partials");
     }
@@ -278,13 +278,13 @@ async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
 async fn retry(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
     let wallet = open(settings, f).await?;
     if wallet.data().await?.purchases.is_empty() {
-        println!("no purchase is waiting");
+        outln!("no purchase is waiting");
         return Ok(ExitCode::SUCCESS);
     }
     for found in wallet.recover_receipts().await? {
         match found {
             Recovered::NeverPaid { product } => {
-                println!("a {product} purchase was never paid; removed");
+                outln!("a {product} purchase was never paid; removed");
             }
             Recovered::Unknown { error, .. } => {
                 eprintln!("warning: could not ask the payments service: {error}");
@@ -312,7 +312,7 @@ async fn finish(wallet: &CliWallet) -> Result<ExitCode> {
                         "warning: node {node} signed wrong partials; its signed answer is kept in the wallet as evidence"
                     );
                 }
-                println!("bought {} {} ticket(s)", done.tickets, done.product);
+                outln!("bought {} {} ticket(s)", done.tickets, done.product);
             }
             Finished::NotEnoughNodes { error, .. } => {
                 eprintln!("error: {error}");
@@ -349,7 +349,7 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
         let until = manifest.as_ref().map_or(t.valid_until, |m| {
             ticketing_client::wallet::valid_until(m, t)
         });
-        println!(
+        outln!(
             "{:>3}  {:<8} {:<13} until {}",
             i + 1,
             t.product,
@@ -360,10 +360,10 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
     // Paid ones and ones whose payment outcome is still unknown alike.
     let waiting = data.purchases.len();
     if waiting > 0 {
-        println!("{waiting} purchase(s) waiting: run `ticketing wallet retry`");
+        outln!("{waiting} purchase(s) waiting: run `ticketing wallet retry`");
     }
     if data.tickets.is_empty() && waiting == 0 {
-        println!("no tickets yet: ticketing wallet buy --product day --card 4242424242424242");
+        outln!("no tickets yet: ticketing wallet buy --product day --card 4242424242424242");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -384,7 +384,7 @@ async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
         .await?
         .to_text();
     if args.payload_only {
-        println!("{text}");
+        outln!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
@@ -393,12 +393,13 @@ async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
         .render::<qrcode::render::unicode::Dense1x2>()
         .quiet_zone(true)
         .build();
-    println!("{art}");
-    println!(
+    outln!("{art}");
+    outln!(
         "{} ticket, valid until {} (this code is good for about {rotation} s)",
-        stored.product, stored.valid_until
+        stored.product,
+        stored.valid_until
     );
-    println!("payload: {text}");
+    outln!("payload: {text}");
     if let Some(png) = &args.png {
         let image = code
             .render::<image::Luma<u8>>()
@@ -407,7 +408,7 @@ async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
         image
             .save(png)
             .with_context(|| format!("writing {}", png.display()))?;
-        println!("PNG: {}", png.display());
+        outln!("PNG: {}", png.display());
     }
     Ok(ExitCode::SUCCESS)
 }

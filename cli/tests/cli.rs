@@ -142,6 +142,46 @@ fn config_example_is_valid_configuration() {
     assert_eq!(settings.demo.threshold, 3);
 }
 
+/// A reader that goes away (`ticketing voucher create --count 50 | head -1`) ends the command
+/// quietly with exit 0, as Unix tools do; it used to panic on the broken pipe.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c");
+    let o = ticketing(
+        dir.path(),
+        &[
+            "setup",
+            "--nodes",
+            "1",
+            "--threshold",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for args in [
+        &["voucher", "create", "--product", "single", "--count", "50"][..],
+        &["config", "example"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+            .args(args)
+            .env("TICKETING_DATA_DIR", &out)
+            .env_remove("TICKETING_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader closes before the command writes anything.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wallet_buys_lists_and_shows_a_ticket_that_verifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -333,5 +373,11 @@ async fn audit_reports_clean_and_exits_non_zero_on_violations() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["violations"][0]["code"], "node_unreachable");
     assert_eq!(report["violations"][0]["node"], 2);
+    // Nothing readable at all: the audit could not run (2), which is not a finding (1).
+    cluster.stop_node(1).await.unwrap();
+    cluster.stop_node(3).await.unwrap();
+    let o = run(&["audit"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no node could be read"), "{}", text(&o));
     cluster.stop().await.unwrap();
 }

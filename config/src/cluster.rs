@@ -166,6 +166,9 @@ pub struct SetupSpec {
     pub now: u64,
 }
 
+/// The longest horizon keysets are made for.
+pub const MAX_HORIZON_DAYS: u32 = 3660;
+
 /// Progress callback: (done, total) keysets.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
@@ -175,6 +178,18 @@ pub fn generate(
     rng: &mut impl rand_core::CryptoRng,
     progress: Progress<'_>,
 ) -> Result<Cluster, ConfigError> {
+    for url in spec
+        .node_urls
+        .iter()
+        .chain([&spec.payments_url, &spec.coordinator_url])
+    {
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(ConfigError::Invalid {
+                key: "--node-urls, --payments-url, --coordinator-url",
+                reason: format!("`{url}` is not an http(s) URL such as http://10.0.0.5:7611"),
+            });
+        }
+    }
     let n = spec.node_urls.len();
     if n == 0 || n > 1000 {
         return Err(ConfigError::Invalid {
@@ -267,6 +282,15 @@ pub fn extend(
     rng: &mut impl rand_core::CryptoRng,
     progress: Progress<'_>,
 ) -> Result<usize, ConfigError> {
+    if !(1..=MAX_HORIZON_DAYS).contains(&horizon_days) {
+        return Err(ConfigError::Invalid {
+            key: "--horizon-days",
+            reason: format!(
+                "between 1 and {MAX_HORIZON_DAYS} days (keysets for ten years at most), got \
+                 {horizon_days}"
+            ),
+        });
+    }
     let mut todo = Vec::new();
     for p in &cluster.products.product {
         for (from, until) in windows(p.window, now, horizon_days) {
@@ -497,6 +521,29 @@ mod tests {
             clock_skew_seconds: 60,
             now: 1_795_266_000,
         }
+    }
+
+    /// Out-of-range input is an error naming the flag, never an overflow or an endless loop.
+    #[test]
+    fn a_huge_horizon_or_a_non_http_url_is_refused() {
+        let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(4);
+        let mut s = spec(3, 2);
+        s.horizon_days = 4_000_000_000;
+        let e = generate(&s, &mut rng, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--horizon-days") && e.contains("3660"), "{e}");
+        let mut s = spec(3, 2);
+        s.node_urls[1] = "127.0.0.1:7612".into();
+        let e = generate(&s, &mut rng, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("127.0.0.1:7612") && e.contains("http"), "{e}");
+        // The window arithmetic saturates on its own too.
+        assert!(
+            !crate::products::windows(crate::products::Window::Day, u64::MAX - 10, u32::MAX)
+                .is_empty()
+        );
     }
 
     /// The window on sale near a window's end (built-in minimums: single 10 min, day 2 h, week

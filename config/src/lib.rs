@@ -84,8 +84,23 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// `tracing` filter directive, e.g. `info` or `ticketing_node=debug,info`.
+    /// `tracing` filter directive, e.g. `info` or `ticketing_node=debug,info`. `RUST_LOG`, when
+    /// set, takes its place.
     pub filter: String,
+    /// `text` (one line per event; colours only on a terminal) or `json` (one object per line,
+    /// for log collectors).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// HTTP limits.
@@ -192,6 +207,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             filter: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
 }

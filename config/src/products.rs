@@ -188,17 +188,18 @@ fn window_start(w: Window, d: Date) -> Date {
     }
 }
 
-fn next_start(w: Window, start: Date) -> Date {
+/// The start of the window after the one starting at `start` (`None` past the calendar's end).
+fn next_start(w: Window, start: Date) -> Option<Date> {
     match w {
-        Window::Day => start + Duration::days(1),
-        Window::Week => start + Duration::days(7),
+        Window::Day => start.checked_add(Duration::days(1)),
+        Window::Week => start.checked_add(Duration::days(7)),
         Window::Month => {
             let (y, m) = if start.month() == Month::December {
-                (start.year() + 1, Month::January)
+                (start.year().checked_add(1)?, Month::January)
             } else {
                 (start.year(), start.month().next())
             };
-            Date::from_calendar_date(y, m, 1).unwrap_or(start + Duration::days(31))
+            Date::from_calendar_date(y, m, 1).ok()
         }
     }
 }
@@ -209,13 +210,15 @@ pub fn windows(w: Window, from_unix: u64, horizon_days: u32) -> Vec<(u64, u64)> 
     else {
         return Vec::new();
     };
-    let end = midnight(from.date()) + u64::from(horizon_days) * 86_400;
+    let end = midnight(from.date()).saturating_add(u64::from(horizon_days).saturating_mul(86_400));
     let mut start = window_start(w, from.date());
     let mut out = Vec::new();
     loop {
-        let next = next_start(w, start);
+        let Some(next) = next_start(w, start) else {
+            break;
+        };
         let (a, b) = (midnight(start), midnight(next));
-        if a >= end.max(from_unix + 1) {
+        if a >= end.max(from_unix.saturating_add(1)) {
             break;
         }
         out.push((a, b));

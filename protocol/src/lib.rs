@@ -20,6 +20,7 @@ pub mod receipt;
 pub mod redeem;
 pub mod verify;
 pub mod voucher;
+pub mod when;
 
 pub use error::{ErrorBody, ErrorCode, ProtocolError};
 pub use ids::{Digest32, Id16};

@@ -264,21 +264,32 @@ pub async fn serve(
         .await
 }
 
-/// Install the global tracing subscriber (first call wins). Plain lines to stderr without
-/// process ids or client addresses.
-pub fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+/// Install the global tracing subscriber (first call wins): to stderr, without process ids or
+/// client addresses; `RUST_LOG` (when set) instead of the configured filter; colours only when
+/// stderr is a terminal; one JSON object per line with `format = "json"`.
+pub fn init_tracing(log: &ticketing_config::LogSettings) {
+    use std::io::IsTerminal;
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| log.filter.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // axum logs each accepted connection with the peer address at trace level: never wanted.
     let filter = match "axum::serve=off".parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match log.format {
+        ticketing_config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        ticketing_config::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// Current unix time in seconds.

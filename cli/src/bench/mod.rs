@@ -121,13 +121,12 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     settings.payments.max_tickets_per_checkout = settings.node.max_tickets_per_request;
     // Quiet by default (per-request info lines would drown the figures); a configured filter
     // other than the default wins, e.g. TICKETING_LOG__FILTER=warn,ticketing_node=debug.
-    let default_filter = ticketing_config::LogSettings::default().filter;
-    ticketing_service::init_tracing(if settings.log.filter == default_filter {
-        "warn"
-    } else {
-        &settings.log.filter
-    });
-    println!(
+    let mut log = settings.log.clone();
+    if log.filter == ticketing_config::LogSettings::default().filter {
+        log.filter = "warn".into();
+    }
+    ticketing_service::init_tracing(&log);
+    outln!(
         "starting a 3-of-5 cluster (SQLite) in {} ...",
         dir.path().display()
     );
@@ -159,7 +158,7 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         std::hint::black_box(issuance::partial_sign(&share.1, &b).to_bytes());
     }
     let raw = start.elapsed() / rounds;
-    println!(
+    outln!(
         "\nraw partial sign (decode + sign + encode): {:.1} µs/point",
         raw.as_secs_f64() * 1e6
     );
@@ -167,9 +166,12 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     // 2. Node-side cost per ticket at several batch sizes, server-side time from the node's
     //    own latency histogram (HTTP handler: JSON + point checks + DB + log + signing).
     let node1 = manifest.nodes.first().context("no node")?;
-    println!(
+    outln!(
         "\n{:>6} {:>14} {:>16} {:>10}",
-        "batch", "node µs/ticket", "client µs/ticket", "overhead"
+        "batch",
+        "node µs/ticket",
+        "client µs/ticket",
+        "overhead"
     );
     for &k in &args.batches {
         let mut pendings = Vec::new();
@@ -193,7 +195,7 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         let client_us = client_side.as_secs_f64() / tickets * 1e6;
         let overhead = node_us / (raw.as_secs_f64() * 1e6) - 1.0;
         debug_assert!((n1 - n0 - args.requests as f64).abs() < 0.5);
-        println!(
+        outln!(
             "{k:>6} {node_us:>14.1} {client_us:>16.1} {:>9.0}%",
             overhead * 100.0
         );
@@ -229,12 +231,12 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     }
     let elapsed = start.elapsed();
     latencies.sort();
-    println!(
+    outln!(
         "\nend to end ({} purchases of 1 ticket, {} concurrent, pay + 5 nodes + combine + verify):",
         latencies.len(),
         args.concurrency
     );
-    println!(
+    outln!(
         "  {:.1} tickets/s, p50 {:.1} ms, p99 {:.1} ms",
         latencies.len() as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 500).as_secs_f64() * 1e3,

@@ -25,19 +25,20 @@ use crate::demo::{Databases, LocalCluster};
 type Minted = (Ticket, HolderSecret);
 
 pub(super) async fn run(settings: &Settings, args: &RedeemArgs) -> Result<()> {
-    let default_filter = ticketing_config::LogSettings::default().filter;
-    ticketing_service::init_tracing(if settings.log.filter == default_filter {
-        "warn"
-    } else {
-        &settings.log.filter
-    });
+    let mut log = settings.log.clone();
+    if log.filter == ticketing_config::LogSettings::default().filter {
+        log.filter = "warn".into();
+    }
+    ticketing_service::init_tracing(&log);
     let mut settings = settings.clone();
     settings.coordinator.max_scans_per_request =
         u32::try_from(args.batch.max(1)).unwrap_or(u32::MAX);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    println!(
+    outln!(
         "{} tickets per run, batches of {}, {} concurrent requests, {cores} cores",
-        args.tickets, args.batch, args.concurrency
+        args.tickets,
+        args.batch,
+        args.concurrency
     );
 
     let mut runs = vec![("SQLite", Databases::default())];
@@ -56,12 +57,12 @@ pub(super) async fn run(settings: &Settings, args: &RedeemArgs) -> Result<()> {
         let result = one_run(&cluster, args, cores).await;
         cluster.stop().await?;
         let (raw_one, raw_all, batch, single) = result?;
-        println!("\n{name}:");
-        println!(
+        outln!("\n{name}:");
+        outln!(
             "  raw ticket verify (decode + holder sig + BLS, no I/O): {raw_one:.0}/s on 1 core, {raw_all:.0}/s on {cores}"
         );
         for (label, r) in [("batch", &batch), ("single", &single)] {
-            println!(
+            outln!(
                 "  {label:<6} {:>8.0} redemptions/s  p50 {:>6.1} ms  p99 {:>6.1} ms  ({} per request) = {:.0}% of the {cores}-core raw rate",
                 r.rate,
                 r.p50.as_secs_f64() * 1e3,
@@ -107,9 +108,9 @@ async fn one_run(
     let keyset_id = keyset.id;
     // Two sets: one for the batch run, one for the single-scan run.
     let total = args.tickets.max(1) * 2;
-    print!("minting {total} tickets ... ");
+    out!("minting {total} tickets ... ");
     let minted = mint(&shares, keyset_id, threshold, total, cores).await?;
-    println!("done");
+    outln!("done");
     let (batch_set, single_set) = minted.split_at(args.tickets.max(1));
 
     // Raw verify rate: the same checks the coordinator makes, without HTTP or the ledger.

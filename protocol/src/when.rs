@@ -1,0 +1,45 @@
+//! Times as people read them: UTC, ISO 8601 order (`2026-12-01 16:08 UTC`), for every command
+//! and report that prints a time (`--json` keeps unix seconds).
+
+/// `unix` seconds as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm,
+/// for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_times_print_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(784_111_777), "1994-11-06 08:49 UTC");
+        assert_eq!(utc(1_709_164_800), "2024-02-29 00:00 UTC");
+        assert_eq!(utc(1_796_139_786), "2026-12-01 15:43 UTC");
+        assert_eq!(utc(1_798_761_599), "2026-12-31 23:59 UTC");
+        // Far ahead, never a panic.
+        assert!(utc(u64::MAX).ends_with("UTC"));
+    }
+}
