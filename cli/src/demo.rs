@@ -144,11 +144,15 @@ pub fn socket_addr(url: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{url}: expected http://IP:PORT"))
 }
 
+fn port_of(url: &str) -> Option<u16> {
+    url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+}
+
 async fn bind(url: &str) -> Result<TcpListener> {
     let addr = socket_addr(url)?;
     TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding {addr} (is another demo running? change demo.base_port)"))
+        .with_context(|| format!("binding {addr} (is another demo running? start with --base-port N, or set demo.base_port)"))
 }
 
 /// Ctrl-C, or SIGTERM (what `docker stop`, systemd and Kubernetes send): either stops the
@@ -183,19 +187,60 @@ async fn shutdown_signal() {
 /// every node on loopback, print where everything is, run until Ctrl-C.
 pub async fn run(settings: &Settings) -> Result<()> {
     let dir = &settings.data_dir;
-    if !cluster::manifest_path(dir).exists() {
+    let spec = crate::setup::spec(
+        settings,
+        settings.demo.nodes,
+        settings.demo.threshold,
+        ProductsFile::builtin(),
+        31,
+    );
+    let existing = cluster::manifest_path(dir).exists();
+    if existing {
+        // A cluster made for other ports would silently answer on the old ones.
+        let manifest = cluster::read_manifest(&cluster::manifest_path(dir))?;
+        let made: Vec<&str> = std::iter::once(manifest.payments.url.as_str())
+            .chain([manifest.coordinator.url.as_str()])
+            .chain(manifest.nodes.iter().map(|n| n.url.as_str()))
+            .collect();
+        let asked: Vec<&str> = std::iter::once(spec.payments_url.as_str())
+            .chain([spec.coordinator_url.as_str()])
+            .chain(spec.node_urls.iter().map(String::as_str))
+            .collect();
+        if made != asked {
+            anyhow::bail!(
+                "the cluster in {} was set up for payments at {} and {} node(s), but the \
+                 settings ask for payments at {} and {} node(s) (demo.base_port = {}, \
+                 demo.nodes = {}); start it with the settings it was made with (e.g. \
+                 --base-port {}), or use another --data-dir for a new cluster",
+                dir.display(),
+                manifest.payments.url,
+                manifest.nodes.len(),
+                spec.payments_url,
+                spec.node_urls.len(),
+                settings.demo.base_port,
+                settings.demo.nodes,
+                port_of(&manifest.payments.url).unwrap_or(settings.demo.base_port),
+            );
+        }
+    }
+    // Every port is bound before anything is written: a busy port leaves no half-made cluster.
+    let apps_url = apps_origin(
+        &spec.payments_url,
+        settings.demo.base_port.saturating_add(2),
+    )?;
+    let apps_listener = bind(&apps_url).await?;
+    let payments_listener = bind(&spec.payments_url).await?;
+    let coordinator_listener = bind(&spec.coordinator_url).await?;
+    let mut node_listeners = Vec::new();
+    for url in &spec.node_urls {
+        node_listeners.push(bind(url).await?);
+    }
+    if !existing {
         outln!(
             "setting up a {}-of-{} cluster in {} ...",
             settings.demo.threshold,
             settings.demo.nodes,
             dir.display()
-        );
-        let spec = crate::setup::spec(
-            settings,
-            settings.demo.nodes,
-            settings.demo.threshold,
-            ProductsFile::builtin(),
-            31,
         );
         let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |_, _| {})?;
         cluster.write(dir, false)?;
@@ -205,21 +250,17 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let manifest = &cluster.manifest;
 
     // The apps' origin, allowed by CORS on every service (the wallet calls payments and nodes).
-    let apps_url = apps_origin(
-        &manifest.payments.url,
-        settings.demo.base_port.saturating_add(2),
-    )?;
     let mut settings = settings.clone();
     if !settings.http.cors_origins.contains(&apps_url) {
         settings.http.cors_origins.push(apps_url.clone());
     }
     let settings = &settings;
-    let apps = spawn_apps(manifest, bind(&apps_url).await?)?;
+    let apps = spawn_apps(manifest, apps_listener)?;
 
-    let mut running = vec![spawn_payments(settings, bind(&manifest.payments.url).await?).await?];
-    running.push(spawn_coordinator(settings, bind(&manifest.coordinator.url).await?).await?);
-    for node in &manifest.nodes {
-        running.push(spawn_node(settings, node.index.get(), bind(&node.url).await?).await?);
+    let mut running = vec![spawn_payments(settings, payments_listener).await?];
+    running.push(spawn_coordinator(settings, coordinator_listener).await?);
+    for (node, listener) in manifest.nodes.iter().zip(node_listeners) {
+        running.push(spawn_node(settings, node.index.get(), listener).await?);
     }
     // Tokens for this machine's CLI validator and auditor, so `ticketing validate` and
     // `ticketing audit` work at once.
@@ -230,7 +271,8 @@ pub async fn run(settings: &Settings) -> Result<()> {
         (&audit_token_file, "demo-auditor", TokenRole::Auditor),
     ] {
         if !file.exists() {
-            let (token, _) = ticketing_coordinator::register(settings, name, role, false)
+            // The file is the token's only holder: a lost one is replaced (and revoked).
+            let (token, _) = ticketing_coordinator::register(settings, name, role, true)
                 .await
                 .with_context(|| format!("registering the {name} token"))?;
             write_token(file, token.expose())?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 use ticketing_config::Settings;
 
 /// Write to standard output. When the reader has gone (`ticketing wallet list | head -1`) the
@@ -65,9 +65,20 @@ mod setup;
 pub mod validator;
 pub mod wallet;
 
+/// The environment every command reads, shown under each command's `--help`.
+const ENV_HELP: &str = "\
+Environment:
+  TICKETING_CONFIG           configuration file (as --config)
+  TICKETING_DATA_DIR         the cluster's directory (default ./ticketing-data)
+  TICKETING_<SECTION>__<KEY> any setting, e.g. TICKETING_DEMO__BASE_PORT=7700,
+                             TICKETING_LOG__FORMAT=json (`ticketing config example` lists them)
+  RUST_LOG                   log filter of the services (instead of log.filter)
+  TICKETING_VALIDATOR_TOKEN  the validator's device token (validate, validator sync/status)
+  TICKETING_AUDIT_TOKEN      the auditor's coordinator token (audit)";
+
 /// Anonymous public-transit tickets issued by a threshold cluster.
 #[derive(Debug, Parser)]
-#[command(name = "ticketing", version, about)]
+#[command(name = "ticketing", version, about, after_help = ENV_HELP, propagate_version = true)]
 struct Cli {
     /// Configuration file (TOML); `TICKETING_*` variables override it.
     #[arg(long, global = true, env = "TICKETING_CONFIG")]
@@ -80,7 +91,7 @@ struct Cli {
 enum Command {
     /// Run the whole cluster on this machine (payments + n nodes, SQLite), setting it up first
     /// if needed, and print where everything is.
-    Demo,
+    Demo(DemoArgs),
     /// Deal a new cluster: keysets per product window, node bundles, the public manifest.
     Setup(setup::SetupArgs),
     /// Manage keysets of an existing cluster.
@@ -117,6 +128,31 @@ enum Command {
     /// Audit the cluster: every node's issuance log and checkpoints, receipts, issued versus
     /// redeemed and paid, blame evidence. Exit 0 clean, 1 violations, 2 error.
     Audit(audit::AuditArgs),
+    /// Print a shell completion script: `ticketing completions bash > /etc/bash_completion.d/ticketing`,
+    /// `ticketing completions zsh > ~/.zfunc/_ticketing`, `ticketing completions fish >
+    /// ~/.config/fish/completions/ticketing.fish`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `ticketing demo`: where and how (each flag overrides the configuration's `demo.*`).
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// First port: payments on it, the coordinator on +1, the apps on +2, node i on +10+i
+    /// (`demo.base_port`, default 7600).
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// The cluster's directory (`data_dir`, default `./ticketing-data`).
+    #[arg(long, env = "TICKETING_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Number of nodes n for a new cluster (`demo.nodes`).
+    #[arg(long)]
+    nodes: Option<u16>,
+    /// Threshold t for a new cluster (`demo.threshold`).
+    #[arg(long)]
+    threshold: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,9 +187,20 @@ enum VoucherCommand {
     },
 }
 
+/// The command tree, with the environment help under every subcommand's `--help`.
+fn command() -> clap::Command {
+    fn with_env(c: clap::Command) -> clap::Command {
+        c.after_help(ENV_HELP).mut_subcommands(with_env)
+    }
+    with_env(<Cli as clap::CommandFactory>::command())
+}
+
 /// Parse the command line and run it. Errors are printed with their causes; exit code 1.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches_mut(&mut command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,7 +218,9 @@ pub fn main() -> ExitCode {
 /// Run one command line (`args` without the program name) with `settings` instead of the ones
 /// the environment would give: the CLI in process, for tests.
 pub async fn run_with(settings: &Settings, args: &[&str]) -> Result<ExitCode> {
-    let cli = Cli::try_parse_from(std::iter::once("ticketing").chain(args.iter().copied()))?;
+    let mut matches =
+        command().try_get_matches_from(std::iter::once("ticketing").chain(args.iter().copied()))?;
+    let cli = Cli::from_arg_matches_mut(&mut matches)?;
     dispatch(cli, &|| Ok(settings.clone())).await
 }
 
@@ -190,8 +239,21 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
         }
         Command::Setup(args) => setup::setup(&settings()?, &args)?,
         Command::Keys(KeysCommand::Extend(args)) => setup::extend(&settings()?, &args)?,
-        Command::Demo => {
-            let s = settings()?;
+        Command::Demo(args) => {
+            let mut s = settings()?;
+            if let Some(port) = args.base_port {
+                s.demo.base_port = port;
+            }
+            if let Some(dir) = args.data_dir {
+                s.data_dir = dir;
+            }
+            if let Some(n) = args.nodes {
+                s.demo.nodes = n;
+            }
+            if let Some(t) = args.threshold {
+                s.demo.threshold = t;
+            }
+            s.validate().context("checking the demo's settings")?;
             ticketing_service::init_tracing(&s.log);
             demo::run(&s).await?;
         }
@@ -228,6 +290,12 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
         Command::Wallet(cmd) => return wallet::run(&settings()?, cmd).await,
         Command::Bench(cmd) => bench::run(&settings()?, cmd).await?,
         Command::Audit(args) => return Ok(audit::audit(&settings()?, &args).await),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "ticketing", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -142,6 +142,102 @@ fn config_example_is_valid_configuration() {
     assert_eq!(settings.demo.threshold, 3);
 }
 
+/// Shell completions for the common shells, and every command's help names the environment
+/// variables the command reads.
+#[test]
+fn completions_and_the_environment_in_every_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = ticketing(dir.path(), &["completions", shell]);
+        assert!(o.status.success(), "{}", text(&o));
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            script.contains("validator") && script.contains("wallet"),
+            "{shell}"
+        );
+    }
+    for args in [
+        &["--help"][..],
+        &["validate", "--help"][..],
+        &["validator", "sync", "--help"][..],
+        &["audit", "--help"][..],
+        &["demo", "--help"][..],
+    ] {
+        let o = ticketing(dir.path(), args);
+        assert!(o.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&o.stdout);
+        for var in [
+            "TICKETING_DATA_DIR",
+            "TICKETING_VALIDATOR_TOKEN",
+            "RUST_LOG",
+        ] {
+            assert!(help.contains(var), "{args:?} does not name {var}");
+        }
+    }
+    let o = ticketing(dir.path(), &["demo", "--help"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--base-port"));
+}
+
+/// `demo --base-port/--data-dir`: a busy port stops it before anything is written; a cluster
+/// made for other ports is refused with what to do, not served on the old ports.
+#[test]
+fn the_demo_refuses_a_busy_port_or_a_cluster_made_for_other_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    // The apps' port (base + 2) is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = taken.local_addr().unwrap().port() - 2;
+    let fresh = dir.path().join("fresh");
+    let o = ticketing(
+        dir.path(),
+        &[
+            "demo",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+            fresh.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--base-port"), "{}", text(&o));
+    assert!(
+        !fresh.exists(),
+        "a failed first start left {}",
+        fresh.display()
+    );
+    // A cluster set up for the default ports, started with others.
+    let made = dir.path().join("made");
+    let o = ticketing(
+        dir.path(),
+        &[
+            "setup",
+            "--nodes",
+            "1",
+            "--threshold",
+            "1",
+            "--out",
+            made.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = ticketing(
+        dir.path(),
+        &[
+            "demo",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+            made.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("was set up for payments at http://127.0.0.1:7600"),
+        "{}",
+        text(&o)
+    );
+    drop(taken);
+}
+
 /// A reader that goes away (`ticketing voucher create --count 50 | head -1`) ends the command
 /// quietly with exit 0, as Unix tools do; it used to panic on the broken pipe.
 #[test]
