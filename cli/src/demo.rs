@@ -325,6 +325,19 @@ pub async fn run(settings: &Settings) -> Result<()> {
 
 /// `ticketing node`: one node on `node.listen`.
 pub async fn run_node(settings: &Settings) -> Result<()> {
+    let manifest = cluster::read_manifest(&cluster::manifest_path(&settings.data_dir))?;
+    let index = settings.node.index;
+    if !manifest.nodes.iter().any(|n| n.index.get() == index) {
+        let indices: Vec<String> = manifest
+            .nodes
+            .iter()
+            .map(|n| n.index.get().to_string())
+            .collect();
+        anyhow::bail!(
+            "this cluster has no node {index}: its nodes are {} (pass --index N or set node.index)",
+            indices.join(", ")
+        );
+    }
     let listener = TcpListener::bind(settings.node.listen)
         .await
         .with_context(|| format!("binding {}", settings.node.listen))?;

@@ -76,8 +76,8 @@ pub struct ShowArgs {
     #[command(flatten)]
     file: WalletFile,
     /// Ticket number from `wallet list` (1 = first).
-    #[arg(default_value_t = 1)]
-    number: usize,
+    #[arg(default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    number: u32,
     /// Also write the QR code as a PNG image.
     #[arg(long)]
     png: Option<PathBuf>,
@@ -332,6 +332,14 @@ async fn finish(wallet: &CliWallet) -> Result<ExitCode> {
 
 async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
     let (wallet_path, manifest_file) = paths(settings, f);
+    if !wallet_path.exists() {
+        outln!(
+            "no wallet at {} yet: buy a ticket to make one (ticketing wallet buy --product day \
+             --card 4242424242424242)",
+            wallet_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let data = FileStore::new(wallet_path).load().await?;
     let manifest = read_manifest(&manifest_file).ok();
     let now = ticketing_client::clock::cluster_now(data.clock);
@@ -371,7 +379,8 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
 async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
     let wallet = open(settings, &args.file).await?;
     let data = wallet.data().await?;
-    let Some(stored) = data.tickets.get(args.number.saturating_sub(1)) else {
+    let index = usize::try_from(args.number.saturating_sub(1)).unwrap_or(usize::MAX);
+    let Some(stored) = data.tickets.get(index) else {
         bail!(
             "no ticket number {} (the wallet has {})",
             args.number,
@@ -379,10 +388,7 @@ async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
         );
     };
     let rotation = wallet.client().manifest().rotation_seconds;
-    let text = wallet
-        .present(args.number.saturating_sub(1), wallet.now().await?)
-        .await?
-        .to_text();
+    let text = wallet.present(index, wallet.now().await?).await?.to_text();
     if args.payload_only {
         outln!("{text}");
         return Ok(ExitCode::SUCCESS);
@@ -394,10 +400,12 @@ async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
         .quiet_zone(true)
         .build();
     outln!("{art}");
+    let until = ticketing_client::wallet::valid_until(wallet.client().manifest(), stored);
     outln!(
-        "{} ticket, valid until {} (this code is good for about {rotation} s)",
+        "{} ticket, valid until {} (this code is good for about {rotation} s; a picture of it \
+         goes stale within about two minutes)",
         stored.product,
-        stored.valid_until
+        crate::validator::utc(until)
     );
     outln!("payload: {text}");
     if let Some(png) = &args.png {

@@ -38,6 +38,14 @@ use ticketing_protocol::{ErrorBody, ErrorCode};
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The manifest has no such product.
+    #[error("no product `{product}`; the products are: {known}")]
+    UnknownProduct {
+        /// Product asked for.
+        product: String,
+        /// The manifest's product names.
+        known: String,
+    },
     /// The manifest has no keyset of this product on sale now.
     #[error(
         "no keyset of product `{product}` is on sale at {now} (unix seconds): the window on \
@@ -259,6 +267,12 @@ impl Client {
     /// or the next one once the current has less than the product's minimum left). What a
     /// wallet shows before payment and buys.
     pub fn keyset_on_sale(&self, product: &str, now: u64) -> Result<&KeysetInfo, ClientError> {
+        if self.manifest.product(product).is_none() {
+            return Err(ClientError::UnknownProduct {
+                product: product.to_owned(),
+                known: self.manifest.product_names(),
+            });
+        }
         self.manifest
             .on_sale(product, now)
             .ok_or_else(|| ClientError::NoKeyset {

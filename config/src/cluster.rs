@@ -374,9 +374,9 @@ pub fn manifest_path(dir: &Path) -> PathBuf {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
-    move |source| ConfigError::Io {
+    move |error| ConfigError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -494,6 +494,11 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigE
 /// Read and check a manifest: every keyset id matches its key and window, and every keyset's
 /// PK_i match its Feldman commitments (so any t nodes' partials combine under PK).
 pub fn read_manifest(path: &Path) -> Result<Manifest, ConfigError> {
+    if !path.exists() && path.file_name().is_some_and(|n| n == MANIFEST) {
+        return Err(ConfigError::NoCluster(
+            path.parent().map_or_else(PathBuf::new, Path::to_owned),
+        ));
+    }
     let manifest: Manifest = read_json(path)?;
     manifest.validate().map_err(|e| ConfigError::BadFile {
         path: path.to_owned(),

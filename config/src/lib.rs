@@ -22,14 +22,21 @@ pub enum ConfigError {
     /// Figment could not read or parse a layer; the message names the key and the source.
     #[error("{0}")]
     Load(Box<figment::Error>),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written (the OS error is in the message, once).
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// There is no cluster where one was looked for.
+    #[error(
+        "no cluster in {0}: run `ticketing demo` (a whole cluster on this machine) or \
+         `ticketing setup`, or point TICKETING_DATA_DIR (or `data_dir` in the configuration) at \
+         an existing one"
+    )]
+    NoCluster(PathBuf),
     /// A cluster file is not what `ticketing setup` writes.
     #[error("{path}: {reason}")]
     BadFile {
@@ -296,6 +303,16 @@ impl Settings {
                 return Err(ConfigError::Invalid {
                     key: "--config",
                     reason: format!("file {} does not exist", path.display()),
+                });
+            }
+            if path.is_dir() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!(
+                        "{} is a directory; give the TOML file (`ticketing config example > \
+                         ticketing.toml` writes one)",
+                        path.display()
+                    ),
                 });
             }
             fig = fig.merge(Toml::file(path));

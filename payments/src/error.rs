@@ -16,8 +16,11 @@ use crate::card::{CardError, Decline};
 #[non_exhaustive]
 pub enum PaymentsError {
     /// The product is not in the manifest.
-    #[error("no product with that name")]
-    UnknownProduct,
+    #[error("no product with that name; the products are: {known}")]
+    UnknownProduct {
+        /// The manifest's product names.
+        known: String,
+    },
     /// The keyset is not in the manifest.
     #[error("keyset {0} is not in the manifest")]
     UnknownKeyset(KeysetId),
@@ -103,7 +106,7 @@ impl PaymentsError {
     /// The stable wire code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::UnknownProduct | Self::NoReceipt => ErrorCode::NotFound,
+            Self::UnknownProduct { .. } | Self::NoReceipt => ErrorCode::NotFound,
             Self::UnknownKeyset(_) => ErrorCode::UnknownKeyset,
             Self::KeysetEnded(_) => ErrorCode::KeysetNotActive,
             Self::KeysetWrongProduct { .. } | Self::Malformed(_) | Self::Card(_) => {

@@ -280,10 +280,13 @@ impl Payments {
             payment,
         } = request;
         let inner = &self.inner;
-        let product = inner
-            .manifest
-            .product(&product)
-            .ok_or(PaymentsError::UnknownProduct)?;
+        let product =
+            inner
+                .manifest
+                .product(&product)
+                .ok_or_else(|| PaymentsError::UnknownProduct {
+                    known: inner.manifest.product_names(),
+                })?;
         let keyset = inner
             .manifest
             .keyset(&keyset_id)

@@ -21,7 +21,9 @@ pub fn generate_vouchers(
     rng: &mut impl rand::CryptoRng,
 ) -> Result<Vec<VoucherCode>, PaymentsError> {
     if manifest.product(product).is_none() {
-        return Err(PaymentsError::UnknownProduct);
+        return Err(PaymentsError::UnknownProduct {
+            known: manifest.product_names(),
+        });
     }
     if count == 0 || count > MAX_VOUCHERS_PER_BATCH {
         return Err(PaymentsError::Malformed(format!(

@@ -440,7 +440,11 @@ async fn the_service_loads_from_a_cluster_directory_and_checks_its_key() {
     let err = create_vouchers_with(&settings, "platinum", 1)
         .await
         .unwrap_err();
-    assert!(matches!(err, PaymentsError::UnknownProduct), "{err:?}");
+    assert!(
+        matches!(&err, PaymentsError::UnknownProduct { known } if known == "single, day, week"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("single, day, week"), "{err}");
     let err = create_vouchers_with(&settings, "week", 0)
         .await
         .unwrap_err();

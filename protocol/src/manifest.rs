@@ -321,6 +321,15 @@ impl Manifest {
         self.products.iter().find(|p| p.name == name)
     }
 
+    /// The product names, for messages about an unknown one: `single, day, week`.
+    pub fn product_names(&self) -> String {
+        self.products
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The keyset of `product` on sale at `now`: the one whose window holds
     /// `now + min_remaining` (so a window with less than the product's minimum left is no
     /// longer sold and the next one is, ahead of its start). `None` when that window's keyset
