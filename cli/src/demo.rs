@@ -144,6 +144,28 @@ pub fn socket_addr(url: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{url}: expected http://IP:PORT"))
 }
 
+/// Where a service listens: its configured address, or, when that is the default, the port of
+/// the URL the manifest gives it (loopback for a loopback URL, every interface otherwise), so
+/// the nodes of a cluster set up with `--node-urls` each listen on their own port.
+fn listen_for(configured: SocketAddr, default: SocketAddr, url: &str) -> SocketAddr {
+    if configured != default {
+        return configured;
+    }
+    let Some(port) = port_of(url) else {
+        return configured;
+    };
+    let host = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or("", |(h, _)| h);
+    if matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], port))
+    }
+}
+
 fn port_of(url: &str) -> Option<u16> {
     url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
@@ -338,9 +360,20 @@ pub async fn run_node(settings: &Settings) -> Result<()> {
             indices.join(", ")
         );
     }
-    let listener = TcpListener::bind(settings.node.listen)
+    let url = manifest
+        .nodes
+        .iter()
+        .find(|n| n.index.get() == index)
+        .map(|n| n.url.clone())
+        .unwrap_or_default();
+    let listen = listen_for(
+        settings.node.listen,
+        ticketing_config::NodeSettings::default().listen,
+        &url,
+    );
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", settings.node.listen))?;
+        .with_context(|| format!("binding {listen} (node.listen)"))?;
     let running = spawn_node(settings, settings.node.index, listener).await?;
     tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
@@ -349,9 +382,15 @@ pub async fn run_node(settings: &Settings) -> Result<()> {
 
 /// `ticketing coordinator`: the coordinator on `coordinator.listen`.
 pub async fn run_coordinator(settings: &Settings) -> Result<()> {
-    let listener = TcpListener::bind(settings.coordinator.listen)
+    let manifest = cluster::read_manifest(&cluster::manifest_path(&settings.data_dir))?;
+    let listen = listen_for(
+        settings.coordinator.listen,
+        ticketing_config::CoordinatorSettings::default().listen,
+        &manifest.coordinator.url,
+    );
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", settings.coordinator.listen))?;
+        .with_context(|| format!("binding {listen} (coordinator.listen)"))?;
     let running = spawn_coordinator(settings, listener).await?;
     tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
@@ -360,9 +399,15 @@ pub async fn run_coordinator(settings: &Settings) -> Result<()> {
 
 /// `ticketing payments`: the payments service on `payments.listen`.
 pub async fn run_payments(settings: &Settings) -> Result<()> {
-    let listener = TcpListener::bind(settings.payments.listen)
+    let manifest = cluster::read_manifest(&cluster::manifest_path(&settings.data_dir))?;
+    let listen = listen_for(
+        settings.payments.listen,
+        ticketing_config::PaymentsSettings::default().listen,
+        &manifest.payments.url,
+    );
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", settings.payments.listen))?;
+        .with_context(|| format!("binding {listen} (payments.listen)"))?;
     let running = spawn_payments(settings, listener).await?;
     tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;

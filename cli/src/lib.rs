@@ -80,7 +80,8 @@ Environment:
 #[derive(Debug, Parser)]
 #[command(name = "ticketing", version, about, after_help = ENV_HELP, propagate_version = true)]
 struct Cli {
-    /// Configuration file (TOML); `TICKETING_*` variables override it.
+    /// Configuration file (TOML); default `./ticketing.toml` when there is one. `TICKETING_*`
+    /// variables override it.
     #[arg(long, global = true, env = "TICKETING_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -224,8 +225,14 @@ pub async fn run_with(settings: &Settings, args: &[&str]) -> Result<ExitCode> {
     dispatch(cli, &|| Ok(settings.clone())).await
 }
 
+/// The configuration file used when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "ticketing.toml";
+
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let config = cli.config.clone();
+    let config = cli.config.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        default.is_file().then_some(default)
+    });
     dispatch(cli, &move || {
         Settings::load(config.as_deref()).context("loading the configuration")
     })
