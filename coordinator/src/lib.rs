@@ -477,7 +477,9 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
+    // In the caller's span (the service's name), like its requests.
+    let span = tracing::Span::current();
+    let run = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(seconds.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if skip_first {
@@ -487,7 +489,8 @@ where
             tick.tick().await;
             f().await;
         }
-    })
+    };
+    tokio::spawn(tracing::Instrument::instrument(run, span))
 }
 
 /// Register a device (or admin, or auditor) token directly in the coordinator's database (an

@@ -259,6 +259,15 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Requests run on tasks of their own: each is put in the span `serve` runs in (the
+    // service's name), so every line a service logs says which one it is.
+    let span = tracing::Span::current();
+    let router = router.layer(middleware::from_fn(
+        move |request: axum::extract::Request, next: middleware::Next| {
+            let span = span.clone();
+            async move { tracing::Instrument::instrument(next.run(request), span).await }
+        },
+    ));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
