@@ -205,7 +205,12 @@ impl Coordinator {
             .route("/v1/admin/stats", get(stats))
             .route("/v1/partner/feed", get(partner_feed))
             .with_state(self.clone());
-        ticketing_service::finish(routes, &self.inner.http, self.inner.metrics.clone())
+        let store = self.inner.store.clone();
+        let health: ticketing_service::HealthCheck = Arc::new(move || {
+            let store = store.clone();
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+        });
+        ticketing_service::finish(routes, &self.inner.http, self.inner.metrics.clone(), health)
     }
 
     /// Serve until `shutdown` resolves, meanwhile rebuilding the Bloom snapshot (and pruning

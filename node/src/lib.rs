@@ -135,7 +135,12 @@ impl Node {
             .route("/v1/log", get(log))
             .route("/v1/log/checkpoints", get(checkpoints))
             .with_state(self.clone());
-        ticketing_service::finish(routes, &self.inner.http, self.inner.metrics.clone())
+        let node = self.clone();
+        let health: ticketing_service::HealthCheck = std::sync::Arc::new(move || {
+            let node = node.clone();
+            Box::pin(async move { node.inner.store.ping().await.map_err(|e| e.to_string()) })
+        });
+        ticketing_service::finish(routes, &self.inner.http, self.inner.metrics.clone(), health)
     }
 
     /// Serve until `shutdown` resolves.

@@ -586,12 +586,17 @@ async fn totals(State(payments): State<Payments>) -> Result<Json<ReceiptTotals>,
 pub fn router(state: Payments) -> Router {
     let http = state.inner.http.clone();
     let metrics = state.inner.metrics.clone();
+    let store = state.inner.store.clone();
+    let health: ticketing_service::HealthCheck = std::sync::Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    });
     let routes = Router::new()
         .route("/v1/checkout", post(checkout))
         .route("/v1/receipts/{digest}", get(receipt))
         .route("/v1/audit/totals", get(totals))
         .with_state(state);
-    ticketing_service::finish(routes, &http, metrics)
+    ticketing_service::finish(routes, &http, metrics, health)
 }
 
 /// Serve the payments service on `listener` until `shutdown` resolves.

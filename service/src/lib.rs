@@ -18,6 +18,7 @@ use axum::{Router, extract::DefaultBodyLimit};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use ticketing_config::HttpSettings;
@@ -74,7 +75,11 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(self.0)).into_response()
+        let code = self.0.code;
+        let mut response = (self.status(), axum::Json(self.0)).into_response();
+        // For the metrics layer: refusals are counted by their stable code.
+        response.extensions_mut().insert(code);
+        response
     }
 }
 
@@ -127,6 +132,19 @@ pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     requests: Family<RouteLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    refusals: Family<RefusalLabels, Counter>,
+    resident: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    route: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,10 +175,38 @@ impl Metrics {
             "HTTP request latency by route and status",
             latency.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "http_refusals",
+            "Error answers by route and stable error code",
+            refusals.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The running version (always 1)", build);
+        let started: Gauge = Gauge::default();
+        started.set(i64::try_from(now()).unwrap_or(i64::MAX));
+        registry.register(
+            "process_start_time_seconds",
+            "Unix time the process started",
+            started,
+        );
+        let resident = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the process (Linux)",
+            resident.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             requests,
             latency,
+            refusals,
+            resident,
         }
     }
 
@@ -175,6 +221,9 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(bytes) = resident_bytes() {
+            self.resident.set(bytes);
+        }
         let mut out = String::new();
         if let Ok(r) = self.registry.lock() {
             // Writing into a String cannot fail.
@@ -199,6 +248,15 @@ async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Resp
         status: response.status().as_u16(),
     };
     metrics.requests.get_or_create(&labels).inc();
+    if let Some(code) = response.extensions().get::<ErrorCode>() {
+        metrics
+            .refusals
+            .get_or_create(&RefusalLabels {
+                route: route.clone(),
+                code: code.as_str().to_owned(),
+            })
+            .inc();
+    }
     metrics
         .latency
         .get_or_create(&labels)
@@ -223,9 +281,37 @@ async fn fallback() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
-/// Wrap a service's routes with `/health`, `/metrics`, the body limit, CORS, request metrics
-/// and a JSON 404.
-pub fn finish(routes: Router, http: &HttpSettings, metrics: Metrics) -> Router {
+/// Resident set size from `/proc/self/statm` (Linux; `None` elsewhere).
+fn resident_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(4096))
+}
+
+/// What `/health` asks before answering: `Err(reason)` makes it 503 (e.g. the database does
+/// not answer). The reason is logged; the answer says only what is down.
+pub type HealthCheck = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
+async fn health(check: HealthCheck) -> Response {
+    match check().await {
+        Ok(()) => "ok".into_response(),
+        Err(reason) => {
+            tracing::warn!(%reason, "health check failed");
+            ApiError::new(ErrorCode::Unavailable, "the database does not answer").into_response()
+        }
+    }
+}
+
+/// Wrap a service's routes with `/health` (asking `health`), `/metrics`, the body limit, CORS,
+/// request metrics and a JSON 404.
+pub fn finish(
+    routes: Router,
+    http: &HttpSettings,
+    metrics: Metrics,
+    health_check: HealthCheck,
+) -> Router {
     let origins: Vec<HeaderValue> = http
         .cors_origins
         .iter()
@@ -242,7 +328,7 @@ pub fn finish(routes: Router, http: &HttpSettings, metrics: Metrics) -> Router {
         // `Date`: the browser apps estimate their clock's offset to the cluster from it.
         .expose_headers([header::ETAG, header::DATE]);
     routes
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(move || health(health_check.clone())))
         .route("/metrics", {
             let m = metrics.clone();
             get(move || async move { metrics_response(&m) })

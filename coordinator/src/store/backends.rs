@@ -602,6 +602,11 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl LedgerStore for $name {
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn record(&self, mode: Mode, scans: &[ScanRecord]) -> Result<Vec<Outcome>, StoreError> {
                 let _guard = self.write_guard().await;
                 let mut repeats = HashMap::new();

@@ -287,6 +287,8 @@ pub struct FlagCounts {
 /// The coordinator's storage.
 #[async_trait]
 pub trait LedgerStore: Send + Sync + 'static {
+    /// Whether the database answers (`/health`).
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Apply the ledger rules to `scans` in one transaction; one outcome per scan, in order.
     async fn record(&self, mode: Mode, scans: &[ScanRecord]) -> Result<Vec<Outcome>, StoreError>;
     /// The stored answers of scans refused before the ledger ([`Retry`]), one per retry in

@@ -114,6 +114,11 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl NodeStore for $name {
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn record(&self, receipt: &SignedReceipt, time: u64) -> Result<Recorded, StoreError> {
                 // In its own task: a cancelled request (the wallet hung up after t answers) must not
                 // stop an append between the INSERT and the head update.

@@ -49,6 +49,8 @@ pub enum Recorded {
 /// The node's storage.
 #[async_trait]
 pub trait NodeStore: Send + Sync + 'static {
+    /// Whether the database answers (`/health`).
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Atomically: if `receipt` was never recorded, append a log entry for it at the head.
     async fn record(&self, receipt: &SignedReceipt, time: u64) -> Result<Recorded, StoreError>;
     /// `(seq, digest)` of the entry recording `receipt_id`, if any.

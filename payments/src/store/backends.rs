@@ -89,6 +89,11 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl PaymentsStore for $name {
+            async fn ping(&self) -> Result<(), PaymentsError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn add_vouchers(&self, vouchers: &[NewVoucher]) -> Result<(), PaymentsError> {
                 let mut tx = self.begin().await?;
                 for v in vouchers {

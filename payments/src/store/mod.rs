@@ -150,6 +150,8 @@ pub use ticketing_protocol::audit::KeysetTotals;
 /// The payments service's storage.
 #[async_trait]
 pub trait PaymentsStore: Send + Sync + std::fmt::Debug {
+    /// Whether the database answers (`/health`).
+    async fn ping(&self) -> Result<(), PaymentsError>;
     /// Store new vouchers, all or none. A hash that already exists fails the whole batch with
     /// [`PaymentsError::DuplicateVoucher`].
     async fn add_vouchers(&self, vouchers: &[NewVoucher]) -> Result<(), PaymentsError>;

@@ -1,0 +1,76 @@
+//! `/health` asks the service's database, and refusals are counted by their stable code.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::routing::get;
+use ticketing_config::HttpSettings;
+use ticketing_protocol::ErrorCode;
+use ticketing_service::{ApiError, HealthCheck, Metrics};
+
+#[tokio::test]
+async fn health_reports_the_database_and_metrics_count_refusals_by_code() {
+    let database_up = Arc::new(AtomicBool::new(true));
+    let up = database_up.clone();
+    let health: HealthCheck = Arc::new(move || {
+        let up = up.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if up {
+                Ok(())
+            } else {
+                Err("connection refused".into())
+            }
+        })
+    });
+    let routes = Router::new().route(
+        "/v1/thing",
+        get(|| async { Err::<String, _>(ApiError::new(ErrorCode::Malformed, "no")) }),
+    );
+    let router = ticketing_service::finish(
+        routes,
+        &HttpSettings::default(),
+        Metrics::new("ticketing_test"),
+        health,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ticketing_service::serve(
+        listener,
+        router,
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}")).send();
+
+    assert_eq!(get("/health").await.unwrap().status(), 200);
+    database_up.store(false, Ordering::SeqCst);
+    let down = get("/health").await.unwrap();
+    assert_eq!(down.status(), 503);
+    let body: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable");
+    // The reason is logged, not told: the answer names only what is down.
+    assert!(!body.to_string().contains("connection refused"), "{body}");
+
+    for _ in 0..2 {
+        assert_eq!(get("/v1/thing").await.unwrap().status(), 400);
+    }
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"ticketing_test_http_refusals_total{route="/v1/thing",code="malformed"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ticketing_test_build_info{version="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ticketing_test_process_start_time_seconds"),
+        "{metrics}"
+    );
+}
