@@ -186,6 +186,19 @@ enum VoucherCommand {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
+    /// List the vouchers: id (the start of its hash; codes are not kept), product, created,
+    /// state.
+    List {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Void unused vouchers (a lost or leaked batch): by id from `voucher list`, or by code.
+    Void {
+        /// Voucher ids (8+ hex digits) or codes.
+        #[arg(required = true)]
+        vouchers: Vec<String>,
+    },
 }
 
 /// The command tree, with the environment help under every subcommand's `--help`.
@@ -285,6 +298,61 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
         Command::Validate(args) => return Ok(validator::validate(&settings()?, &args).await),
         Command::Validator(cmd) => return validator::run(&settings()?, cmd).await,
         Command::Partner(cmd) => return partner::run(&settings()?, cmd).await,
+        Command::Voucher(VoucherCommand::List { json }) => {
+            let rows = ticketing_payments::list_vouchers_with(&settings()?)
+                .await
+                .context("listing vouchers")?;
+            let state = |v: &ticketing_payments::store::VoucherRow| match (v.voided_at, v.used) {
+                (Some(_), _) => "voided",
+                (None, true) => "used",
+                (None, false) => "unused",
+            };
+            if json {
+                let rows: Vec<_> = rows
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "id": ticketing_payments::voucher_id(&v.hash),
+                            "product": v.product,
+                            "created_at": v.created_at,
+                            "state": state(v),
+                            "voided_at": v.voided_at,
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::Value::Array(rows));
+            } else if rows.is_empty() {
+                outln!("no vouchers (ticketing voucher create --product single --count 10)");
+            } else {
+                outln!("{:<13} {:<10} {:<21} state", "id", "product", "created");
+                for v in &rows {
+                    outln!(
+                        "{:<13} {:<10} {:<21} {}",
+                        ticketing_payments::voucher_id(&v.hash),
+                        v.product,
+                        ticketing_protocol::when::utc(v.created_at),
+                        state(v)
+                    );
+                }
+            }
+        }
+        Command::Voucher(VoucherCommand::Void { vouchers }) => {
+            let done = ticketing_payments::void_vouchers_with(
+                &settings()?,
+                &vouchers,
+                ticketing_service::now(),
+            )
+            .await
+            .context("voiding vouchers")?;
+            for d in done {
+                match d {
+                    ticketing_payments::Voided::Voided(id) => outln!("{id} voided"),
+                    ticketing_payments::Voided::AlreadyUsed(id) => {
+                        outln!("{id} was already used or voided: unchanged");
+                    }
+                }
+            }
+        }
         Command::Voucher(VoucherCommand::Create { product, count }) => {
             let codes =
                 ticketing_payments::vouchers::create_vouchers_with(&settings()?, &product, count)

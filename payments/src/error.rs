@@ -62,6 +62,9 @@ pub enum PaymentsError {
     /// The voucher was already used.
     #[error("this voucher was already used")]
     VoucherUsed,
+    /// An operator voided the voucher.
+    #[error("this voucher was voided by the operator")]
+    VoucherVoided,
     /// A receipt for the same blinded points exists with another keyset or count.
     #[error("these blinded points were already paid for with another keyset or count")]
     DigestConflict,
@@ -113,9 +116,10 @@ impl PaymentsError {
                 ErrorCode::Malformed
             }
             Self::Declined(_) => ErrorCode::CardDeclined,
-            Self::VoucherTypo(_) | Self::UnknownVoucher | Self::VoucherWrongProduct(_) => {
-                ErrorCode::InvalidVoucher
-            }
+            Self::VoucherTypo(_)
+            | Self::UnknownVoucher
+            | Self::VoucherWrongProduct(_)
+            | Self::VoucherVoided => ErrorCode::InvalidVoucher,
             Self::VoucherUsed => ErrorCode::VoucherUsed,
             Self::DigestConflict => ErrorCode::ReceiptReused,
             Self::PaymentInProgress => ErrorCode::Unavailable,

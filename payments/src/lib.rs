@@ -26,4 +26,7 @@ pub mod vouchers;
 pub use error::PaymentsError;
 pub use service::{Payments, router, serve};
 pub use store::{PaymentsStore, open_store};
-pub use vouchers::{create_vouchers, create_vouchers_with, generate_vouchers};
+pub use vouchers::{
+    Voided, create_vouchers, create_vouchers_with, generate_vouchers, list_vouchers_with,
+    void_vouchers_with, voucher_id,
+};

@@ -1,14 +1,16 @@
 //! `ticketing voucher create --product P --count K`: make K fresh codes for product P, store
 //! their hashes, hand the codes back. The caller prints them; that is the only place a code
-//! ever appears (the store keeps hashes only).
+//! ever appears (the store keeps hashes only). `voucher list` and `voucher void` name a voucher
+//! by the start of its hash (or by its code, if at hand): a lost batch can be voided.
 
 use ticketing_config::Settings;
 use ticketing_config::cluster::{manifest_path, read_manifest};
+use ticketing_protocol::Digest32;
 use ticketing_protocol::manifest::Manifest;
 use ticketing_protocol::voucher::VoucherCode;
 
 use crate::PaymentsError;
-use crate::store::{NewVoucher, PaymentsStore, open_store};
+use crate::store::{NewVoucher, PaymentsStore, VoucherRow, open_store};
 
 /// Largest batch one call creates.
 pub const MAX_VOUCHERS_PER_BATCH: u32 = 10_000;
@@ -47,6 +49,7 @@ pub async fn create_vouchers(
         .map(|c| NewVoucher {
             hash: c.hash(),
             product: product.to_owned(),
+            created_at: ticketing_service::now(),
         })
         .collect();
     store.add_vouchers(&rows).await?;
@@ -64,4 +67,79 @@ pub async fn create_vouchers_with(
     let manifest = read_manifest(&manifest_path(&settings.data_dir))?;
     let store = open_store(&settings.payments_database_url()).await?;
     create_vouchers(store.as_ref(), &manifest, product, count).await
+}
+
+/// The name `ticketing voucher list` gives a voucher: the first 12 hex digits of its hash.
+pub fn voucher_id(hash: &Digest32) -> String {
+    hash.to_string().chars().take(12).collect()
+}
+
+/// Every stored voucher (`ticketing voucher list`), with the payments database from `settings`.
+pub async fn list_vouchers_with(settings: &Settings) -> Result<Vec<VoucherRow>, PaymentsError> {
+    let store = open_store(&settings.payments_database_url()).await?;
+    store.vouchers().await
+}
+
+/// What voiding one voucher did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Voided {
+    /// Voided now.
+    Voided(String),
+    /// Already used (or voided): unchanged.
+    AlreadyUsed(String),
+}
+
+/// Void vouchers named by code (`XXXX-XXXX-XXXX-XXXX`) or by the id `voucher list` shows (at
+/// least 8 hex digits of the hash). An unknown or ambiguous name fails before anything changes.
+pub async fn void_vouchers_with(
+    settings: &Settings,
+    names: &[String],
+    now: u64,
+) -> Result<Vec<Voided>, PaymentsError> {
+    let store = open_store(&settings.payments_database_url()).await?;
+    let stored = store.vouchers().await?;
+    let mut hashes = Vec::with_capacity(names.len());
+    for name in names {
+        let hash = match VoucherCode::parse(name) {
+            Ok(code) => code.hash(),
+            Err(_) => {
+                let prefix = name.trim().to_ascii_lowercase();
+                if prefix.len() < 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(PaymentsError::Malformed(format!(
+                        "`{name}` is neither a voucher code nor a voucher id (8 or more hex \
+                         digits, as `ticketing voucher list` shows)"
+                    )));
+                }
+                let found: Vec<_> = stored
+                    .iter()
+                    .filter(|v| v.hash.to_string().starts_with(&prefix))
+                    .collect();
+                match found.as_slice() {
+                    [one] => one.hash,
+                    [] => return Err(PaymentsError::UnknownVoucher),
+                    _ => {
+                        return Err(PaymentsError::Malformed(format!(
+                            "`{name}` names {} vouchers; give more digits",
+                            found.len()
+                        )));
+                    }
+                }
+            }
+        };
+        if !stored.iter().any(|v| v.hash == hash) {
+            return Err(PaymentsError::UnknownVoucher);
+        }
+        hashes.push(hash);
+    }
+    let mut out = Vec::with_capacity(hashes.len());
+    for hash in hashes {
+        let id = voucher_id(&hash);
+        out.push(if store.void_voucher(&hash, now).await? == 1 {
+            tracing::info!(voucher = %id, "voucher voided");
+            Voided::Voided(id)
+        } else {
+            Voided::AlreadyUsed(id)
+        });
+    }
+    Ok(out)
 }

@@ -78,6 +78,7 @@ macro_rules! conformance {
 
 conformance!(
     vouchers_are_added_all_or_none,
+    vouchers_are_listed_and_voided,
     receipts_are_stored_and_totalled_per_keyset,
     a_repeated_digest_returns_the_stored_receipt,
     a_voucher_burns_once_and_only_for_its_product,
@@ -166,6 +167,7 @@ impl Maker {
         let row = NewVoucher {
             hash: code.hash(),
             product: product.into(),
+            created_at: T0,
         };
         (code, row)
     }
@@ -192,7 +194,8 @@ async fn vouchers_are_added_all_or_none(url: &str) {
         store.voucher(&a.hash()).await.unwrap(),
         Some(VoucherInfo {
             product: "single".into(),
-            used: false
+            used: false,
+            voided: false,
         })
     );
     assert_eq!(
@@ -205,6 +208,46 @@ async fn vouchers_are_added_all_or_none(url: &str) {
     assert!(matches!(err, PaymentsError::DuplicateVoucher), "{err:?}");
     assert_eq!(store.voucher(&c.hash()).await.unwrap(), None);
     store.add_vouchers(&[]).await.unwrap();
+}
+
+/// Vouchers are listed (never their codes: only hashes are kept) and an unused one can be
+/// voided, after which checkout refuses it; a used one stays used.
+async fn vouchers_are_listed_and_voided(url: &str) {
+    let store = open(url).await;
+    let mut m = Maker::new(9);
+    let (a, row_a) = m.voucher("single");
+    let (b, row_b) = m.voucher("day");
+    store.add_vouchers(&[row_a, row_b]).await.unwrap();
+    let listed = store.vouchers().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|v| v.created_at == T0 && !v.used && v.voided_at.is_none())
+    );
+    // Used: cannot be voided.
+    let d = m.digest();
+    let r = m.receipt(KS_A, 1, d, 250);
+    store.checkout(&r, Some(&pay(&a, "single"))).await.unwrap();
+    assert_eq!(store.void_voucher(&a.hash(), T0 + 5).await.unwrap(), 0);
+    // Unused: voided once, then refused as voided.
+    assert_eq!(store.void_voucher(&b.hash(), T0 + 5).await.unwrap(), 1);
+    assert_eq!(store.void_voucher(&b.hash(), T0 + 6).await.unwrap(), 0);
+    let d = m.digest();
+    let r = m.receipt(KS_A, 1, d, 700);
+    let err = store.checkout(&r, Some(&pay(&b, "day"))).await.unwrap_err();
+    assert!(matches!(err, PaymentsError::VoucherVoided), "{err:?}");
+    assert_eq!(err.code(), ticketing_protocol::ErrorCode::InvalidVoucher);
+    let listed = store.vouchers().await.unwrap();
+    let state = |h: ticketing_protocol::Digest32| {
+        listed
+            .iter()
+            .find(|v| v.hash == h)
+            .map(|v| (v.used, v.voided_at))
+            .unwrap()
+    };
+    assert_eq!(state(a.hash()), (true, None));
+    assert_eq!(state(b.hash()), (true, Some(T0 + 5)));
 }
 
 async fn receipts_are_stored_and_totalled_per_keyset(url: &str) {

@@ -28,7 +28,7 @@ use ticketing_protocol::{Digest32, Id16};
 
 use super::{
     CheckoutOutcome, KeysetTotals, NewVoucher, PaymentsStore, PendingReceipt, Reservation,
-    STORED_COLUMNS, Stored, StoredRow, TotalsRow, VoucherInfo, VoucherPayment, claimed,
+    STORED_COLUMNS, Stored, StoredRow, TotalsRow, VoucherInfo, VoucherPayment, VoucherRow, claimed,
     is_unique_violation, not_issued, not_renewed, pending_row, receipt_row, stored_from_row,
     to_i64, totals_from_row, voucher_refusal,
 };
@@ -78,12 +78,17 @@ macro_rules! sql_store {
             where
                 E: sqlx::Executor<'e, Database = $db>,
             {
-                let row: Option<(String, bool)> =
-                    sqlx::query_as(&Self::sql("SELECT product, used FROM vouchers WHERE hash = $1"))
-                        .bind(hash.0.as_slice())
-                        .fetch_optional(executor)
-                        .await?;
-                Ok(row.map(|(product, used)| VoucherInfo { product, used }))
+                let row: Option<(String, bool, Option<i64>)> = sqlx::query_as(&Self::sql(
+                    "SELECT product, used, voided_at FROM vouchers WHERE hash = $1",
+                ))
+                .bind(hash.0.as_slice())
+                .fetch_optional(executor)
+                .await?;
+                Ok(row.map(|(product, used, voided)| VoucherInfo {
+                    product,
+                    used,
+                    voided: voided.is_some(),
+                }))
             }
         }
 
@@ -94,12 +99,53 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn vouchers(&self) -> Result<Vec<VoucherRow>, PaymentsError> {
+                let rows: Vec<(Vec<u8>, String, i64, bool, Option<i64>)> = sqlx::query_as(
+                    "SELECT hash, product, created_at, used, voided_at FROM vouchers \
+                     ORDER BY created_at, hash",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(hash, product, created_at, used, voided_at)| {
+                        let hash: [u8; 32] = hash
+                            .try_into()
+                            .map_err(|_| PaymentsError::Corrupt("voucher hash"))?;
+                        Ok(VoucherRow {
+                            hash: Digest32(hash),
+                            product,
+                            created_at: u64::try_from(created_at)
+                                .map_err(|_| PaymentsError::Corrupt("voucher time"))?,
+                            used,
+                            voided_at: voided_at
+                                .map(u64::try_from)
+                                .transpose()
+                                .map_err(|_| PaymentsError::Corrupt("voucher time"))?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn void_voucher(&self, hash: &Digest32, now: u64) -> Result<u64, PaymentsError> {
+                Ok(sqlx::query(&Self::sql(
+                    "UPDATE vouchers SET used = TRUE, voided_at = $1 WHERE hash = $2 AND NOT used",
+                ))
+                .bind(i64::try_from(now).unwrap_or(i64::MAX))
+                .bind(hash.0.as_slice())
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
             async fn add_vouchers(&self, vouchers: &[NewVoucher]) -> Result<(), PaymentsError> {
                 let mut tx = self.begin().await?;
                 for v in vouchers {
-                    sqlx::query(&Self::sql("INSERT INTO vouchers (hash, product) VALUES ($1, $2)"))
+                    sqlx::query(&Self::sql(
+                        "INSERT INTO vouchers (hash, product, created_at) VALUES ($1, $2, $3)",
+                    ))
                         .bind(v.hash.0.as_slice())
                         .bind(&v.product)
+                        .bind(i64::try_from(v.created_at).unwrap_or(i64::MAX))
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| {

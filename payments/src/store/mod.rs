@@ -41,6 +41,8 @@ pub struct NewVoucher {
     pub hash: Digest32,
     /// Product name (checked against the manifest by the caller).
     pub product: String,
+    /// Unix seconds.
+    pub created_at: u64,
 }
 
 /// A voucher that pays for a checkout.
@@ -57,8 +59,25 @@ pub struct VoucherPayment {
 pub struct VoucherInfo {
     /// The product it pays for.
     pub product: String,
-    /// Whether it was used.
+    /// Whether it was used (or voided).
     pub used: bool,
+    /// Whether an operator voided it.
+    pub voided: bool,
+}
+
+/// A stored voucher as `ticketing voucher list` shows it (the code itself is not kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoucherRow {
+    /// Its hash (the first hex digits name it for `voucher void`).
+    pub hash: Digest32,
+    /// The product it pays for.
+    pub product: String,
+    /// Unix seconds (0 for vouchers made before it was kept).
+    pub created_at: u64,
+    /// Used for a purchase.
+    pub used: bool,
+    /// Unix seconds, if voided.
+    pub voided_at: Option<u64>,
 }
 
 /// What [`PaymentsStore::checkout`] and [`PaymentsStore::issue`] did.
@@ -156,6 +175,11 @@ pub trait PaymentsStore: Send + Sync + std::fmt::Debug {
     /// [`PaymentsError::DuplicateVoucher`].
     async fn add_vouchers(&self, vouchers: &[NewVoucher]) -> Result<(), PaymentsError>;
 
+    /// Every stored voucher, oldest first.
+    async fn vouchers(&self) -> Result<Vec<VoucherRow>, PaymentsError>;
+    /// Void the unused vouchers whose hash is `hash` (used ones stay as they are); returns
+    /// how many were voided.
+    async fn void_voucher(&self, hash: &Digest32, now: u64) -> Result<u64, PaymentsError>;
     /// A stored voucher's product and state.
     async fn voucher(&self, hash: &Digest32) -> Result<Option<VoucherInfo>, PaymentsError>;
 
@@ -426,6 +450,7 @@ fn voucher_refusal(found: Option<VoucherInfo>, product: &str) -> PaymentsError {
     match found {
         None => PaymentsError::UnknownVoucher,
         Some(v) if v.product != product => PaymentsError::VoucherWrongProduct(v.product),
+        Some(v) if v.voided => PaymentsError::VoucherVoided,
         Some(_) => PaymentsError::VoucherUsed,
     }
 }
