@@ -448,14 +448,19 @@ impl LocalCluster {
     /// Set up an n-node, threshold-t cluster in `dir` and start payments and every node. Its
     /// products are the built-in ones without their sale minimums, so a ticket bought is the
     /// current window's and usable at once, whatever the hour a test runs at (the minimums
-    /// have tests of their own: [`LocalCluster::start_with_products`]).
+    /// have tests of their own: [`LocalCluster::start_with_products`]). Rate limits are off
+    /// (tests and benchmarks make thousands of requests from one address; the limits have
+    /// their own tests).
     pub async fn start(
         dir: &Path,
         nodes: u16,
         threshold: u16,
-        settings: Settings,
+        mut settings: Settings,
         databases: Databases,
     ) -> Result<Self> {
+        settings.http.requests_per_minute = 0;
+        settings.payments.checkouts_per_minute = 0;
+        settings.payments.voucher_failures_per_hour = 0;
         let mut products = ProductsFile::builtin();
         for p in &mut products.product {
             p.min_remaining_minutes = 0;

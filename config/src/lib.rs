@@ -120,6 +120,13 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     /// Client-side timeout for one request to a service, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Requests one client may make per minute to a service (every route but `/health` and
+    /// `/metrics`); over it: 429 `rate_limited` with `Retry-After`. 0: no limit. Clients are
+    /// told apart in memory only, by a keyed hash of their address, never stored or logged.
+    pub requests_per_minute: u32,
+    /// Take the client's address from the last `X-Forwarded-For` hop (behind nginx); else the
+    /// connection's peer.
+    pub trust_forwarded_for: bool,
 }
 
 /// An issuer node.
@@ -150,6 +157,11 @@ pub struct PaymentsSettings {
     pub receipt_ttl_seconds: u64,
     /// Largest number of tickets in one checkout.
     pub max_tickets_per_checkout: u32,
+    /// Checkouts one client may start per minute (0: no limit).
+    pub checkouts_per_minute: u32,
+    /// Refused voucher codes (mistyped, unknown, used) one client may try per hour before its
+    /// voucher checkouts are refused with 429 for a while (0: no limit).
+    pub voucher_failures_per_hour: u32,
 }
 
 /// The coordinator: spent ledger, redemption, offline sync, Bloom publication.
@@ -225,6 +237,8 @@ impl Default for HttpSettings {
             body_limit_bytes: 64 * 1024,
             cors_origins: Vec::new(),
             request_timeout_ms: 5_000,
+            requests_per_minute: 1200,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -248,6 +262,8 @@ impl Default for PaymentsSettings {
             database_url: String::new(),
             receipt_ttl_seconds: 600,
             max_tickets_per_checkout: 50,
+            checkouts_per_minute: 20,
+            voucher_failures_per_hour: 10,
         }
     }
 }

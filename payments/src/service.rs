@@ -52,7 +52,7 @@ use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::manifest::{Manifest, Product};
 use ticketing_protocol::receipt::{CheckoutRequest, PaymentMethod, Receipt, SignedReceipt};
 use ticketing_protocol::voucher::VoucherCode;
-use ticketing_protocol::{Digest32, Id16};
+use ticketing_protocol::{Digest32, ErrorCode, Id16};
 use ticketing_service::{ApiError, Json, Metrics};
 use zeroize::Zeroizing;
 
@@ -94,6 +94,7 @@ struct Inner {
     renewed: Counter,
     card_declines: Counter,
     voucher_refusals: Counter,
+    limiter: ticketing_service::limit::Limiter,
 }
 
 impl Payments {
@@ -149,6 +150,7 @@ impl Payments {
                 renewed,
                 card_declines,
                 voucher_refusals,
+                limiter: ticketing_service::limit::Limiter::default(),
             }),
         })
     }
@@ -553,6 +555,38 @@ impl Wait {
     }
 }
 
+/// Per client: checkouts per minute, and refused voucher codes per hour (guessing codes is
+/// slowed to a crawl; a client over it gets 429 for its checkouts until the hour refills).
+async fn checkout_limits(
+    State(payments): State<Payments>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use ticketing_service::limit::Rate;
+    let inner = &payments.inner;
+    let failures = Rate::per_hour(inner.settings.voucher_failures_per_hour);
+    let checkouts = Rate::per_minute(inner.settings.checkouts_per_minute);
+    let ip = ticketing_service::client_ip(&req, inner.http.trust_forwarded_for);
+    if let Some(ip) = ip {
+        if let Err(wait) = inner.limiter.check("voucher_failures", failures, ip) {
+            return ticketing_service::rate_limited(wait);
+        }
+        if let Err(wait) = inner.limiter.take("checkouts", checkouts, ip) {
+            return ticketing_service::rate_limited(wait);
+        }
+    }
+    let response = next.run(req).await;
+    if let Some(ip) = ip
+        && matches!(
+            response.extensions().get::<ErrorCode>(),
+            Some(ErrorCode::InvalidVoucher | ErrorCode::VoucherUsed)
+        )
+    {
+        let _ = inner.limiter.take("voucher_failures", failures, ip);
+    }
+    response
+}
+
 async fn checkout(
     State(payments): State<Payments>,
     Json(request): Json<CheckoutRequest>,
@@ -592,7 +626,13 @@ pub fn router(state: Payments) -> Router {
         Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
     });
     let routes = Router::new()
-        .route("/v1/checkout", post(checkout))
+        .route(
+            "/v1/checkout",
+            post(checkout).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                checkout_limits,
+            )),
+        )
         .route("/v1/receipts/{digest}", get(receipt))
         .route("/v1/audit/totals", get(totals))
         .with_state(state);

@@ -907,3 +907,93 @@ async fn a_wallet_hanging_up_mid_payment_does_not_leave_a_charge_without_a_recei
     );
     s.stop().await;
 }
+
+/// Rate limits per client, in memory: checkouts per minute, refused voucher codes per hour
+/// (after which the client's checkouts wait), requests per minute on every route but `/health`;
+/// each answered 429 `rate_limited` with `Retry-After`.
+#[tokio::test]
+async fn clients_over_their_limits_get_429_with_retry_after() {
+    let stub = || Arc::new(StubProcessor::new());
+    let retry_after = |r: &reqwest::Response| {
+        r.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+
+    // Checkouts: 3 a minute.
+    let mut s = Server::start_configured(41, String::new(), stub(), |c| {
+        c.http.requests_per_minute = 0;
+        c.payments.checkouts_per_minute = 3;
+        c.payments.voucher_failures_per_hour = 0;
+    })
+    .await;
+    let ks = current_keyset(s.manifest(), "single");
+    for _ in 0..3 {
+        let d = s.digest(&ks, 1);
+        let (status, body) = s.checkout(&card_body("single", &ks, 1, &d, SUCCEEDS)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let d = s.digest(&ks, 1);
+    let over = reqwest::Client::new()
+        .post(format!("{}/v1/checkout", s.url))
+        .json(&card_body("single", &ks, 1, &d, SUCCEEDS))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 429);
+    let wait = retry_after(&over).unwrap();
+    assert!((1..=20).contains(&wait), "{wait}");
+    let body: serde_json::Value = over.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    s.stop().await;
+
+    // Refused voucher codes: 2 an hour, then every checkout of that client waits.
+    let mut s = Server::start_configured(42, String::new(), stub(), |c| {
+        c.http.requests_per_minute = 0;
+        c.payments.checkouts_per_minute = 0;
+        c.payments.voucher_failures_per_hour = 2;
+    })
+    .await;
+    let ks = current_keyset(s.manifest(), "single");
+    for _ in 0..2 {
+        let guess = VoucherCode::generate(&mut rand::rng()).to_string();
+        let d = s.digest(&ks, 1);
+        let answer = s
+            .checkout(&voucher_body("single", &ks, 1, &d, &guess))
+            .await;
+        assert_error(&answer, 422, "invalid_voucher");
+    }
+    let d = s.digest(&ks, 1);
+    let answer = s.checkout(&card_body("single", &ks, 1, &d, SUCCEEDS)).await;
+    assert_error(&answer, 429, "rate_limited");
+    s.stop().await;
+
+    // Every route: 5 requests a minute; /health is never limited.
+    let s = Server::start_configured(43, String::new(), stub(), |c| {
+        c.http.requests_per_minute = 5;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let digest = "00".repeat(32);
+    for _ in 0..5 {
+        let r = http
+            .get(format!("{}/v1/receipts/{digest}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let r = http
+        .get(format!("{}/v1/receipts/{digest}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(retry_after(&r).is_some());
+    for _ in 0..10 {
+        let r = http.get(format!("{}/health", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    s.stop().await;
+}

@@ -61,6 +61,8 @@ pub enum ErrorCode {
     DuplicatePoint,
     /// A device token of that name exists (register with `--replace` to replace it).
     NameTaken,
+    /// Too many requests from this client; retry after the `Retry-After` seconds.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -94,6 +96,7 @@ impl ErrorCode {
             Self::FutureTimestamp => "future_timestamp",
             Self::DuplicatePoint => "duplicate_point",
             Self::NameTaken => "name_taken",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -328,6 +328,7 @@ fn error_codes_have_stable_names() {
         (ErrorCode::FutureTimestamp, "future_timestamp"),
         (ErrorCode::DuplicatePoint, "duplicate_point"),
         (ErrorCode::NameTaken, "name_taken"),
+        (ErrorCode::RateLimited, "rate_limited"),
     ];
     for (code, name) in codes {
         assert_eq!(code.as_str(), name);

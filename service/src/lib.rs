@@ -26,6 +26,7 @@ use ticketing_protocol::{ErrorBody, ErrorCode};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod db;
+pub mod limit;
 
 /// An error answer: a stable code, a human detail, and the HTTP status the code maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::ReplayedEpoch
         | ErrorCode::ScanIdReused
         | ErrorCode::NameTaken => StatusCode::CONFLICT,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::KeysetNotActive
         | ErrorCode::InvalidVoucher
@@ -281,6 +283,41 @@ async fn fallback() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
+/// The answer to a client over its limit: 429 `rate_limited` with `Retry-After`.
+pub fn rate_limited(retry_after: u64) -> Response {
+    let mut response = ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests from this client; retry in {retry_after} s"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// The client address of a request (see [`limit::client_of`]).
+pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<std::net::IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    limit::client_of(req.headers(), peer, trust_forwarded_for)
+}
+
+async fn limit_requests(
+    State((limiter, rate, trust)): State<(limit::Limiter, limit::Rate, bool)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(ip) = client_ip(&req, trust)
+        && let Err(wait) = limiter.take("requests", rate, ip)
+    {
+        return rate_limited(wait);
+    }
+    next.run(req).await
+}
+
 /// Resident set size from `/proc/self/statm` (Linux; `None` elsewhere).
 fn resident_bytes() -> Option<i64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -327,7 +364,13 @@ pub fn finish(
         ])
         // `Date`: the browser apps estimate their clock's offset to the cluster from it.
         .expose_headers([header::ETAG, header::DATE]);
+    let limits = (
+        limit::Limiter::default(),
+        limit::Rate::per_minute(http.requests_per_minute),
+        http.trust_forwarded_for,
+    );
     routes
+        .layer(middleware::from_fn_with_state(limits, limit_requests))
         .route("/health", get(move || health(health_check.clone())))
         .route("/metrics", {
             let m = metrics.clone();
@@ -354,9 +397,13 @@ pub async fn serve(
             async move { tracing::Instrument::instrument(next.run(request), span).await }
         },
     ));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address reaches the rate limits (in memory only; never logged).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Install the global tracing subscriber (first call wins): to stderr, without process ids or

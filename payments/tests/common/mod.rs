@@ -114,6 +114,22 @@ impl Server {
         database_url: String,
         processor: Arc<dyn Processor>,
     ) -> Self {
+        Self::start_configured(seed, database_url, processor, |s| {
+            // Many checkouts from one address: the limits have their own test.
+            s.http.requests_per_minute = 0;
+            s.payments.checkouts_per_minute = 0;
+            s.payments.voucher_failures_per_hour = 0;
+        })
+        .await
+    }
+
+    /// [`Server::start_with`] with the settings changed by `configure`.
+    pub async fn start_configured(
+        seed: u64,
+        database_url: String,
+        processor: Arc<dyn Processor>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let cluster = test_cluster(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings {
@@ -122,6 +138,7 @@ impl Server {
         };
         settings.payments.max_tickets_per_checkout = 10;
         settings.payments.database_url = database_url;
+        configure(&mut settings);
         let store: Arc<dyn PaymentsStore> =
             open_store(&settings.payments_database_url()).await.unwrap();
         let payments = Payments::with_processor(
