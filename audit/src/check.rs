@@ -146,6 +146,7 @@ pub fn audit(
         keysets,
         evidence,
         violations,
+        admin_actions: Vec::new(),
     };
     (report, next)
 }

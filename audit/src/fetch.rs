@@ -148,6 +148,36 @@ impl Fetcher {
             .collect())
     }
 
+    /// The coordinator's access audit trail after entry `after` (`GET /v1/admin/actions`, an
+    /// auditor token), oldest first, every page.
+    pub async fn actions(
+        &self,
+        manifest: &Manifest,
+        token: &str,
+        mut after: u64,
+    ) -> Result<Vec<ticketing_protocol::redeem::AdminAction>, ClientError> {
+        let base = manifest.coordinator.url.trim_end_matches('/');
+        let mut all = Vec::new();
+        loop {
+            let page: ticketing_protocol::redeem::AdminActions = self
+                .get(
+                    "coordinator",
+                    format!("{base}/v1/admin/actions"),
+                    &[("after", after), ("limit", 1000)],
+                    Some(token),
+                )
+                .await?;
+            let Some(last) = page.actions.last().map(|a| a.id) else {
+                return Ok(all);
+            };
+            if last <= after {
+                return Ok(all);
+            }
+            after = last;
+            all.extend(page.actions);
+        }
+    }
+
     /// The payments service's signed receipt totals.
     pub async fn totals(&self, manifest: &Manifest) -> Result<ReceiptTotals, ClientError> {
         let base = manifest.payments.url.trim_end_matches('/');

@@ -91,7 +91,22 @@ pub async fn run(
         totals,
         evidence: options.evidence.clone(),
     };
-    Ok(check::audit(manifest, &inputs, previous, now))
+    let (mut report, mut next) = check::audit(manifest, &inputs, previous, now);
+    next.admin_actions_seen = previous.admin_actions_seen;
+    if let Some(token) = options.coordinator_token.as_deref() {
+        // The trail since the last audit is shown, not judged (a coordinator that cannot be
+        // read was reported with the counts).
+        if let Ok(actions) = fetcher
+            .actions(manifest, token, previous.admin_actions_seen)
+            .await
+        {
+            if let Some(last) = actions.last() {
+                next.admin_actions_seen = last.id;
+            }
+            report.admin_actions = actions;
+        }
+    }
+    Ok((report, next))
 }
 
 /// Read blame evidence: a JSON array of [`Blame`] (what `ticketing wallet evidence` prints) or

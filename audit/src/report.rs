@@ -236,6 +236,10 @@ pub struct Report {
     pub evidence: Vec<EvidenceFinding>,
     /// Every violation found.
     pub violations: Vec<Violation>,
+    /// The coordinator's access audit trail (admin actions: who, what, when), oldest first;
+    /// empty when it could not be read (no auditor token).
+    #[serde(default)]
+    pub admin_actions: Vec<ticketing_protocol::redeem::AdminAction>,
 }
 
 impl Report {
@@ -341,6 +345,23 @@ impl Report {
                     )
                 };
                 let _ = writeln!(out, "  node {} receipt {}: {verdict}", e.node, e.receipt_id);
+            }
+        }
+        if !self.admin_actions.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nadmin actions since the last audit ({}, oldest first):",
+                self.admin_actions.len()
+            );
+            for a in &self.admin_actions {
+                let _ = writeln!(
+                    out,
+                    "  {}  {:<16} {:<18} {}",
+                    ticketing_protocol::when::utc(a.at),
+                    a.actor,
+                    a.action,
+                    a.detail
+                );
             }
         }
         if self.clean {

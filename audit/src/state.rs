@@ -17,6 +17,14 @@ use crate::AuditError;
 pub struct AuditState {
     /// Node index -> checkpoint.
     pub nodes: BTreeMap<u16, Checkpoint>,
+    /// The last admin action shown: the next audit shows the ones after it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub admin_actions_seen: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl AuditState {

@@ -7,7 +7,7 @@
 //! - `GET  /v1/manifest`, `GET /v1/bloom` (ETag / `If-None-Match` -> 304): public.
 //! - `POST /v1/redeem` (`Scan`), `POST /v1/redeem/batch`, `POST /v1/sync`: validator.
 //! - `POST /v1/admin/revoke`, `GET /v1/admin/deny`, `POST /v1/admin/bloom/rebuild`: admin.
-//! - `GET /v1/admin/stats`: admin or auditor.
+//! - `GET /v1/admin/stats`, `GET /v1/admin/actions` (the access audit trail): admin or auditor.
 //! - `GET /v1/partner/feed?after=&limit=`: partner (`partner.rs`); webhooks (`webhook.rs`).
 //! - `GET /health`, `GET /metrics`.
 //!
@@ -203,6 +203,7 @@ impl Coordinator {
             .route("/v1/admin/deny", get(deny_list))
             .route("/v1/admin/bloom/rebuild", post(rebuild))
             .route("/v1/admin/stats", get(stats))
+            .route("/v1/admin/actions", get(actions_page))
             .route("/v1/partner/feed", get(partner_feed))
             .with_state(self.clone());
         let store = self.inner.store.clone();
@@ -511,13 +512,25 @@ pub async fn register(
     let name = device_name(name)?;
     let store = store::open(&settings.coordinator_database_url()).await?;
     let token = auth::Token::generate(role);
+    let now = ticketing_service::now();
     let device = store
-        .add_device(
-            &auth::token_hash(token.expose()),
-            name,
-            role,
-            ticketing_service::now(),
-            replace,
+        .add_device(&auth::token_hash(token.expose()), name, role, now, replace)
+        .await?;
+    store
+        .record_action(
+            now,
+            CLI_ACTOR,
+            "device_registered",
+            &format!(
+                "{} `{name}` (device {}{})",
+                role.as_str(),
+                device.id,
+                if replace {
+                    ", replacing any live token of the name"
+                } else {
+                    ""
+                }
+            ),
         )
         .await?;
     Ok((token, device))
@@ -534,7 +547,18 @@ pub async fn devices(settings: &Settings) -> Result<Vec<store::DeviceInfo>, Coor
 pub async fn revoke_device(settings: &Settings, name: &str) -> Result<u64, CoordinatorError> {
     let name = device_name(name)?;
     let store = store::open(&settings.coordinator_database_url()).await?;
-    let revoked = store.revoke_device(name, ticketing_service::now()).await?;
+    let now = ticketing_service::now();
+    let revoked = store.revoke_device(name, now).await?;
+    if revoked > 0 {
+        store
+            .record_action(
+                now,
+                CLI_ACTOR,
+                "device_revoked",
+                &format!("`{name}` ({revoked} token(s))"),
+            )
+            .await?;
+    }
     if revoked == 0 {
         return Err(CoordinatorError::Refused(
             ErrorCode::NotFound,
@@ -542,6 +566,19 @@ pub async fn revoke_device(settings: &Settings, name: &str) -> Result<u64, Coord
         ));
     }
     Ok(revoked)
+}
+
+/// The actor of an ops command run on the coordinator's database (no token is involved).
+pub const CLI_ACTOR: &str = "cli";
+
+/// The access audit trail, oldest first (`GET /v1/admin/actions`).
+pub async fn actions(
+    settings: &Settings,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<ticketing_protocol::redeem::AdminAction>, CoordinatorError> {
+    let store = store::open(&settings.coordinator_database_url()).await?;
+    Ok(store.actions(after, limit).await?)
 }
 
 fn device_name(name: &str) -> Result<&str, CoordinatorError> {
@@ -642,10 +679,21 @@ async fn sync(
 
 async fn revoke(
     State(c): State<Coordinator>,
-    _admin: auth::Admin,
+    auth::Admin(admin): auth::Admin,
     Json(req): Json<RevokeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    c.revoke(&req, ticketing_service::now()).await?;
+    let now = ticketing_service::now();
+    c.revoke(&req, now).await?;
+    c.inner
+        .store
+        .record_action(
+            now,
+            &admin.name,
+            "ticket_revoked",
+            &format!("a ticket of keyset {}", req.keyset_id),
+        )
+        .await
+        .map_err(CoordinatorError::from)?;
     tracing::info!("serial revoked");
     Ok(Json(serde_json::json!({ "revoked": true })))
 }
@@ -665,10 +713,48 @@ async fn deny_list(
 
 async fn rebuild(
     State(c): State<Coordinator>,
-    _admin: auth::Admin,
+    auth::Admin(admin): auth::Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let p = c.maintain(ticketing_service::now()).await?;
+    let now = ticketing_service::now();
+    let p = c.maintain(now).await?;
+    c.inner
+        .store
+        .record_action(
+            now,
+            &admin.name,
+            "filter_rebuilt",
+            &format!("on demand, version {}", p.version),
+        )
+        .await
+        .map_err(CoordinatorError::from)?;
     Ok(Json(serde_json::json!({ "version": p.version })))
+}
+
+/// `GET /v1/admin/actions?after=&limit=` (admin or auditor).
+async fn actions_page(
+    State(c): State<Coordinator>,
+    _reader: auth::Reader,
+    Query(q): Query<ActionsQuery>,
+) -> Result<Json<ticketing_protocol::redeem::AdminActions>, ApiError> {
+    let actions = c
+        .inner
+        .store
+        .actions(q.after, q.limit.clamp(1, 1000))
+        .await
+        .map_err(CoordinatorError::from)?;
+    Ok(Json(ticketing_protocol::redeem::AdminActions { actions }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ActionsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_actions_limit")]
+    limit: u32,
+}
+
+fn default_actions_limit() -> u32 {
+    1000
 }
 
 async fn stats(

@@ -115,6 +115,23 @@ pub async fn add_partner(
     store
         .add_partner(&partner, &auth::token_hash(token.expose()))
         .await?;
+    store
+        .record_action(
+            partner.created_at,
+            crate::CLI_ACTOR,
+            "partner_added",
+            &format!(
+                "`{}` (products: {}{})",
+                partner.name,
+                partner.products.join(", "),
+                if partner.webhook.is_some() {
+                    "; webhook"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await?;
     let webhook_secret = key.map(|k| WebhookSecret::derive(&k, &partner.id));
     Ok(NewPartner {
         partner,

@@ -565,6 +565,25 @@ mod cases {
         assert_eq!(s.counts(&KS).await.unwrap().redeemed, 1);
     }
 
+    pub(crate) async fn the_admin_trail_is_appended_and_paged(store: Arc<dyn LedgerStore>) {
+        let s = store.as_ref();
+        assert!(s.actions(0, 10).await.unwrap().is_empty());
+        for i in 0..5u64 {
+            s.record_action(100 + i, "ops", "ticket_revoked", &format!("keyset {i}"))
+                .await
+                .unwrap();
+        }
+        let first = s.actions(0, 3).await.unwrap();
+        assert_eq!(first.len(), 3);
+        assert!(first.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!((first[0].at, first[0].actor.as_str()), (100, "ops"));
+        let rest = s.actions(first[2].id, 10).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|a| a.detail.as_str()).collect::<Vec<_>>(),
+            ["keyset 3", "keyset 4"]
+        );
+    }
+
     pub(crate) async fn issuances_are_recorded_once(store: Arc<dyn LedgerStore>) {
         let s = store.as_ref();
         let batch = [issuance(1, "single", 2, 500), issuance(2, "day", 1, 700)];
@@ -840,6 +859,7 @@ conformance!(
     device_names_are_unique_and_tokens_revocable,
     scan_ids_are_per_device_and_bound_to_their_ticket,
     singles_transfer_past_the_window_end,
+    the_admin_trail_is_appended_and_paged,
     issuances_are_recorded_once,
     denials_write_events_without_serials,
     partners_see_their_products_only,

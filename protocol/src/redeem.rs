@@ -176,6 +176,30 @@ pub struct Stats {
     pub duplicates: u64,
 }
 
+/// One entry of the access audit trail (`GET /v1/admin/actions`, admin or auditor token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminAction {
+    /// Increasing; the cursor of `?after=`.
+    pub id: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// Who: the acting token's name, or `cli` for an ops command run on the coordinator's
+    /// database. Never an address.
+    pub actor: String,
+    /// What, e.g. `device_registered`, `device_revoked`, `ticket_revoked`, `partner_added`,
+    /// `filter_rebuilt`.
+    pub action: String,
+    /// The object, e.g. a device's name and role, a keyset (never a serial).
+    pub detail: String,
+}
+
+/// Answer to `GET /v1/admin/actions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminActions {
+    /// Oldest first, after the cursor.
+    pub actions: Vec<AdminAction>,
+}
+
 /// What a coordinator token may do. Tokens carry their role in a prefix (`tkv_`, `tka_`,
 /// `tkr_`) so a device, an operator and a test can tell them apart at a glance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -641,3 +641,114 @@ async fn device_tokens_are_listed_replaced_and_revoked_at_once() {
     assert_eq!(listed, vec![true, true]);
     c.cluster.stop().await.unwrap();
 }
+
+/// The access audit trail: every admin action (device registered, replaced, revoked; ticket
+/// revoked; partner added; filter rebuilt) with the acting token's name (or `cli`) and the time,
+/// never an address; auditors read it, and `ticketing audit` shows what is new since the last
+/// audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_actions_are_kept_with_who_and_when_and_auditors_read_them() {
+    let c = common::start(Db::Sqlite, 3, 2).await.unwrap();
+    let settings = &c.cluster.settings;
+    let before = ticketing_coordinator::actions(settings, 0, 1000)
+        .await
+        .unwrap()
+        .len();
+    let admin = token(&c, "ops-anna", TokenRole::Admin).await;
+    let auditor = token(&c, "books", TokenRole::Auditor).await;
+    ticketing_coordinator::register(settings, "gate-9", TokenRole::Validator, false)
+        .await
+        .unwrap();
+    ticketing_coordinator::revoke_device(settings, "gate-9")
+        .await
+        .unwrap();
+    ticketing_coordinator::partner::add_partner(settings, "metro", &["single".to_owned()], None)
+        .await
+        .unwrap();
+    let t = buy(&c, "single", 1).await;
+    let base = &c.cluster.coordinator.as_ref().unwrap().url;
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/v1/admin/revoke",
+            json!({ "keyset_id": t[0].0.keyset_id, "serial": t[0].0.serial() }),
+        ),
+        ("/v1/admin/bloom/rebuild", json!({})),
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    // Auditors (and admins) read it; a device token does not.
+    let device = token(&c, "gate-10", TokenRole::Validator).await;
+    let read = |token: String| {
+        let http = http.clone();
+        let url = format!("{base}/v1/admin/actions");
+        async move { http.get(url).bearer_auth(token).send().await.unwrap() }
+    };
+    assert_eq!(read(device).await.status(), StatusCode::UNAUTHORIZED);
+    let page: ticketing_protocol::redeem::AdminActions =
+        read(auditor.clone()).await.json().await.unwrap();
+    let trail: Vec<(String, String)> = page.actions[before..]
+        .iter()
+        .map(|a| (a.actor.clone(), a.action.clone()))
+        .collect();
+    let want = [
+        ("cli", "device_registered"), // ops-anna
+        ("cli", "device_registered"), // books
+        ("cli", "device_registered"), // gate-9
+        ("cli", "device_revoked"),
+        ("cli", "partner_added"),
+        ("ops-anna", "ticket_revoked"),
+        ("ops-anna", "filter_rebuilt"),
+        ("cli", "device_registered"), // gate-10
+    ];
+    assert_eq!(
+        trail,
+        want.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect::<Vec<_>>()
+    );
+    let text = serde_json::to_string(&page).unwrap();
+    assert!(
+        !text.contains("127.0.0.1"),
+        "an address in the trail: {text}"
+    );
+    assert!(
+        !text.contains(&t[0].0.serial().to_string()),
+        "a serial in the trail"
+    );
+    assert!(page.actions.iter().all(|a| a.at.abs_diff(now()) < 120));
+
+    // The audit shows the trail, then only what is new.
+    let options = ticketing_audit::Options {
+        coordinator_token: Some(auditor),
+        timeout: Duration::from_secs(10),
+        evidence: Vec::new(),
+    };
+    let manifest = &c.cluster.cluster.manifest;
+    let (report, state) = ticketing_audit::run(
+        manifest,
+        &options,
+        &ticketing_audit::AuditState::default(),
+        now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.admin_actions.len(), page.actions.len());
+    assert!(
+        report.render().contains("ticket_revoked"),
+        "{}",
+        report.render()
+    );
+    let (again, _) = ticketing_audit::run(manifest, &options, &state, now())
+        .await
+        .unwrap();
+    assert!(again.admin_actions.is_empty(), "{:?}", again.admin_actions);
+    c.cluster.stop().await.unwrap();
+}

@@ -18,7 +18,7 @@ use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::ErrorCode;
 use ticketing_protocol::Id16;
-use ticketing_protocol::redeem::{DenyEntry, DenyReason, SyncStatus, Verdict};
+use ticketing_protocol::redeem::{AdminAction, DenyEntry, DenyReason, SyncStatus, Verdict};
 use tokio::sync::Mutex;
 
 use ticketing_protocol::partner::{EventKind, PartnerEvent, ProductTotals};
@@ -1064,6 +1064,48 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected())
+            }
+
+            async fn record_action(
+                &self,
+                at: u64,
+                actor: &str,
+                action: &str,
+                detail: &str,
+            ) -> Result<(), StoreError> {
+                let _guard = self.write_guard().await;
+                sqlx::query(&Self::sql(
+                    "INSERT INTO admin_actions (at, actor, action, detail) VALUES ($1, $2, $3, $4)",
+                ))
+                .bind(to_i64(at)?)
+                .bind(actor)
+                .bind(action)
+                .bind(detail)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn actions(&self, after: u64, limit: u32) -> Result<Vec<AdminAction>, StoreError> {
+                let rows = sqlx::query(&Self::sql(
+                    "SELECT id, at, actor, action, detail FROM admin_actions WHERE id > $1 \
+                     ORDER BY id LIMIT $2",
+                ))
+                .bind(to_i64(after)?)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AdminAction {
+                            id: to_u64(row.try_get("id")?)?,
+                            at: to_u64(row.try_get("at")?)?,
+                            actor: row.try_get("actor")?,
+                            action: row.try_get("action")?,
+                            detail: row.try_get("detail")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn save_publication(&self, version: u64, body: &str) -> Result<(), StoreError> {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::partner::{PartnerEvent, ProductTotals};
-use ticketing_protocol::redeem::{DenyEntry, DenyReason, SyncStatus, Verdict};
+use ticketing_protocol::redeem::{AdminAction, DenyEntry, DenyReason, SyncStatus, Verdict};
 use ticketing_protocol::{Id16, ProtocolError};
 
 mod backends;
@@ -375,6 +375,16 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError>;
     /// Revoke the live tokens named `name` at `now`; returns how many were revoked.
     async fn revoke_device(&self, name: &str, now: u64) -> Result<u64, StoreError>;
+    /// Append to the access audit trail.
+    async fn record_action(
+        &self,
+        at: u64,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    /// Trail entries with `id > after`, oldest first, at most `limit`.
+    async fn actions(&self, after: u64, limit: u32) -> Result<Vec<AdminAction>, StoreError>;
     /// Keep a published snapshot (JSON) under its version.
     async fn save_publication(&self, version: u64, body: &str) -> Result<(), StoreError>;
     /// The newest published snapshot.
