@@ -213,10 +213,7 @@ pub fn windows(w: Window, from_unix: u64, horizon_days: u32) -> Vec<(u64, u64)> 
     let end = midnight(from.date()).saturating_add(u64::from(horizon_days).saturating_mul(86_400));
     let mut start = window_start(w, from.date());
     let mut out = Vec::new();
-    loop {
-        let Some(next) = next_start(w, start) else {
-            break;
-        };
+    while let Some(next) = next_start(w, start) {
         let (a, b) = (midnight(start), midnight(next));
         if a >= end.max(from_unix.saturating_add(1)) {
             break;

@@ -269,7 +269,7 @@ fn a_non_canonical_or_small_order_holder_key_is_malformed() {
             if ed25519_dalek::VerifyingKey::from_bytes(&key).is_ok() {
                 decompressible += 1;
             }
-            let mut bytes = good.clone();
+            let mut bytes = good;
             bytes[9..41].copy_from_slice(&key);
             match Presentation::decode(&bytes) {
                 Err(CryptoError::Malformed { what, .. }) => assert_eq!(what, "holder public key"),
@@ -282,7 +282,7 @@ fn a_non_canonical_or_small_order_holder_key_is_malformed() {
     // The identity (y = 1), a small-order point in canonical form.
     let mut identity = [0u8; 32];
     identity[0] = 1;
-    let mut bytes = good.clone();
+    let mut bytes = good;
     bytes[9..41].copy_from_slice(&identity);
     assert!(matches!(
         Presentation::decode(&bytes),
