@@ -264,7 +264,12 @@ pub async fn run(settings: &Settings) -> Result<()> {
             settings.demo.nodes,
             dir.display()
         );
-        let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |_, _| {})?;
+        let bar = crate::setup::progress("dealing");
+        let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
         cluster.write(dir, false)?;
     }
     let cluster =

@@ -38,6 +38,11 @@ pub(crate) struct SetupArgs {
     /// Coordinator URL; default: http://127.0.0.1:<demo.base_port+1>.
     #[arg(long)]
     coordinator_url: Option<String>,
+    /// How far a wallet's or validator's clock may be off and still be accepted (the
+    /// manifest's `clock_skew_seconds`; 5 to 600).
+    #[arg(long, default_value_t = ticketing_protocol::manifest::DEFAULT_CLOCK_SKEW_SECONDS,
+          value_parser = clap::value_parser!(u64).range(5..=600))]
+    clock_skew_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +55,7 @@ pub(crate) struct ExtendArgs {
     horizon_days: u32,
 }
 
-fn progress(total_hint: &str) -> ProgressBar {
+pub(crate) fn progress(total_hint: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} keysets")
@@ -131,6 +136,7 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
     if let Some(u) = &args.coordinator_url {
         spec.coordinator_url.clone_from(u);
     }
+    spec.clock_skew_seconds = args.clock_skew_seconds;
     let bar = progress("dealing");
     let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |done, total| {
         bar.set_length(total as u64);
