@@ -61,6 +61,7 @@ pub mod bench;
 pub mod demo;
 pub mod devices;
 pub mod partner;
+pub mod revoke;
 mod setup;
 pub mod validator;
 pub mod wallet;
@@ -74,7 +75,8 @@ Environment:
                              TICKETING_LOG__FORMAT=json (`ticketing config example` lists them)
   RUST_LOG                   log filter of the services (instead of log.filter)
   TICKETING_VALIDATOR_TOKEN  the validator's device token (validate, validator sync/status)
-  TICKETING_AUDIT_TOKEN      the auditor's coordinator token (audit)";
+  TICKETING_AUDIT_TOKEN      the auditor's coordinator token (audit)
+  TICKETING_ADMIN_TOKEN      an admin token (revoke)";
 
 /// Anonymous public-transit tickets issued by a threshold cluster.
 #[derive(Debug, Parser)]
@@ -129,6 +131,9 @@ enum Command {
     /// Audit the cluster: every node's issuance log and checkpoints, receipts, issued versus
     /// redeemed and paid, blame evidence. Exit 0 clean, 1 violations, 2 error.
     Audit(audit::AuditArgs),
+    /// Revoke a ticket (a refund, a reported theft) by its QR: online scans answer `revoked`
+    /// at once, offline ones after the devices' next refresh. Needs an admin token.
+    Revoke(revoke::RevokeArgs),
     /// Print a shell completion script: `ticketing completions bash > /etc/bash_completion.d/ticketing`,
     /// `ticketing completions zsh > ~/.zfunc/_ticketing`, `ticketing completions fish >
     /// ~/.config/fish/completions/ticketing.fish`.
@@ -365,6 +370,7 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
         Command::Wallet(cmd) => return wallet::run(&settings()?, cmd).await,
         Command::Bench(cmd) => bench::run(&settings()?, cmd).await?,
         Command::Audit(args) => return Ok(audit::audit(&settings()?, &args).await),
+        Command::Revoke(args) => return revoke::revoke(&settings()?, &args).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -597,7 +597,7 @@ async fn decide(settings: &Settings, args: &ValidateArgs, state: State) -> Resul
 }
 
 /// The text of the first decodable QR code in a PNG or JPEG picture.
-fn read_qr(path: &Path) -> Result<String> {
+pub(crate) fn read_qr(path: &Path) -> Result<String> {
     let picture = image::ImageReader::open(path)
         .with_context(|| format!("opening {}", path.display()))?
         .with_guessed_format()

@@ -752,3 +752,36 @@ async fn admin_actions_are_kept_with_who_and_when_and_auditors_read_them() {
     assert!(again.admin_actions.is_empty(), "{:?}", again.admin_actions);
     c.cluster.stop().await.unwrap();
 }
+
+/// `ticketing revoke` takes the ticket's QR (what a passenger can show at a desk) and an admin
+/// token; the ticket is refused at once, and a device token is not enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_revokes_a_ticket_by_its_qr() {
+    let c = common::start(Db::Sqlite, 3, 2).await.unwrap();
+    let t = buy(&c, "single", 1).await;
+    let shown = show(&c, &t[0], now());
+    let settings = &c.cluster.settings;
+    let device = token(&c, "gate-r", TokenRole::Validator).await;
+    let refused =
+        ticketing_cli::run_with(settings, &["revoke", &shown, "--admin-token", &device]).await;
+    assert!(refused.is_err(), "a device token revoked a ticket");
+    let admin = token(&c, "desk-1", TokenRole::Admin).await;
+    let code = ticketing_cli::run_with(settings, &["revoke", &shown, "--admin-token", &admin])
+        .await
+        .unwrap();
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert_eq!(
+        redeem(&c, &device, id(), &show(&c, &t[0], now())).await,
+        "revoked"
+    );
+    let trail = ticketing_coordinator::actions(settings, 0, 1000)
+        .await
+        .unwrap();
+    assert!(
+        trail
+            .iter()
+            .any(|a| a.actor == "desk-1" && a.action == "ticket_revoked"),
+        "{trail:?}"
+    );
+    c.cluster.stop().await.unwrap();
+}
