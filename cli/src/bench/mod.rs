@@ -61,6 +61,19 @@ pub struct IssueArgs {
 }
 
 /// Run a benchmark.
+/// A progress bar on stderr for long work (drawn only on a terminal, so piped figures stay
+/// clean).
+pub(crate) fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
 pub async fn run(settings: &Settings, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Issue(args) => issue(settings, &args).await,
@@ -175,7 +188,9 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     );
     for &k in &args.batches {
         let mut pendings = Vec::new();
+        let paying = bar(args.requests as u64, &format!("paying for batches of {k}"));
         for _ in 0..args.requests {
+            paying.inc(1);
             let holders: Vec<_> = (0..k)
                 .map(|_| HolderSecret::generate(&mut rand::rng()).public_key())
                 .collect();
@@ -183,6 +198,7 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
                 client.prepare("day", &holders, ticketing_service::now(), &mut rand::rng())?;
             pendings.push(client.checkout(&prepared, card()).await?);
         }
+        paying.finish_and_clear();
         let (sum0, n0) = server_time(&http, &node1.url).await?;
         let start = Instant::now();
         for p in &pendings {
@@ -205,8 +221,13 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     let per_worker = args.tickets.div_ceil(args.concurrency.max(1));
+    let buying = bar(
+        (per_worker * args.concurrency.max(1)) as u64,
+        "buying 1-ticket purchases",
+    );
     for _ in 0..args.concurrency.max(1) {
         let client = client.clone();
+        let buying = buying.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_worker);
             for _ in 0..per_worker {
@@ -221,6 +242,7 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
                 let pending = client.checkout(&prepared, card()).await?;
                 client.complete(&pending).await?;
                 latencies.push(t0.elapsed());
+                buying.inc(1);
             }
             Ok::<_, anyhow::Error>(latencies)
         }));
@@ -230,6 +252,7 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         latencies.extend(t.await??);
     }
     let elapsed = start.elapsed();
+    buying.finish_and_clear();
     latencies.sort();
     outln!(
         "\nend to end ({} purchases of 1 ticket, {} concurrent, pay + 5 nodes + combine + verify):",

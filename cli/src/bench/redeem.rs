@@ -262,11 +262,12 @@ async fn load(
         .chunks(per_request.max(1))
         .map(<[_]>::to_vec)
         .collect();
+    let progress = super::bar(chunks.len() as u64, "redeeming");
     let queue = Arc::new(std::sync::Mutex::new(chunks));
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (queue, http) = (queue.clone(), http.clone());
+        let (queue, http, progress) = (queue.clone(), http.clone(), progress.clone());
         let (url, token) = (url.to_owned(), token.to_owned());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -296,6 +297,7 @@ async fn load(
                     all.results.into_iter().map(|r| r.verdict).collect()
                 };
                 latencies.push(t0.elapsed());
+                progress.inc(1);
                 if let Some(v) = verdicts
                     .iter()
                     .find(|v| !matches!(v, Verdict::Accepted { .. }))
@@ -311,6 +313,7 @@ async fn load(
         latencies.extend(w.await??);
     }
     let elapsed = start.elapsed();
+    progress.finish_and_clear();
     latencies.sort();
     Ok(Figures {
         rate: tickets.len() as f64 / elapsed.as_secs_f64(),
