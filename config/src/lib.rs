@@ -342,7 +342,27 @@ impl Settings {
             let top = if top == "data" { "data_dir" } else { top };
             SECTIONS.contains(&top)
         });
-        let settings: Self = fig.merge(env).extract()?;
+        let fig = fig.merge(env);
+        // Addresses are checked here so that a bad one is named with its value (the generic
+        // error names the key only).
+        for key in ["node.listen", "payments.listen", "coordinator.listen"] {
+            if let Ok(value) = fig.find_value(key)
+                && let Some(text) = value.as_str()
+                && text.parse::<SocketAddr>().is_err()
+            {
+                return Err(ConfigError::Invalid {
+                    key: match key {
+                        "node.listen" => "node.listen",
+                        "payments.listen" => "payments.listen",
+                        _ => "coordinator.listen",
+                    },
+                    reason: format!(
+                        "`{text}` is not a listen address such as 127.0.0.1:7611 or 0.0.0.0:7611"
+                    ),
+                });
+            }
+        }
+        let settings: Self = fig.extract()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -501,6 +521,32 @@ mod tests {
         let parsed: Settings = Figment::from(Toml::string(EXAMPLE)).extract().unwrap();
         assert_eq!(parsed, Settings::default());
         Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_named_with_its_value_and_a_directory_is_no_config() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TICKETING_NODE__LISTEN", "nonsense:port");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                e.contains("node.listen") && e.contains("`nonsense:port`"),
+                "{e}"
+            );
+            jail.set_env("TICKETING_NODE__LISTEN", "127.0.0.1:7611");
+            jail.create_file("t.toml", "[payments]\nlisten = \"localhost\"\n")?;
+            let e = Settings::load(Some(Path::new("t.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("payments.listen") && e.contains("`localhost`"),
+                "{e}"
+            );
+            let e = Settings::load(Some(Path::new(".")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is a directory"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -180,7 +180,8 @@ impl Deliverer {
             // Each request is signed with the time it is sent: a pass over many events to a
             // slow receiver must not carry stale timestamps that receivers refuse.
             let sent_at = now.saturating_add(started.elapsed().as_secs());
-            if self.send(&webhook.url, &secret, event, sent_at).await {
+            let sent = self.send(&webhook.url, &secret, event, sent_at).await;
+            if sent.is_ok() {
                 store.webhook_done(&partner.id, event.id, true).await?;
                 self.delivered.inc();
                 report.delivered += 1;
@@ -209,10 +210,12 @@ impl Deliverer {
             store
                 .webhook_failed(&partner.id, attempts, now.saturating_add(backoff(attempts)))
                 .await?;
-            tracing::debug!(
+            tracing::warn!(
                 partner = %partner.name,
                 event = event.id,
                 attempts,
+                reason = sent.err().unwrap_or_default(),
+                retry_in_s = backoff(attempts),
                 "webhook delivery failed; retrying later"
             );
             break;
@@ -220,17 +223,16 @@ impl Deliverer {
         Ok(report)
     }
 
-    /// POST one event; whether the receiver answered 2xx.
+    /// POST one event; `Err(why)` unless the receiver answered 2xx (the reason carries no
+    /// URL: it is the partner's, and in the log already by name).
     async fn send(
         &self,
         url: &str,
         secret: &WebhookSecret,
         event: &PartnerEvent,
         now: u64,
-    ) -> bool {
-        let Ok(body) = serde_json::to_vec(event) else {
-            return false;
-        };
+    ) -> Result<(), String> {
+        let body = serde_json::to_vec(event).map_err(|e| format!("encoding the event: {e}"))?;
         let signature = sign_webhook(secret.expose(), now, &body);
         let response = self
             .http
@@ -241,7 +243,12 @@ impl Deliverer {
             .body(body)
             .send()
             .await;
-        response.is_ok_and(|r| r.status().is_success())
+        match response {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status())),
+            Err(e) if e.is_timeout() => Err("timed out".into()),
+            Err(e) => Err(format!("no answer: {}", e.without_url())),
+        }
     }
 }
 

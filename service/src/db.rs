@@ -45,6 +45,34 @@ pub async fn sqlite(url: &str) -> Result<SqlitePool, sqlx::Error> {
 /// Open a Postgres pool.
 pub async fn postgres(url: &str) -> Result<PgPool, sqlx::Error> {
     let opts = PgConnectOptions::from_str(url)?;
+    // Say within seconds, and where, when the server is not there (the pool would wait out
+    // its acquire timeout and report only "pool timed out").
+    let (host, port) = (opts.get_host().to_owned(), opts.get_port());
+    let unreachable = |reason: String| {
+        sqlx::Error::Configuration(
+            format!(
+                "cannot reach Postgres at {host}:{port} ({reason}); is it running, and is the \
+                 database URL right?"
+            )
+            .into(),
+        )
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::Connection::connect_with(&opts),
+    )
+    .await
+    {
+        Err(_) => return Err(unreachable("no answer within 5 s".into())),
+        Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)))) => {
+            return Err(unreachable(e.to_string()));
+        }
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(conn)) => {
+            let conn: sqlx::PgConnection = conn;
+            let _ = sqlx::Connection::close(conn).await;
+        }
+    }
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
@@ -139,5 +167,21 @@ mod placeholder_tests {
             super::placeholders("a = $1 AND b = $2", "?"),
             "a = ?1 AND b = ?2"
         );
+    }
+}
+
+#[cfg(test)]
+mod reach_tests {
+    /// A Postgres that is not there is named, host and port, within seconds.
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_named_at_once() {
+        let started = std::time::Instant::now();
+        let e = super::postgres("postgres://u:p@127.0.0.1:1/db")
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("127.0.0.1:1"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(6));
     }
 }
