@@ -73,6 +73,7 @@ pub async fn spawn_node(settings: &Settings, index: u16, listener: TcpListener) 
     let node = Node::open(settings, &settings.data_dir, index)
         .await
         .with_context(|| format!("opening node {index}"))?;
+    serve_metrics(settings, node.metrics()).await?;
     Running::spawn(format!("node {index}"), listener, move |l, rx| {
         node.serve(l, on_stop(rx))
     })
@@ -81,6 +82,7 @@ pub async fn spawn_node(settings: &Settings, index: u16, listener: TcpListener) 
 /// Start the payments service of the cluster in `settings.data_dir` on `listener`.
 pub async fn spawn_payments(settings: &Settings, listener: TcpListener) -> Result<Running> {
     let payments = Payments::load(settings).await.context("opening payments")?;
+    serve_metrics(settings, payments.metrics().clone()).await?;
     Running::spawn("payments".into(), listener, move |l, rx| {
         ticketing_payments::service::serve(l, payments, on_stop(rx))
     })
@@ -91,9 +93,28 @@ pub async fn spawn_coordinator(settings: &Settings, listener: TcpListener) -> Re
     let coordinator = Coordinator::open(settings, &settings.data_dir)
         .await
         .context("opening the coordinator")?;
+    serve_metrics(settings, coordinator.metrics()).await?;
     Running::spawn("coordinator".into(), listener, move |l, rx| {
         coordinator.serve(l, on_stop(rx))
     })
+}
+
+/// With `http.metrics_listen`, serve the service's `/metrics` there (the service's own address
+/// then does not): for as long as the process runs.
+async fn serve_metrics(settings: &Settings, metrics: ticketing_service::Metrics) -> Result<()> {
+    let Some(addr) = settings.http.metrics_listen else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (http.metrics_listen)"))?;
+    tracing::info!(listen = %addr, "metrics listening");
+    tokio::spawn(ticketing_service::serve(
+        listener,
+        ticketing_service::metrics_router(metrics),
+        std::future::pending(),
+    ));
+    Ok(())
 }
 
 /// Serve the browser apps for the cluster of `manifest` on `listener`.
@@ -278,6 +299,11 @@ pub async fn run(settings: &Settings) -> Result<()> {
 
     // The apps' origin, allowed by CORS on every service (the wallet calls payments and nodes).
     let mut settings = settings.clone();
+    if settings.http.metrics_listen.take().is_some() {
+        tracing::warn!(
+            "http.metrics_listen is for one service per process; the demo serves /metrics on each service"
+        );
+    }
     if !settings.http.cors_origins.contains(&apps_url) {
         settings.http.cors_origins.push(apps_url.clone());
     }

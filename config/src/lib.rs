@@ -127,6 +127,10 @@ pub struct HttpSettings {
     /// Take the client's address from the last `X-Forwarded-For` hop (behind nginx); else the
     /// connection's peer.
     pub trust_forwarded_for: bool,
+    /// Serve `/metrics` on this address instead of the service's own (e.g. an internal
+    /// interface the public proxy does not reach). One service per process (`ticketing node`,
+    /// `payments`, `coordinator`); the demo keeps metrics on each service's address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// An issuer node.
@@ -239,6 +243,7 @@ impl Default for HttpSettings {
             request_timeout_ms: 5_000,
             requests_per_minute: 1200,
             trust_forwarded_for: false,
+            metrics_listen: None,
         }
     }
 }

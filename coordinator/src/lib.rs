@@ -189,6 +189,11 @@ impl Coordinator {
         &self.inner.store
     }
 
+    /// The service's metrics (for a separate `http.metrics_listen`).
+    pub fn metrics(&self) -> ticketing_service::Metrics {
+        self.inner.metrics.clone()
+    }
+
     /// The HTTP routes, with the shared layers.
     pub fn router(&self) -> Router {
         let scan_limit = 4096 + 400 * self.inner.settings.max_scans_per_request as usize;

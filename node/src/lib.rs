@@ -120,6 +120,11 @@ impl Node {
         self.inner.signatory.index().get()
     }
 
+    /// The service's metrics (for a separate `http.metrics_listen`).
+    pub fn metrics(&self) -> ticketing_service::Metrics {
+        self.inner.metrics.clone()
+    }
+
     /// The HTTP routes, with the shared layers.
     pub fn router(&self) -> Router {
         let routes = Router::new()

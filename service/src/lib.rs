@@ -369,17 +369,31 @@ pub fn finish(
         limit::Rate::per_minute(http.requests_per_minute),
         http.trust_forwarded_for,
     );
-    routes
+    let routes = routes
         .layer(middleware::from_fn_with_state(limits, limit_requests))
-        .route("/health", get(move || health(health_check.clone())))
-        .route("/metrics", {
-            let m = metrics.clone();
-            get(move || async move { metrics_response(&m) })
-        })
+        .route("/health", get(move || health(health_check.clone())));
+    // With a separate metrics address, the public one does not serve them.
+    let routes = if http.metrics_listen.is_some() {
+        routes
+    } else {
+        let m = metrics.clone();
+        routes.route("/metrics", get(move || async move { metrics_response(&m) }))
+    };
+    routes
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(metrics, track))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(cors)
+}
+
+/// `/metrics` alone, for `http.metrics_listen`.
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { metrics_response(&metrics) }),
+        )
+        .fallback(fallback)
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then finish in-flight requests.

@@ -74,3 +74,37 @@ async fn health_reports_the_database_and_metrics_count_refusals_by_code() {
         "{metrics}"
     );
 }
+
+/// With `http.metrics_listen`, the service's own address does not serve `/metrics`; the
+/// metrics router does.
+#[tokio::test]
+async fn metrics_can_move_to_their_own_address() {
+    let http_settings = HttpSettings {
+        metrics_listen: Some("127.0.0.1:9".parse().unwrap()),
+        ..HttpSettings::default()
+    };
+    let metrics = Metrics::new("ticketing_test");
+    let health: HealthCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+    let main = ticketing_service::finish(Router::new(), &http_settings, metrics.clone(), health);
+    let separate = ticketing_service::metrics_router(metrics);
+    let mut urls = Vec::new();
+    for router in [main, separate] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}/metrics", listener.local_addr().unwrap()));
+        tokio::spawn(ticketing_service::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
+    }
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&urls[0]).send().await.unwrap().status(), 404);
+    let r = http.get(&urls[1]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("ticketing_test_build_info")
+    );
+}
