@@ -249,20 +249,23 @@ pub async fn run(settings: &Settings) -> Result<()> {
             .chain([spec.coordinator_url.as_str()])
             .chain(spec.node_urls.iter().map(String::as_str))
             .collect();
-        if made != asked {
+        if made != asked || manifest.threshold != settings.demo.threshold {
             anyhow::bail!(
-                "the cluster in {} was set up for payments at {} and {} node(s), but the \
-                 settings ask for payments at {} and {} node(s) (demo.base_port = {}, \
-                 demo.nodes = {}); start it with the settings it was made with (e.g. \
-                 --base-port {}), or use another --data-dir for a new cluster",
+                "the cluster in {} was set up for payments at {} and {}-of-{} nodes, but the \
+                 settings ask for payments at {} and {}-of-{} (demo.base_port = {}); start it \
+                 with the settings it was made with (--base-port {} --nodes {} --threshold {}), \
+                 or use another --data-dir for a new cluster",
                 dir.display(),
                 manifest.payments.url,
+                manifest.threshold,
                 manifest.nodes.len(),
                 spec.payments_url,
+                settings.demo.threshold,
                 spec.node_urls.len(),
                 settings.demo.base_port,
-                settings.demo.nodes,
                 port_of(&manifest.payments.url).unwrap_or(settings.demo.base_port),
+                manifest.nodes.len(),
+                manifest.threshold,
             );
         }
     }

@@ -363,8 +363,26 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
                 ticketing_payments::vouchers::create_vouchers_with(&settings()?, &product, count)
                     .await
                     .context("creating vouchers")?;
-            for code in codes {
-                outln!("{code}");
+            // The codes exist only here (the store keeps hashes): if the reader goes away,
+            // say which vouchers were not printed, so they can be voided.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for (i, code) in codes.iter().enumerate() {
+                if let Err(e) = writeln!(out, "{code}").and_then(|()| out.flush()) {
+                    let lost: Vec<String> = codes
+                        .get(i..)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|c| ticketing_payments::voucher_id(&c.hash()))
+                        .collect();
+                    eprintln!(
+                        "error: writing the codes: {e}; {} voucher(s) were stored but not \
+                         printed: void them with `ticketing voucher void {}`",
+                        lost.len(),
+                        lost.join(" ")
+                    );
+                    return Ok(ExitCode::from(2));
+                }
             }
         }
         Command::Wallet(cmd) => return wallet::run(&settings()?, cmd).await,

@@ -501,7 +501,7 @@ fn print_outcome(outcome: &Outcome, as_json: bool) {
         .to_string(),
         (Outcome::CheckManually, false) => "CHECK MANUALLY (possibly spent)".to_owned(),
     };
-    println!("{line}");
+    outln!("{line}");
 }
 
 fn print_notes(notes: &[Note]) {
@@ -520,7 +520,7 @@ pub async fn validate(settings: &Settings, args: &ValidateArgs) -> ExitCode {
     let failed = |code: &str, message: String| {
         eprintln!("error: {message}");
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({ "verdict": "error", "code": code, "detail": message })
             );
@@ -680,16 +680,16 @@ fn print_registration(settings: &Settings, token: &str, png: Option<&Path>) -> R
     .to_text();
     let qr = qrcode::QrCode::with_error_correction_level(code.as_bytes(), qrcode::EcLevel::M)
         .context("rendering the QR code")?;
-    println!(
+    outln!(
         "{}",
         qr.render::<qrcode::render::unicode::Dense1x2>()
             .quiet_zone(true)
             .build()
     );
-    println!(
+    outln!(
         "registration code (scan the QR or paste this into the validator app; it holds the token):"
     );
-    println!("{code}");
+    outln!("{code}");
     if let Some(path) = png {
         qr.render::<image::Luma<u8>>()
             .min_dimensions(400, 400)
@@ -729,7 +729,7 @@ async fn register(
             device.name, device.id
         );
     }
-    println!("{}", &*token);
+    outln!("{}", &*token);
     Ok((ExitCode::SUCCESS, token))
 }
 
@@ -743,7 +743,7 @@ fn print_report(report: &SyncReport, error: Option<&str>, as_json: bool) {
                 json!({ "code": code.as_str(), "scanned_at": at, "first_scanned_at": first })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "sent": report.sent,
@@ -760,43 +760,43 @@ fn print_report(report: &SyncReport, error: Option<&str>, as_json: bool) {
         );
         return;
     }
-    println!("sent {} scan(s)", report.sent);
-    println!("recorded {}", report.recorded);
-    println!("already synced {}", report.already_synced);
-    println!("conflicts {}", report.conflicts.len());
-    println!("suspected sharing {}", report.suspected_sharing);
+    outln!("sent {} scan(s)", report.sent);
+    outln!("recorded {}", report.recorded);
+    outln!("already synced {}", report.already_synced);
+    outln!("conflicts {}", report.conflicts.len());
+    outln!("suspected sharing {}", report.suspected_sharing);
     let codes: Vec<String> = report
         .rejected
         .iter()
         .map(|(code, n)| format!("{code} {n}"))
         .collect();
     if codes.is_empty() {
-        println!("rejected 0");
+        outln!("rejected 0");
     } else {
-        println!(
+        outln!(
             "rejected {} ({})",
             report.rejected_total(),
             codes.join(", ")
         );
     }
     for (code, at, first) in &report.conflicts {
-        println!(
+        outln!(
             "conflict: {code} (scanned {}, first used {})",
             utc(*at),
             utc(*first)
         );
     }
     if report.retry_later > 0 {
-        println!(
+        outln!(
             "{} scan(s) refused for now (coordinator unavailable): still queued",
             report.retry_later
         );
     }
     if remaining > 0 {
-        println!("{remaining} scan(s) still queued");
+        outln!("{remaining} scan(s) still queued");
     }
     if report.refused > 0 {
-        println!(
+        outln!(
             "{} refused scan(s) kept on this device: see `ticketing validator status`",
             report.refused
         );
@@ -822,7 +822,7 @@ async fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode> {
             .iter()
             .map(|r| json!({ "code": r.code.as_str(), "scanned_at": r.scan.scanned_at }))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "queued": queued.len(),
@@ -838,28 +838,28 @@ async fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode> {
     }
     if let Some(n) = cleared {
         if args.retry_refused {
-            println!("{n} refused scan(s) put back in the queue");
+            outln!("{n} refused scan(s) put back in the queue");
         } else {
-            println!("{n} refused scan(s) cleared");
+            outln!("{n} refused scan(s) cleared");
         }
     }
-    println!("queued for sync: {}", queued.len());
-    println!("refused by the coordinator (kept): {}", refused.len());
+    outln!("queued for sync: {}", queued.len());
+    outln!("refused by the coordinator (kept): {}", refused.len());
     for r in &refused {
-        println!("  {} (scanned {})", r.code, utc(r.scan.scanned_at));
+        outln!("  {} (scanned {})", r.code, utc(r.scan.scanned_at));
     }
     match clock {
-        Some(m) => println!(
+        Some(m) => outln!(
             "clock: {:+} s to the coordinator (measured {}){}",
             m.offset,
             utc(m.at),
             if m.offset == 0 { "" } else { ", corrected for" }
         ),
-        None => println!("clock: offset to the coordinator not measured yet (run once online)"),
+        None => outln!("clock: offset to the coordinator not measured yet (run once online)"),
     }
     match snapshot {
-        Some(v) => println!("spent list: version {v}"),
-        None => println!("spent list: none cached yet"),
+        Some(v) => outln!("spent list: version {v}"),
+        None => outln!("spent list: none cached yet"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -873,7 +873,7 @@ async fn sync(settings: &Settings, args: &SyncArgs) -> Result<ExitCode> {
         if args.json {
             print_report(&report, None, true);
         } else {
-            println!("nothing to sync");
+            outln!("nothing to sync");
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -465,8 +465,16 @@ impl<S: ValidatorStore> Validator<S> {
         match answer {
             Ok(response) => match response.verdict {
                 CoordinatorVerdict::Accepted { valid_until } => {
+                    // For a single, the coordinator's answer tells the true first use (on any
+                    // device): it is what this device's later offline decisions start from.
+                    let first_use = match screened.kind {
+                        ProductKind::Single { transfer_minutes } => valid_until
+                            .saturating_sub(u64::from(transfer_minutes).saturating_mul(60))
+                            .min(now),
+                        ProductKind::Pass => now,
+                    };
                     self.store
-                        .record(seen_entry(&screened, now), None, now)
+                        .record(seen_entry(&screened, first_use), None, now)
                         .await
                         .map_err(Failure::Store)?;
                     Ok(Outcome::Valid {
@@ -831,6 +839,9 @@ pub fn clear_refused(queue: &mut Vec<Scan>, held: &mut Vec<RefusedScan>, requeue
             queue.push(r.scan);
         }
     }
+    // Oldest first, as they were scanned: a single's first use must reach the ledger before
+    // its transfers.
+    queue.sort_by_key(|q| q.scanned_at);
     n
 }
 

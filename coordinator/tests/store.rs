@@ -490,6 +490,25 @@ mod cases {
             accepted(300)
         );
         assert_eq!(s.counts(&KS).await.unwrap().redeemed, 3);
+        // A taken id next to a reuse of it, in either order: each gets its own answer (the
+        // stored answer is never handed to the other ticket).
+        for batch in [
+            [first.clone(), scan(1, 7, 10, 300, 1, SINGLE)],
+            [scan(1, 7, 10, 300, 1, SINGLE), first.clone()],
+        ] {
+            let out = s.record(Mode::Online, &batch).await.unwrap();
+            let want: Vec<_> = batch
+                .iter()
+                .map(|b| {
+                    if b.serial == first.serial {
+                        accepted(300)
+                    } else {
+                        rejected(ErrorCode::ScanIdReused)
+                    }
+                })
+                .collect();
+            assert_eq!(out, want);
+        }
         // Another device picking the same id scans its own ticket.
         assert_eq!(
             one(s, Mode::Online, scan(1, 6, 10, 300, 2, SINGLE)).await,
@@ -556,8 +575,16 @@ mod cases {
             one(s, Mode::Online, scan(4, 2, 11, 10_005, 1, usage)).await,
             rejected(ErrorCode::Expired)
         );
+        let late = scan(5, 2, 11, 10_006, 1, usage);
         assert_eq!(
-            one(s, OFFLINE, scan(5, 2, 11, 10_006, 1, usage)).await,
+            one(s, OFFLINE, late.clone()).await,
+            Outcome::Offline(SyncStatus::Rejected {
+                code: ErrorCode::Expired
+            })
+        );
+        // Sent again (a lost answer, or an operator's retry): still refused, not "synced".
+        assert_eq!(
+            one(s, OFFLINE, late).await,
             Outcome::Offline(SyncStatus::Rejected {
                 code: ErrorCode::Expired
             })

@@ -317,6 +317,7 @@ impl Payments {
             keyset_id,
             count,
             digest,
+            sold_at: now,
         };
         match payment {
             PaymentMethod::Card { number } => self.pay_by_card(terms, number).await,
@@ -424,7 +425,9 @@ impl Payments {
         }
         let now = ticketing_service::now();
         let expires_at = now.saturating_add(self.inner.settings.receipt_ttl_seconds);
-        let receipt = pending.into_receipt(now, expires_at).sign(&self.inner.key);
+        let receipt = pending
+            .into_receipt(terms.sold_at, expires_at)
+            .sign(&self.inner.key);
         match store.issue(&receipt).await? {
             CheckoutOutcome::Issued(r) => Ok(Some((r, false))),
             // A concurrent taker-over issued it first (the charge was one charge).
@@ -471,7 +474,7 @@ impl Payments {
             digest: terms.digest,
             amount,
             currency: terms.product.currency.clone(),
-            issued_at: now,
+            issued_at: terms.sold_at,
             expires_at: now.saturating_add(self.inner.settings.receipt_ttl_seconds),
         }
         .sign(&self.inner.key)
@@ -515,6 +518,9 @@ struct Terms {
     keyset_id: KeysetId,
     count: u32,
     digest: Digest32,
+    /// When the sale was checked (`Manifest::sellable`): the receipt's `issued_at`, which
+    /// nodes judge the sale by, so a slow charge cannot push it past a window's end.
+    sold_at: u64,
 }
 
 impl Terms {

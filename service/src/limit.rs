@@ -40,7 +40,16 @@ impl Rate {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Its own rate (tokens per second) and capacity, for pruning.
+    per_second: f64,
+    capacity: f64,
 }
+
+/// Pruning runs at most this often (it scans the whole table).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Beyond this many buckets even after pruning, the table starts afresh (memory is bounded;
+/// the limits loosen for a moment rather than the process growing without end).
+const HARD_CAP: usize = 200_000;
 
 /// Token buckets per (limit name, client).
 #[derive(Debug, Clone, Default)]
@@ -52,6 +61,19 @@ pub struct Limiter {
 struct State {
     hasher: std::collections::hash_map::RandomState,
     buckets: HashMap<(&'static str, u64), Bucket>,
+    pruned: Option<Instant>,
+}
+
+/// What identifies a client: an IPv4 address, or an IPv6 /64 (one subscriber's prefix: a
+/// client must not get fresh buckets by rotating the low bits of its address).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+    }
 }
 
 impl Limiter {
@@ -90,17 +112,27 @@ impl Limiter {
             // A poisoned table limits nothing rather than refusing everyone.
             return Ok(());
         };
-        let key = (limit, state.hasher.hash_one(client));
+        let key = (limit, state.hasher.hash_one(client_key(client)));
         let capacity = f64::from(rate.count);
         let per_second = capacity / f64::from(rate.seconds);
-        if state.buckets.len() > PRUNE_ABOVE {
+        let due = state
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY);
+        if state.buckets.len() > PRUNE_ABOVE && due {
+            // A bucket that has refilled to its capacity is the same as no bucket.
             state.buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.at).as_secs_f64() * per_second < capacity
+                b.tokens + now.duration_since(b.at).as_secs_f64() * b.per_second < b.capacity
             });
+            if state.buckets.len() > HARD_CAP {
+                state.buckets.clear();
+            }
+            state.pruned = Some(now);
         }
         let bucket = state.buckets.entry(key).or_insert(Bucket {
             tokens: capacity,
             at: now,
+            per_second,
+            capacity,
         });
         let refill = now.duration_since(bucket.at).as_secs_f64() * per_second;
         bucket.tokens = (bucket.tokens + refill).min(capacity);
@@ -163,6 +195,14 @@ mod tests {
         // Another client, another limit: their own buckets.
         assert_eq!(limiter.take_at("x", rate, b, t0), Ok(()));
         assert_eq!(limiter.take_at("y", rate, a, t0), Ok(()));
+        // An IPv6 /64 is one client.
+        let (v6a, v6b): (IpAddr, IpAddr) = (
+            "2001:db8:1:2::1".parse().unwrap_or(a),
+            "2001:db8:1:2:ffff::9".parse().unwrap_or(b),
+        );
+        let one = Rate::per_minute(1);
+        assert_eq!(limiter.take_at("v6", one, v6a, t0), Ok(()));
+        assert!(limiter.take_at("v6", one, v6b, t0).is_err());
         // 0 disables.
         for _ in 0..100 {
             assert_eq!(limiter.take_at("z", Rate::per_minute(0), a, t0), Ok(()));

@@ -33,6 +33,9 @@ use super::{
 /// A scan id as the ledger keys it: scoped to its device.
 type ScanKey = (i64, Id16);
 
+/// A scan id with what it scanned: stored answers are reused only for the same content.
+type RepeatKey = (i64, Id16, Serial, u32);
+
 /// `SELECT` of a partner row, then the rest of the query.
 macro_rules! select_partner {
     ($rest:literal) => {
@@ -100,7 +103,7 @@ macro_rules! sql_store {
                 &self,
                 mode: Mode,
                 scans: &[ScanRecord],
-                repeats: &HashMap<ScanKey, Outcome>,
+                repeats: &HashMap<RepeatKey, Outcome>,
             ) -> Result<Result<Vec<Outcome>, Vec<Retry>>, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let mut events = Vec::new();
@@ -109,7 +112,7 @@ macro_rules! sql_store {
                 let mut taken = Vec::new();
                 for scan in scans {
                     let key = (scan.device, scan.scan_id);
-                    if let Some(o) = repeats.get(&key) {
+                    if let Some(o) = repeats.get(&(scan.device, scan.scan_id, scan.serial, scan.epoch)) {
                         outcomes.push(o.clone());
                         continue;
                     }
@@ -584,13 +587,13 @@ macro_rules! sql_store {
                 &self,
                 mode: Mode,
                 taken: &[Retry],
-                repeats: &mut HashMap<ScanKey, Outcome>,
+                repeats: &mut HashMap<RepeatKey, Outcome>,
             ) -> Result<(), StoreError> {
                 for retry in taken {
                     let outcome = self.stored_outcome(mode, retry).await?.ok_or_else(|| {
                         StoreError::Corrupt("a taken scan id has no row".into())
                     })?;
-                    repeats.insert((retry.device, retry.scan_id), outcome);
+                    repeats.insert((retry.device, retry.scan_id, retry.serial, retry.epoch), outcome);
                 }
                 Ok(())
             }

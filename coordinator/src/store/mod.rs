@@ -466,18 +466,31 @@ pub(crate) fn reused(mode: Mode) -> Outcome {
 }
 
 /// The answer to a scan id seen before, for the same ticket and epoch: the stored verdict
-/// online; `AlreadySynced` offline (whatever the first answer was, nothing changes).
+/// online; offline `AlreadySynced` for a scan that was recorded, and the stored refusal for one
+/// that was refused (a validator that re-sends a refused scan must keep it refused, not be told
+/// it is done).
 pub fn repeat_outcome(mode: Mode, stored: &str) -> Result<Outcome, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("stored outcome: {e}"));
     match mode {
-        Mode::Offline { .. } => Ok(Outcome::Offline(SyncStatus::AlreadySynced)),
+        Mode::Offline { .. } => Ok(Outcome::Offline(
+            match serde_json::from_str::<SyncStatus>(stored) {
+                Ok(SyncStatus::Rejected { code }) => SyncStatus::Rejected { code },
+                Ok(_) => SyncStatus::AlreadySynced,
+                // First seen online: accepted is recorded; a refusal stays one.
+                Err(_) => match serde_json::from_str::<Verdict>(stored).map_err(corrupt)? {
+                    Verdict::Accepted { .. } => SyncStatus::AlreadySynced,
+                    Verdict::Rejected { code } => SyncStatus::Rejected { code },
+                },
+            },
+        )),
         Mode::Online => match serde_json::from_str::<Verdict>(stored) {
             Ok(v) => Ok(Outcome::Online(v)),
             // First seen through sync: it was accepted offline; online it is now spent.
-            Err(_) => match serde_json::from_str::<SyncStatus>(stored) {
-                Ok(_) => Ok(Outcome::Online(Verdict::Rejected {
+            Err(_) => match serde_json::from_str::<SyncStatus>(stored).map_err(corrupt)? {
+                SyncStatus::Rejected { code } => Ok(Outcome::Online(Verdict::Rejected { code })),
+                _ => Ok(Outcome::Online(Verdict::Rejected {
                     code: ticketing_protocol::ErrorCode::Spent,
                 })),
-                Err(e) => Err(StoreError::Corrupt(format!("stored outcome: {e}"))),
             },
         },
     }
