@@ -568,7 +568,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5300(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5313(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -594,7 +594,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5300(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5313(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -860,12 +860,12 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 566, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3258);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3271);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 627, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5282);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5295);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
@@ -875,7 +875,7 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 566, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3258_15);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3271_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
@@ -885,12 +885,12 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 395, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1902);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1915);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 567, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3257);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3270);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0, arg1) {
@@ -913,38 +913,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_1902(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_1902(arg0, arg1);
+function __wasm_bindgen_func_elem_1915(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_1915(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3257(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_3257(arg0, arg1);
+function __wasm_bindgen_func_elem_3270(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_3270(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3258(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3258(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3271(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3271(arg0, arg1, arg2);
 }
 
 function __wasm_bindgen_func_elem_1582(arg0, arg1, arg2) {
     wasm.__wasm_bindgen_func_elem_1582(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_3258_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3258_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3271_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3271_15(arg0, arg1, arg2);
 }
 
 function __wasm_bindgen_func_elem_523(arg0, arg1, arg2) {
     wasm.__wasm_bindgen_func_elem_523(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_5300(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_5300(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_5313(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_5313(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_5282(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_5295(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_5282(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_5295(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {
