@@ -238,6 +238,101 @@ fn the_demo_refuses_a_busy_port_or_a_cluster_made_for_other_ports() {
     drop(taken);
 }
 
+/// A service as a daemon: SIGTERM stops it gracefully (exit 0, as Ctrl-C), its log has no
+/// colour codes when not a terminal, `RUST_LOG` is honoured, and `log.format = "json"` writes
+/// one object per line naming the service.
+#[cfg(unix)]
+#[test]
+fn a_service_stops_on_sigterm_and_logs_plainly_or_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c");
+    let o = ticketing(
+        dir.path(),
+        &[
+            "setup",
+            "--nodes",
+            "1",
+            "--threshold",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketing"));
+        cmd.arg("payments")
+            .env("TICKETING_DATA_DIR", &out)
+            .env("TICKETING_PAYMENTS__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "debug,sqlx=warn")
+            .env_remove("TICKETING_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if json {
+            cmd.env("TICKETING_LOG__FORMAT", "json");
+        }
+        let mut child = cmd.spawn().unwrap();
+        // Wait for it to listen: the first line says so.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        loop {
+            first.clear();
+            assert!(std::io::BufRead::read_line(&mut stderr, &mut first).unwrap() > 0);
+            if first.contains("listening") {
+                break;
+            }
+        }
+        // One request, logged at debug level (RUST_LOG=debug; the default filter is info).
+        let addr = first
+            .split(['=', '"', ' ', ','])
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        std::io::Write::write_all(&mut conn, b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+            "{answer}"
+        );
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "SIGTERM: {status:?}\n{first}{rest}");
+        let log = format!("{first}{rest}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour codes in a piped log: {log}"
+        );
+        assert!(log.contains("stopping"), "{log}");
+        // RUST_LOG=debug: debug lines appear (the default filter is info).
+        assert!(
+            log.contains("DEBUG") || log.contains("\"level\":\"DEBUG\""),
+            "{log}"
+        );
+        if json {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v.get("level").is_some(), "{line}");
+            }
+            assert!(first.contains("\"service\":\"payments\""), "{first}");
+        } else {
+            assert!(first.contains("service=payments"), "{first}");
+        }
+    }
+}
+
 /// A reader that goes away ends a command quietly with exit 0, as Unix tools do (it used to
 /// panic on the broken pipe); `voucher create`, whose codes exist nowhere else, exits 2 naming
 /// the vouchers that were not printed.
