@@ -453,15 +453,16 @@ async fn commit(store: &dyn LedgerStore, mode: Mode, jobs: Vec<Checked>) {
         })
         .collect();
     let result = async {
-        let answered = if retries.is_empty() {
-            Vec::new()
-        } else {
-            store.answered(mode, &retries).await?
-        };
         let recorded = if records.is_empty() {
             Vec::new()
         } else {
             store.record(mode, &records).await?
+        };
+        // After the commit: a late retry batched with its own original finds it recorded.
+        let answered = if retries.is_empty() {
+            Vec::new()
+        } else {
+            store.answered(mode, &retries).await?
         };
         Ok::<_, crate::store::StoreError>((recorded, answered))
     }
