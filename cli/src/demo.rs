@@ -187,6 +187,19 @@ fn listen_for(configured: SocketAddr, default: SocketAddr, url: &str) -> SocketA
     }
 }
 
+/// Bind where a standalone service listens ([`listen_for`]); the error names the setting.
+async fn bind_listen(
+    configured: SocketAddr,
+    default: SocketAddr,
+    url: &str,
+    setting: &str,
+) -> Result<TcpListener> {
+    let listen = listen_for(configured, default, url);
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen} ({setting})"))
+}
+
 fn port_of(url: &str) -> Option<u16> {
     url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
@@ -400,14 +413,13 @@ pub async fn run_node(settings: &Settings) -> Result<()> {
         .find(|n| n.index.get() == index)
         .map(|n| n.url.clone())
         .unwrap_or_default();
-    let listen = listen_for(
+    let listener = bind_listen(
         settings.node.listen,
         ticketing_config::NodeSettings::default().listen,
         &url,
-    );
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen} (node.listen)"))?;
+        "node.listen",
+    )
+    .await?;
     let running = spawn_node(settings, settings.node.index, listener).await?;
     tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
@@ -417,14 +429,13 @@ pub async fn run_node(settings: &Settings) -> Result<()> {
 /// `ticketing coordinator`: the coordinator on `coordinator.listen`.
 pub async fn run_coordinator(settings: &Settings) -> Result<()> {
     let manifest = cluster::read_manifest(&cluster::manifest_path(&settings.data_dir))?;
-    let listen = listen_for(
+    let listener = bind_listen(
         settings.coordinator.listen,
         ticketing_config::CoordinatorSettings::default().listen,
         &manifest.coordinator.url,
-    );
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen} (coordinator.listen)"))?;
+        "coordinator.listen",
+    )
+    .await?;
     let running = spawn_coordinator(settings, listener).await?;
     tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
@@ -434,14 +445,13 @@ pub async fn run_coordinator(settings: &Settings) -> Result<()> {
 /// `ticketing payments`: the payments service on `payments.listen`.
 pub async fn run_payments(settings: &Settings) -> Result<()> {
     let manifest = cluster::read_manifest(&cluster::manifest_path(&settings.data_dir))?;
-    let listen = listen_for(
+    let listener = bind_listen(
         settings.payments.listen,
         ticketing_config::PaymentsSettings::default().listen,
         &manifest.payments.url,
-    );
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen} (payments.listen)"))?;
+        "payments.listen",
+    )
+    .await?;
     let running = spawn_payments(settings, listener).await?;
     tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;

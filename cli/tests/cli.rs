@@ -38,6 +38,25 @@ fn runner(data: &Path) -> impl Fn(&[&str]) -> tokio::task::JoinHandle<Output> + 
     }
 }
 
+/// `ticketing setup` of a 1-of-1 cluster in `<dir>/c` (no service started).
+fn one_node_cluster(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("c");
+    let o = ticketing(
+        dir,
+        &[
+            "setup",
+            "--nodes",
+            "1",
+            "--threshold",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -205,20 +224,7 @@ fn the_demo_refuses_a_busy_port_or_a_cluster_made_for_other_ports() {
         fresh.display()
     );
     // A cluster set up for the default ports, started with others.
-    let made = dir.path().join("made");
-    let o = ticketing(
-        dir.path(),
-        &[
-            "setup",
-            "--nodes",
-            "1",
-            "--threshold",
-            "1",
-            "--out",
-            made.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let made = one_node_cluster(dir.path());
     let o = ticketing(
         dir.path(),
         &[
@@ -245,20 +251,7 @@ fn the_demo_refuses_a_busy_port_or_a_cluster_made_for_other_ports() {
 #[test]
 fn a_service_stops_on_sigterm_and_logs_plainly_or_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("c");
-    let o = ticketing(
-        dir.path(),
-        &[
-            "setup",
-            "--nodes",
-            "1",
-            "--threshold",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let out = one_node_cluster(dir.path());
     for json in [false, true] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketing"));
         cmd.arg("payments")
@@ -339,20 +332,7 @@ fn a_service_stops_on_sigterm_and_logs_plainly_or_as_json() {
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("c");
-    let o = ticketing(
-        dir.path(),
-        &[
-            "setup",
-            "--nodes",
-            "1",
-            "--threshold",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let out = one_node_cluster(dir.path());
     for (args, exit) in [
         (
             &["voucher", "create", "--product", "single", "--count", "50"][..],

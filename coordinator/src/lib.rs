@@ -464,6 +464,21 @@ impl Coordinator {
         })
     }
 
+    /// Append an admin's action to the access audit trail, under its token's name.
+    async fn trail(
+        &self,
+        now: u64,
+        admin: &Device,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), CoordinatorError> {
+        Ok(self
+            .inner
+            .store
+            .record_action(now, &admin.name, action, detail)
+            .await?)
+    }
+
     /// The device a token hash belongs to.
     pub async fn device(&self, token_hash: &[u8; 32]) -> Result<Option<Device>, CoordinatorError> {
         Ok(self.inner.store.device(token_hash).await?)
@@ -689,16 +704,13 @@ async fn revoke(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let now = ticketing_service::now();
     c.revoke(&req, now).await?;
-    c.inner
-        .store
-        .record_action(
-            now,
-            &admin.name,
-            "ticket_revoked",
-            &format!("a ticket of keyset {}", req.keyset_id),
-        )
-        .await
-        .map_err(CoordinatorError::from)?;
+    c.trail(
+        now,
+        &admin,
+        "ticket_revoked",
+        &format!("a ticket of keyset {}", req.keyset_id),
+    )
+    .await?;
     tracing::info!("serial revoked");
     Ok(Json(serde_json::json!({ "revoked": true })))
 }
@@ -722,16 +734,13 @@ async fn rebuild(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let now = ticketing_service::now();
     let p = c.maintain(now).await?;
-    c.inner
-        .store
-        .record_action(
-            now,
-            &admin.name,
-            "filter_rebuilt",
-            &format!("on demand, version {}", p.version),
-        )
-        .await
-        .map_err(CoordinatorError::from)?;
+    c.trail(
+        now,
+        &admin,
+        "filter_rebuilt",
+        &format!("on demand, version {}", p.version),
+    )
+    .await?;
     Ok(Json(serde_json::json!({ "version": p.version })))
 }
 

@@ -13,6 +13,30 @@ pub fn utc(unix: u64) -> String {
     )
 }
 
+/// `unix` seconds as an HTTP date (RFC 9110 IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`), the
+/// form `client::clock` reads from `Date` headers.
+pub fn http_date(unix: u64) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    let weekday = WEEKDAYS
+        .get(usize::try_from(days % 7).unwrap_or(0))
+        .unwrap_or(&"Thu");
+    let month = MONTHS
+        .get(usize::try_from(m.saturating_sub(1)).unwrap_or(0))
+        .unwrap_or(&"Jan");
+    format!(
+        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm,
 /// for non-negative days).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -41,5 +65,7 @@ mod tests {
         assert_eq!(utc(1_798_761_599), "2026-12-31 23:59 UTC");
         // Far ahead, never a panic.
         assert!(utc(u64::MAX).ends_with("UTC"));
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(1_796_139_786), "Tue, 01 Dec 2026 15:43:06 GMT");
     }
 }

@@ -50,6 +50,13 @@ impl TestCluster {
     }
 }
 
+/// The test card that succeeds.
+pub(crate) fn card() -> PaymentMethod {
+    PaymentMethod::Card {
+        number: "4242424242424242".into(),
+    }
+}
+
 /// Buy `count` tickets of `product` with the test card that succeeds.
 pub(crate) async fn buy(
     c: &TestCluster,
@@ -61,14 +68,11 @@ pub(crate) async fn buy(
         .map(|_| HolderSecret::generate(&mut rand::rng()))
         .collect();
     let holders: Vec<_> = secrets.iter().map(HolderSecret::public_key).collect();
-    let card = PaymentMethod::Card {
-        number: "4242424242424242".into(),
-    };
     let purchase = client
         .buy(
             product,
             &holders,
-            card,
+            card(),
             ticketing_service::now(),
             &mut rand::rng(),
         )

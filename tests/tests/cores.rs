@@ -15,13 +15,7 @@ use ticketing_coordinator::TokenRole;
 use ticketing_protocol::ErrorCode;
 use ticketing_protocol::receipt::PaymentMethod;
 
-use crate::common::{self, Db, TestCluster};
-
-fn card() -> PaymentMethod {
-    PaymentMethod::Card {
-        number: "4242424242424242".into(),
-    }
-}
+use crate::common::{self, Db, TestCluster, card};
 
 fn now() -> u64 {
     ticketing_service::now()

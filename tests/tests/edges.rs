@@ -19,7 +19,7 @@ use ticketing_crypto::ticket::{HolderSecret, Ticket};
 use ticketing_protocol::redeem::{Scan, SyncStatus, Verdict};
 use ticketing_protocol::{ErrorCode, Id16};
 
-use crate::common::{self, Db, TestCluster, buy, token};
+use crate::common::{self, Db, TestCluster, buy, card, token};
 
 fn now() -> u64 {
     ticketing_service::now()
@@ -218,34 +218,6 @@ async fn clocks_off_by_up_to_a_minute_are_accepted_wherever_the_scan_falls() {
     }
 }
 
-/// RFC 9110 IMF-fixdate of unix seconds (for the server below).
-fn http_date(unix: u64) -> String {
-    let days = i64::try_from(unix / 86_400).unwrap();
-    let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday =
-        ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][usize::try_from(days % 7).unwrap()];
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        months[usize::try_from(month - 1).unwrap()],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 /// Wallets and validators measure their clock's offset from the `Date` of the services'
 /// answers, keep it, and correct their time with it; the validator reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -255,7 +227,10 @@ async fn wallets_and_validators_measure_their_clock_offset_and_correct_for_it() 
         "/",
         axum::routing::get(|| async {
             (
-                [(axum::http::header::DATE, http_date(now() + 45))],
+                [(
+                    axum::http::header::DATE,
+                    ticketing_protocol::when::http_date(now() + 45),
+                )],
                 axum::Json(json!({})),
             )
         }),
@@ -320,9 +295,7 @@ async fn wallets_and_validators_measure_their_clock_offset_and_correct_for_it() 
         .prepare("single", 1, now(), &mut rand::rng())
         .await
         .unwrap();
-    let card = ticketing_protocol::receipt::PaymentMethod::Card {
-        number: "4242424242424242".into(),
-    };
+    let card = card();
     w.pay(&digest, card).await.unwrap();
     assert_eq!(w.data().await.unwrap().clock.map(|m| m.offset), Some(0));
     assert!(w.now().await.unwrap().abs_diff(now()) <= 2);
@@ -491,9 +464,7 @@ async fn a_single_first_used_before_its_window_ends_transfers_past_the_end() {
         .prepare("single", 2, now(), &mut rand::rng())
         .await
         .unwrap();
-    let card = ticketing_protocol::receipt::PaymentMethod::Card {
-        number: "4242424242424242".into(),
-    };
+    let card = card();
     w.pay(&digest, card).await.unwrap();
     w.complete(&digest, &mut |_| {}).await.unwrap();
     w.present(0, first).await.unwrap();
@@ -529,9 +500,7 @@ async fn repeated_blinded_points_are_refused() {
         .prepare("single", &holders, now(), &mut rand::rng())
         .unwrap();
     prepared.blinded[1] = prepared.blinded[0];
-    let card = ticketing_protocol::receipt::PaymentMethod::Card {
-        number: "4242424242424242".into(),
-    };
+    let card = card();
     let refused = client.checkout(&prepared, card.clone()).await.unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::DuplicatePoint), "{refused}");
     assert!(wallet::not_charged(ErrorCode::DuplicatePoint));

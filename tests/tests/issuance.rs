@@ -14,15 +14,7 @@ use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::receipt::{PaymentMethod, Receipt, SignedReceipt};
 use ticketing_protocol::{ErrorBody, ErrorCode, Id16};
 
-use crate::common::{TestCluster, logs};
-
-const CARD: &str = "4242424242424242";
-
-fn card() -> PaymentMethod {
-    PaymentMethod::Card {
-        number: CARD.to_owned(),
-    }
-}
+use crate::common::{TestCluster, card, logs};
 
 async fn buy(
     client: &Client,
