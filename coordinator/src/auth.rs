@@ -175,3 +175,33 @@ impl FromRequestParts<Coordinator> for Admin {
         .map(Self)
     }
 }
+
+/// The tokens each extractor needs, in the services' OpenAPI description.
+mod described {
+    use schemars::SchemaGenerator;
+    use ticketing_service::openapi::{Input, Operation};
+
+    impl Input for super::Validator {
+        fn describe(op: &mut Operation, _: &mut SchemaGenerator) {
+            op.bearer("a validator device token (or an admin token)");
+        }
+    }
+
+    impl Input for super::Admin {
+        fn describe(op: &mut Operation, _: &mut SchemaGenerator) {
+            op.bearer("an admin token");
+        }
+    }
+
+    impl Input for super::Reader {
+        fn describe(op: &mut Operation, _: &mut SchemaGenerator) {
+            op.bearer("an admin or an auditor token");
+        }
+    }
+
+    impl Input for super::PartnerAuth {
+        fn describe(op: &mut Operation, _: &mut SchemaGenerator) {
+            op.bearer("a partner feed token (`tkp_...`)");
+        }
+    }
+}

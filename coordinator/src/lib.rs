@@ -31,19 +31,19 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use prometheus_client::metrics::counter::Counter;
 use ticketing_config::cluster::{self, ServiceBundle};
 use ticketing_config::{CoordinatorSettings, HttpSettings, Settings};
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::manifest::Manifest;
 use ticketing_protocol::partner::{FeedQuery, PartnerFeed};
+use ticketing_protocol::publication::BloomSnapshot;
 use ticketing_protocol::redeem::{
-    DenyEntry, DenyReason, KeysetStats, RedeemBatch, RedeemBatchResponse, RedeemResponse,
-    RevokeRequest, Scan, Stats, SyncRequest, SyncResponse, SyncResult,
+    DenyEntry, DenyReason, KeysetStats, Rebuilt, RedeemBatch, RedeemBatchResponse, RedeemResponse,
+    RevokeRequest, Revoked, Scan, Stats, SyncRequest, SyncResponse, SyncResult,
 };
 use ticketing_protocol::{ErrorCode, ProtocolError};
-use ticketing_service::{ApiError, Json, Metrics, Query};
+use ticketing_service::{Api, ApiError, Json, Metrics, Query, Route};
 use tokio::sync::RwLock;
 
 pub mod auth;
@@ -197,19 +197,68 @@ impl Coordinator {
     /// The HTTP routes, with the shared layers.
     pub fn router(&self) -> Router {
         let scan_limit = 4096 + 400 * self.inner.settings.max_scans_per_request as usize;
-        let body_limit = axum::extract::DefaultBodyLimit::max(scan_limit);
-        let routes = Router::new()
-            .route("/v1/manifest", get(manifest))
-            .route("/v1/bloom", get(bloom))
-            .route("/v1/redeem", post(redeem))
-            .route("/v1/redeem/batch", post(redeem_batch).layer(body_limit))
-            .route("/v1/sync", post(sync).layer(body_limit))
-            .route("/v1/admin/revoke", post(revoke))
-            .route("/v1/admin/deny", get(deny_list))
-            .route("/v1/admin/bloom/rebuild", post(rebuild))
-            .route("/v1/admin/stats", get(stats))
-            .route("/v1/admin/actions", get(actions_page))
-            .route("/v1/partner/feed", get(partner_feed))
+        let body_limit = || axum::extract::DefaultBodyLimit::max(scan_limit);
+        let routes = Api::new("ticketing coordinator")
+            .route(
+                "/v1/manifest",
+                Route::get("The cluster's public manifest", manifest),
+            )
+            .route(
+                "/v1/bloom",
+                Route::get("The signed filter of spent and denied serials", bloom).describe(
+                    |op, g| {
+                        op.header("If-None-Match", "The ETag of the snapshot held");
+                        op.response::<BloomSnapshot>(
+                            g,
+                            "200",
+                            "The snapshot; its ETag is its version",
+                        );
+                        op.response_other("304", None, "The snapshot held is the latest");
+                        op.response_other(
+                            "503",
+                            Some("application/json"),
+                            "`unavailable`: none yet",
+                        );
+                    },
+                ),
+            )
+            .route(
+                "/v1/redeem",
+                Route::post("Redeem one scan (safe to retry)", redeem),
+            )
+            .route(
+                "/v1/redeem/batch",
+                Route::post("Redeem scans, one verdict each", redeem_batch)
+                    .map(|r| r.layer(body_limit())),
+            )
+            .route(
+                "/v1/sync",
+                Route::post("Record scans accepted offline", sync).map(|r| r.layer(body_limit())),
+            )
+            .route(
+                "/v1/admin/revoke",
+                Route::post("Deny a ticket from now on", revoke),
+            )
+            .route("/v1/admin/deny", Route::get("The deny list", deny_list))
+            .route(
+                "/v1/admin/bloom/rebuild",
+                Route::post("Rebuild and publish the filter now", rebuild),
+            )
+            .route(
+                "/v1/admin/stats",
+                Route::get("Distinct tickets redeemed per keyset", stats),
+            )
+            .route(
+                "/v1/admin/actions",
+                Route::get("The access audit trail: every admin action", actions_page),
+            )
+            .route(
+                "/v1/partner/feed",
+                Route::get(
+                    "A partner's feed of issued and redeemed counts",
+                    partner_feed,
+                ),
+            )
             .with_state(self.clone());
         let store = self.inner.store.clone();
         let health: ticketing_service::HealthCheck = Arc::new(move || {
@@ -701,7 +750,7 @@ async fn revoke(
     State(c): State<Coordinator>,
     auth::Admin(admin): auth::Admin,
     Json(req): Json<RevokeRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let now = ticketing_service::now();
     c.revoke(&req, now).await?;
     c.trail(
@@ -712,7 +761,7 @@ async fn revoke(
     )
     .await?;
     tracing::info!("serial revoked");
-    Ok(Json(serde_json::json!({ "revoked": true })))
+    Ok(Json(Revoked { revoked: true }))
 }
 
 async fn deny_list(
@@ -731,7 +780,7 @@ async fn deny_list(
 async fn rebuild(
     State(c): State<Coordinator>,
     auth::Admin(admin): auth::Admin,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Rebuilt>, ApiError> {
     let now = ticketing_service::now();
     let p = c.maintain(now).await?;
     c.trail(
@@ -741,7 +790,7 @@ async fn rebuild(
         &format!("on demand, version {}", p.version),
     )
     .await?;
-    Ok(Json(serde_json::json!({ "version": p.version })))
+    Ok(Json(Rebuilt { version: p.version }))
 }
 
 /// `GET /v1/admin/actions?after=&limit=` (admin or auditor).
@@ -759,10 +808,12 @@ async fn actions_page(
     Ok(Json(ticketing_protocol::redeem::AdminActions { actions }))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 struct ActionsQuery {
+    /// Entries after this id (0: from the first).
     #[serde(default)]
     after: u64,
+    /// At most this many (default 1000).
     #[serde(default = "default_actions_limit")]
     limit: u32,
 }

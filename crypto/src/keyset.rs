@@ -20,6 +20,7 @@ use crate::{CryptoError, domain};
 type B = Active;
 
 /// A node's share index: its x-coordinate, 1..=n.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u16", into = "u16")]
 pub struct ShareIndex(NonZeroU16);
@@ -58,6 +59,7 @@ impl fmt::Display for ShareIndex {
 
 /// What a keyset is for: a fare product and the window its tickets are valid in
 /// (unix seconds, `valid_from` inclusive, `valid_until` exclusive).
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysetParams {
     /// Product name, e.g. `single`, `day`.

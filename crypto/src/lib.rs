@@ -4,7 +4,7 @@
 //! (callers pass an RNG and the current epoch), so the same code runs in the issuer nodes, the
 //! coordinator, the CLI and, compiled to wasm32, in the passenger's and the conductor's browsers.
 //!
-//! The flow (see `PROTOCOL.md` and `ARCHITECTURE.md`):
+//! The flow (see `docs/PROTOCOL.md` and `ARCHITECTURE.md`):
 //!
 //! 1. [`keyset::deal`] creates a keyset key, splits it t-of-n with Feldman commitments.
 //! 2. The wallet [`issuance::blind`]s `H(m)` for a fresh [`ticket::HolderSecret`].
@@ -23,6 +23,8 @@ mod error;
 pub mod issuance;
 pub mod keyset;
 pub mod presentation;
+#[cfg(feature = "openapi")]
+pub mod schema;
 pub mod ticket;
 
 pub use error::{CryptoError, PointError};

@@ -135,6 +135,7 @@ impl fmt::Debug for Serial {
 }
 
 /// The public part of a ticket. The holder secret stays in the wallet.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
     /// Which keyset (product and window) signed it.

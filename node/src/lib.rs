@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use ticketing_config::Settings;
@@ -26,7 +25,7 @@ use ticketing_protocol::issue::{IssueRequest, IssueResponse};
 use ticketing_protocol::log::{Checkpoint, LogPage, NodeKeyset, NodeStatus};
 use ticketing_protocol::manifest::Manifest;
 use ticketing_protocol::receipt::{blinded_digest, first_duplicate};
-use ticketing_service::{ApiError, Json, Metrics, Query};
+use ticketing_service::{Api, ApiError, Json, Metrics, Query, Route};
 
 mod error;
 pub mod signatory;
@@ -127,18 +126,30 @@ impl Node {
 
     /// The HTTP routes, with the shared layers.
     pub fn router(&self) -> Router {
-        let routes = Router::new()
-            .route("/v1/info", get(info))
+        let max_points = self.inner.max_points;
+        let routes = Api::new("ticketing node")
+            .route(
+                "/v1/info",
+                Route::get("This node's index, identity key and keysets", info),
+            )
             .route(
                 "/v1/issue",
-                // Sized to the largest legal request, so nobody makes the node decode (and
-                // subgroup-check) hundreds of points before the receipt is even verified.
-                post(issue).layer(axum::extract::DefaultBodyLimit::max(issue_body_limit(
-                    self.inner.max_points,
-                ))),
+                Route::post("Sign the blinded points a payment receipt covers", issue).map(|r| {
+                    // Sized to the largest legal request, so nobody makes the node decode (and
+                    // subgroup-check) hundreds of points before the receipt is even verified.
+                    r.layer(axum::extract::DefaultBodyLimit::max(issue_body_limit(
+                        max_points,
+                    )))
+                }),
             )
-            .route("/v1/log", get(log))
-            .route("/v1/log/checkpoints", get(checkpoints))
+            .route(
+                "/v1/log",
+                Route::get("A page of the hash-chained issuance log", log),
+            )
+            .route(
+                "/v1/log/checkpoints",
+                Route::get("The signed checkpoints of the issuance log", checkpoints),
+            )
             .with_state(self.clone());
         let node = self.clone();
         let health: ticketing_service::HealthCheck = std::sync::Arc::new(move || {
@@ -319,10 +330,12 @@ async fn issue(
     Ok(Json(result?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct LogQuery {
+    /// Entries after this sequence number (0: from the start).
     #[serde(default)]
     after: u64,
+    /// At most this many entries (default 500).
     #[serde(default = "default_limit")]
     limit: u32,
 }

@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{self, State};
-use axum::routing::{get, post};
 use prometheus_client::metrics::counter::Counter;
 use ticketing_config::cluster::{
     ServiceBundle, manifest_path, payments_bundle_path, read_json, read_manifest,
@@ -53,7 +52,7 @@ use ticketing_protocol::manifest::{Manifest, Product};
 use ticketing_protocol::receipt::{CheckoutRequest, PaymentMethod, Receipt, SignedReceipt};
 use ticketing_protocol::voucher::VoucherCode;
 use ticketing_protocol::{Digest32, ErrorCode, Id16};
-use ticketing_service::{ApiError, Json, Metrics};
+use ticketing_service::{Api, ApiError, Json, Metrics, Route};
 use zeroize::Zeroizing;
 
 use crate::PaymentsError;
@@ -631,16 +630,31 @@ pub fn router(state: Payments) -> Router {
         let store = store.clone();
         Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
     });
-    let routes = Router::new()
+    let routes = Api::new("ticketing payments")
         .route(
             "/v1/checkout",
-            post(checkout).layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                checkout_limits,
-            )),
+            Route::post(
+                "Pay (test card or voucher) for blinded points: a signed receipt",
+                checkout,
+            )
+            .map(|r| {
+                r.layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    checkout_limits,
+                ))
+            }),
         )
-        .route("/v1/receipts/{digest}", get(receipt))
-        .route("/v1/audit/totals", get(totals))
+        .route(
+            "/v1/receipts/{digest}",
+            Route::get(
+                "The receipt for a digest of blinded points, if one was paid",
+                receipt,
+            ),
+        )
+        .route(
+            "/v1/audit/totals",
+            Route::get("Receipt counts and sums per keyset (public)", totals),
+        )
         .with_state(state);
     ticketing_service::finish(routes, &http, metrics, health)
 }

@@ -8,6 +8,7 @@ use crate::keys::{Sig, SignKey, VerifyKey};
 use crate::{ProtocolError, domain};
 
 /// Receipt totals of one keyset.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysetTotals {
     /// The keyset.
@@ -21,6 +22,7 @@ pub struct KeysetTotals {
 }
 
 /// `GET /v1/audit/totals` on the payments service.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptTotals {
     /// Unix seconds when the totals were read.

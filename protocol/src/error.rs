@@ -3,6 +3,7 @@ use thiserror::Error;
 
 /// Stable error codes on the wire. Apps match on these; the `detail` text is for humans.
 /// Renaming a variant is a breaking change: the serde names are the contract.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -108,6 +109,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// The JSON body of every error response: `{"code": "...", "detail": "..."}`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable code.

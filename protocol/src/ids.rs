@@ -8,6 +8,9 @@ macro_rules! hex_array {
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub struct $name(#[serde(with = "hex::serde")] pub [u8; $n]);
 
+        #[cfg(feature = "openapi")]
+        ticketing_crypto::hex_schema!($name, stringify!($name), $n, concat!($n, " bytes"));
+
         impl $name {
             /// Parse from lowercase or uppercase hex.
             pub fn from_hex(s: &str) -> Result<Self, crate::ProtocolError> {

@@ -10,6 +10,7 @@ use crate::receipt::{SignedReceipt, blinded_digest};
 use crate::{Digest32, Id16, ProtocolError, domain};
 
 /// `POST /v1/issue` on every node.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssueRequest {
     /// The payment receipt covering exactly these points.
@@ -22,8 +23,17 @@ pub struct IssueRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct G1Hex(#[serde(with = "hex::serde")] pub [u8; 48]);
 
+#[cfg(feature = "openapi")]
+ticketing_crypto::hex_schema!(
+    G1Hex,
+    "G1Point",
+    48,
+    "A G1 point (compressed), decoded by the receiver."
+);
+
 /// A node's answer: its partial signatures, signed with its identity key so a wrong answer is
 /// evidence against the node.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssueResponse {
     /// The answering node.
@@ -99,6 +109,7 @@ impl IssueResponse {
 /// asked to sign. Anyone holding the manifest can check it ([`Blame::check`]); the wallet keeps
 /// it and hands it to the auditors. It says nothing about the passenger: the points are
 /// uniformly random and the response names only the node, the receipt and the keyset.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blame {
     /// The node.
@@ -110,6 +121,7 @@ pub struct Blame {
 }
 
 /// What a node provably did wrong, established by [`Blame::check`].
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Misbehaviour {

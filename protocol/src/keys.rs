@@ -69,6 +69,11 @@ impl<'de> Deserialize<'de> for VerifyKey {
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sig(#[serde(with = "hex::serde")] pub [u8; 64]);
 
+#[cfg(feature = "openapi")]
+ticketing_crypto::hex_schema!(Sig, "Ed25519Signature", 64, "An Ed25519 signature.");
+#[cfg(feature = "openapi")]
+ticketing_crypto::hex_schema!(VerifyKey, "Ed25519PublicKey", 32, "An Ed25519 public key.");
+
 impl fmt::Debug for Sig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Sig({})", hex::encode(self.0))

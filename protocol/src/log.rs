@@ -20,6 +20,7 @@ pub const CHECKPOINT_TAG: &[u8] = b"ticketing/v1/log-checkpoint";
 pub const GENESIS: Digest32 = Digest32([0; 32]);
 
 /// One signing: which receipt the node honoured, chained to the entry before.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// 1, 2, 3, ... without gaps.
@@ -73,6 +74,7 @@ impl LogEntry {
 }
 
 /// A node's signed statement of its log head.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The node.
@@ -123,6 +125,7 @@ impl Checkpoint {
 }
 
 /// `GET /v1/log?after=SEQ&limit=N` answer.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPage {
     /// Entries with `seq > after`, ascending, at most `limit`.
@@ -132,6 +135,7 @@ pub struct LogPage {
 }
 
 /// `GET /v1/info` on a node.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The node's index.
@@ -145,6 +149,7 @@ pub struct NodeStatus {
 }
 
 /// One keyset a node holds.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeKeyset {
     /// Keyset id.

@@ -38,6 +38,7 @@ impl ManifestError {
 }
 
 /// Everything a client needs to buy, show, verify and audit tickets.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Increases with every published change (e.g. `ticketing keys extend`).
@@ -86,6 +87,7 @@ fn is_zero(v: &u32) -> bool {
 }
 
 /// One issuer node.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// Share index (x-coordinate), 1..=n.
@@ -97,6 +99,7 @@ pub struct NodeInfo {
 }
 
 /// A service and the key it signs with.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceInfo {
     /// Base URL.
@@ -106,6 +109,7 @@ pub struct ServiceInfo {
 }
 
 /// How a product is used at the gate.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ProductKind {
@@ -119,6 +123,7 @@ pub enum ProductKind {
 }
 
 /// A fare product.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     /// Name, e.g. `single`, `day`.
@@ -152,6 +157,7 @@ impl Product {
 }
 
 /// A keyset's public data.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysetInfo {
     /// Keyset id (derived from the key and parameters; checked by [`KeysetInfo::check_id`]).
@@ -169,6 +175,7 @@ pub struct KeysetInfo {
 }
 
 /// A node's public key share of one keyset.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeyShareInfo {
     /// Node index.

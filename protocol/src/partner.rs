@@ -41,6 +41,7 @@ pub const FEED_DEFAULT_LIMIT: u32 = 500;
 pub const FEED_MAX_LIMIT: u32 = 5000;
 
 /// One thing that happened to a partner's product.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartnerEvent {
     /// Increasing with every event of the cluster (the feed cursor); gaps are normal.
@@ -64,6 +65,7 @@ pub struct PartnerEvent {
 }
 
 /// What an event records.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum EventKind {
@@ -80,6 +82,7 @@ pub enum EventKind {
 }
 
 /// Query of `GET /v1/partner/feed`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedQuery {
     /// Only events with a larger id (default 0: from the start).
@@ -89,6 +92,7 @@ pub struct FeedQuery {
 }
 
 /// Answer of `GET /v1/partner/feed`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartnerFeed {
     /// The partner's name.
@@ -102,6 +106,7 @@ pub struct PartnerFeed {
 }
 
 /// Totals of one product in one currency.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductTotals {
     /// Product name.

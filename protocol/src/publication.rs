@@ -9,6 +9,7 @@ use crate::keys::{Sig, SignKey, VerifyKey};
 use crate::{ProtocolError, domain, put_bytes};
 
 /// A versioned, signed snapshot of spent and denied serials of still-valid keysets.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BloomSnapshot {
     /// Increases with every rebuild; served as the ETag.

@@ -28,6 +28,7 @@ pub fn first_duplicate(points: &[BlindedPoint]) -> Option<usize> {
 }
 
 /// The receipt body.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// Random id chosen by the payments service.
@@ -87,6 +88,7 @@ impl Receipt {
 }
 
 /// A receipt with the payments service's signature.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedReceipt {
     /// The body.
@@ -104,6 +106,7 @@ impl SignedReceipt {
 }
 
 /// How the passenger pays. Debug shows the method only: no card number or voucher code.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "method")]
 pub enum PaymentMethod {
@@ -129,6 +132,7 @@ impl std::fmt::Debug for PaymentMethod {
 }
 
 /// `POST /v1/checkout` on the payments service.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckoutRequest {
     /// Product name.

@@ -8,6 +8,7 @@ use ticketing_crypto::ticket::Serial;
 use crate::{ErrorCode, Id16};
 
 /// One scan of a presentation.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scan {
     /// Chosen by the validator; makes retries and sync idempotent.
@@ -22,6 +23,7 @@ pub struct Scan {
 pub type RedeemRequest = Scan;
 
 /// `POST /v1/redeem/batch`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RedeemBatch {
     /// Scans in any order.
@@ -29,6 +31,7 @@ pub struct RedeemBatch {
 }
 
 /// The coordinator's verdict on one scan.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "verdict")]
 pub enum Verdict {
@@ -46,6 +49,7 @@ pub enum Verdict {
 }
 
 /// Answer to one scan.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RedeemResponse {
     /// Echo.
@@ -56,6 +60,7 @@ pub struct RedeemResponse {
 }
 
 /// `POST /v1/sync`: scans a validator accepted while offline.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
     /// Queued scans.
@@ -63,6 +68,7 @@ pub struct SyncRequest {
 }
 
 /// What the coordinator made of one synced scan.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum SyncStatus {
@@ -88,6 +94,7 @@ pub enum SyncStatus {
 }
 
 /// Result for one synced scan.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResult {
     /// Echo.
@@ -98,6 +105,7 @@ pub struct SyncResult {
 }
 
 /// Answer to a sync.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
     /// One result per scan, in request order.
@@ -105,6 +113,7 @@ pub struct SyncResponse {
 }
 
 /// Answer to `POST /v1/redeem/batch`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RedeemBatchResponse {
     /// One answer per scan, in request order.
@@ -112,6 +121,7 @@ pub struct RedeemBatchResponse {
 }
 
 /// `POST /v1/admin/revoke` (admin token): deny a serial, e.g. after a refund.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeRequest {
     /// The ticket's keyset (the entry is pruned with it).
@@ -120,7 +130,24 @@ pub struct RevokeRequest {
     pub serial: Serial,
 }
 
+/// Answer of `POST /v1/admin/revoke`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Always true: the serial is on the deny list (it may have been already).
+    pub revoked: bool,
+}
+
+/// Answer of `POST /v1/admin/bloom/rebuild`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuilt {
+    /// The version of the snapshot now published.
+    pub version: u64,
+}
+
 /// Why a serial is on the deny list.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DenyReason {
@@ -131,6 +158,7 @@ pub enum DenyReason {
 }
 
 /// One deny-list entry, as `GET /v1/admin/deny` lists them.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DenyEntry {
     /// Keyset.
@@ -145,6 +173,7 @@ pub struct DenyEntry {
 
 /// Aggregate counts for one keyset (`GET /v1/admin/stats`). Counts only: no serial, device or
 /// time of an individual scan.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysetStats {
     /// Keyset.
@@ -166,6 +195,7 @@ pub struct KeysetStats {
 }
 
 /// Answer to `GET /v1/admin/stats`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Per keyset, manifest order.
@@ -177,6 +207,7 @@ pub struct Stats {
 }
 
 /// One entry of the access audit trail (`GET /v1/admin/actions`, admin or auditor token).
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminAction {
     /// Increasing; the cursor of `?after=`.
@@ -194,6 +225,7 @@ pub struct AdminAction {
 }
 
 /// Answer to `GET /v1/admin/actions`.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminActions {
     /// Oldest first, after the cursor.
@@ -202,6 +234,7 @@ pub struct AdminActions {
 
 /// What a coordinator token may do. Tokens carry their role in a prefix (`tkv_`, `tka_`,
 /// `tkr_`) so a device, an operator and a test can tell them apart at a glance.
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenRole {

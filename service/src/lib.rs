@@ -27,6 +27,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod db;
 pub mod limit;
+pub mod openapi;
+
+pub use openapi::{Api, Route};
 
 /// An error answer: a stable code, a human detail, and the HTTP status the code maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,11 +308,18 @@ pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<std::net::I
     limit::client_of(req.headers(), peer, trust_forwarded_for)
 }
 
+/// Paths every service serves for its operators.
+const UNLIMITED: [&str; 3] = ["/health", "/metrics", "/openapi.json"];
+
 async fn limit_requests(
     State((limiter, rate, trust)): State<(limit::Limiter, limit::Rate, bool)>,
     req: Request,
     next: Next,
 ) -> Response {
+    // Probes and scrapers are not clients: their paths are never limited.
+    if UNLIMITED.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
     if let Some(ip) = client_ip(&req, trust)
         && let Err(wait) = limiter.take("requests", rate, ip)
     {
@@ -341,10 +351,10 @@ async fn health(check: HealthCheck) -> Response {
     }
 }
 
-/// Wrap a service's routes with `/health` (asking `health`), `/metrics`, the body limit, CORS,
-/// request metrics and a JSON 404.
+/// Wrap a service's routes with `/health` (asking `health`), `/metrics`, `/openapi.json`
+/// (the description of all of them), the body limit, CORS, request metrics and a JSON 404.
 pub fn finish(
-    routes: Router,
+    api: Api,
     http: &HttpSettings,
     metrics: Metrics,
     health_check: HealthCheck,
@@ -369,17 +379,45 @@ pub fn finish(
         limit::Rate::per_minute(http.requests_per_minute),
         http.trust_forwarded_for,
     );
-    let routes = routes
-        .layer(middleware::from_fn_with_state(limits, limit_requests))
-        .route("/health", get(move || health(health_check.clone())));
+    let document = Arc::new(std::sync::OnceLock::<serde_json::Value>::new());
+    let served = document.clone();
+    let mut api = api
+        .route(
+            "/health",
+            Route::get("Whether the service and its database answer", move || {
+                health(health_check.clone())
+            })
+            .describe(|op, _| {
+                op.response_other("200", Some("text/plain"), "`ok`");
+                op.response_other("503", Some("application/json"), "`unavailable`");
+            }),
+        )
+        .route(
+            "/openapi.json",
+            Route::get("This document", move || {
+                let doc = served.get().cloned().unwrap_or_default();
+                async move { axum::Json(doc).into_response() }
+            })
+            .describe(|op, _| op.response_other("200", Some("application/json"), "OpenAPI 3.1")),
+        );
     // With a separate metrics address, the public one does not serve them.
-    let routes = if http.metrics_listen.is_some() {
-        routes
-    } else {
+    if http.metrics_listen.is_none() {
         let m = metrics.clone();
-        routes.route("/metrics", get(move || async move { metrics_response(&m) }))
-    };
-    routes
+        api = api.route(
+            "/metrics",
+            Route::get("Prometheus metrics", move || {
+                let response = metrics_response(&m);
+                async move { response }
+            })
+            .describe(|op, _| {
+                op.response_other("200", Some("application/openmetrics-text"), "OpenMetrics");
+            }),
+        );
+    }
+    let (router, doc) = api.into_parts();
+    let _ = document.set(doc);
+    router
+        .layer(middleware::from_fn_with_state(limits, limit_requests))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(metrics, track))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))

@@ -6,11 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
-use axum::routing::get;
 use ticketing_config::HttpSettings;
 use ticketing_protocol::ErrorCode;
-use ticketing_service::{ApiError, HealthCheck, Metrics};
+use ticketing_service::{Api, ApiError, HealthCheck, Json, Metrics, Route};
 
 #[tokio::test]
 async fn health_reports_the_database_and_metrics_count_refusals_by_code() {
@@ -26,9 +24,11 @@ async fn health_reports_the_database_and_metrics_count_refusals_by_code() {
             }
         })
     });
-    let routes = Router::new().route(
+    let routes = Api::new("test").route(
         "/v1/thing",
-        get(|| async { Err::<String, _>(ApiError::new(ErrorCode::Malformed, "no")) }),
+        Route::get("Always refused", || async {
+            Err::<Json<String>, _>(ApiError::new(ErrorCode::Malformed, "no"))
+        }),
     );
     let router = ticketing_service::finish(
         routes,
@@ -85,7 +85,7 @@ async fn metrics_can_move_to_their_own_address() {
     };
     let metrics = Metrics::new("ticketing_test");
     let health: HealthCheck = Arc::new(|| Box::pin(async { Ok(()) }));
-    let main = ticketing_service::finish(Router::new(), &http_settings, metrics.clone(), health);
+    let main = ticketing_service::finish(Api::new("test"), &http_settings, metrics.clone(), health);
     let separate = ticketing_service::metrics_router(metrics);
     let mut urls = Vec::new();
     for router in [main, separate] {

@@ -26,6 +26,10 @@
 //!   blamed with its signed response and the purchase still succeeds; forged, expired and
 //!   reused receipts, malformed points, unknown keysets and oversized bodies get 4xx with
 //!   stable codes; the logs of whole purchases hold neither card numbers nor serials.
+//! - `openapi`: each service's `/openapi.json` against the service: every operation listed
+//!   is called (with real purchases, scans and every kind of token) and answers as its
+//!   documented schema says, none is the fallback's 404, every `$ref` resolves, and every
+//!   `/v1/` path the clients, CLI and auditor call is documented.
 //! - `redemption`: the coordinator over HTTP, on SQLite and on real Postgres: 1,000 concurrent
 //!   redeems of one ticket accept exactly one; every rejection code (stale screenshot, forged
 //!   and tampered payloads, unknown keyset, replayed epoch, revoked); 401 without a device or
@@ -66,6 +70,7 @@ mod common;
 mod cores;
 mod edges;
 mod issuance;
+mod openapi;
 mod redemption;
 mod validator_pwa;
 mod wallet_pwa;
