@@ -124,6 +124,36 @@ mod cases {
         }
     }
 
+    pub(crate) async fn concurrent_appends_share_commits(store: Arc<dyn NodeStore>) {
+        let k = Arc::new(key());
+        let before = store.commits();
+        let tasks: Vec<_> = (0..64u8)
+            .map(|i| {
+                let (store, k) = (store.clone(), k.clone());
+                tokio::spawn(async move { store.record(&receipt(&k, i, i), 1000).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(matches!(t.await.unwrap().unwrap(), Recorded::Fresh(_)));
+        }
+        // 64 appends waiting on each other's fsync share transactions (one commit each time
+        // the writer finds some waiting), and the chain is still one chain.
+        let commits = store.commits() - before;
+        assert!(
+            (1..=32).contains(&commits),
+            "{commits} commits for 64 appends"
+        );
+        let all = store.entries(0, 100).await.unwrap();
+        assert_eq!(all.len(), 64);
+        let mut prev = GENESIS;
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!((e.seq, e.prev_hash), (i as u64 + 1, prev));
+            assert!(e.hash_is_valid());
+            prev = e.hash;
+        }
+        assert_eq!(store.head().await.unwrap(), (64, prev));
+    }
+
     pub(crate) async fn concurrent_retries_record_once(store: Arc<dyn NodeStore>) {
         let k = Arc::new(key());
         let mut tasks = Vec::new();
@@ -226,6 +256,7 @@ conformance!(
     fresh_repeat_conflict,
     chain_and_paging,
     concurrent_appends_keep_the_chain,
+    concurrent_appends_share_commits,
     concurrent_retries_record_once,
     cancelled_appends_keep_the_chain,
     checkpoints,

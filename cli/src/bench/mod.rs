@@ -58,6 +58,12 @@ pub struct IssueArgs {
     /// Requests per batch size in the overhead table.
     #[arg(long, default_value_t = 20)]
     requests: usize,
+    /// Concurrent wallets for the node-throughput table (one ticket per request).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    wallets: Vec<usize>,
+    /// Requests per row of the node-throughput table.
+    #[arg(long, default_value_t = 2000)]
+    throughput_requests: usize,
 }
 
 /// Run a benchmark.
@@ -95,6 +101,100 @@ pub(crate) fn percentile(sorted: &[Duration], per_mille: u64) -> Duration {
         .get(usize::try_from(rank).unwrap_or(0))
         .copied()
         .unwrap_or_default()
+}
+
+/// Decode + sign + encode on `threads` threads at once for about a second: points per second.
+fn raw_all_cores(
+    share: &ticketing_crypto::keyset::SecretKeyShare,
+    point: &[u8; 48],
+    threads: usize,
+) -> Result<f64> {
+    let rounds = 4000 / threads.max(1);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    for _ in 0..rounds {
+                        let b = BlindedPoint::from_bytes(std::hint::black_box(point))?;
+                        std::hint::black_box(issuance::partial_sign(share, &b).to_bytes());
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a signing thread panicked"))?
+        })
+    })?;
+    Ok((rounds * threads) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Tickets per second one node answers with `wallets` requests of one ticket in flight at a
+/// time, over `requests` paid receipts. The bodies are encoded before the clock starts and
+/// the answers are not checked, so the client takes as little of the machine as it can.
+async fn node_throughput(
+    client: &Client,
+    node_url: &str,
+    wallets: usize,
+    requests: usize,
+) -> Result<f64> {
+    let paying = bar(
+        requests as u64,
+        &format!("paying for {requests} 1-ticket requests"),
+    );
+    let mut bodies = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        paying.inc(1);
+        let holders = vec![HolderSecret::generate(&mut rand::rng()).public_key()];
+        let prepared =
+            client.prepare("day", &holders, ticketing_service::now(), &mut rand::rng())?;
+        let pending = client.checkout(&prepared, card()).await?;
+        let request = ticketing_protocol::issue::IssueRequest {
+            receipt: pending.receipt,
+            blinded: pending.blinded,
+        };
+        bodies.push(serde_json::to_vec(&request)?);
+    }
+    paying.finish_and_clear();
+    let bodies = Arc::new(std::sync::Mutex::new(bodies));
+    let http = reqwest::Client::new();
+    let url = format!("{node_url}/v1/issue");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..wallets.max(1) {
+        let (bodies, http, url) = (bodies.clone(), http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let body = bodies
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .pop();
+                let Some(body) = body else { break };
+                let answer = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    answer.status().is_success(),
+                    "node answered {}",
+                    answer.status()
+                );
+                answer.bytes().await?;
+                done += 1;
+            }
+            Ok::<_, anyhow::Error>(done)
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await??;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
 }
 
 /// `sum` and `count` of the node's server-side `/v1/issue` latency histogram.
@@ -217,7 +317,26 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         );
     }
 
-    // 3. End to end: concurrent buyers, one ticket per purchase, all five nodes asked.
+    // 3. One node's throughput with concurrent 1-ticket requests, next to the rate at which
+    //    this machine signs on all its cores: how much the HTTP, receipt, log and response
+    //    work around signing costs when purchases arrive together (they share log commits).
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let all_core = raw_all_cores(&share.1, &point, cores)?;
+    outln!(
+        "\nraw partial sign on {cores} threads: {all_core:.0} points/s\n{:>8} {:>12} {:>8}",
+        "wallets",
+        "tickets/s",
+        "of raw"
+    );
+    for &wallets in &args.wallets {
+        let rate = node_throughput(&client, &node1.url, wallets, args.throughput_requests).await?;
+        outln!(
+            "{wallets:>8} {rate:>12.0} {:>7.0}%",
+            rate / all_core * 100.0
+        );
+    }
+
+    // 4. End to end: concurrent buyers, one ticket per purchase, all five nodes asked.
     let start = Instant::now();
     let mut tasks = Vec::new();
     let per_worker = args.tickets.div_ceil(args.concurrency.max(1));

@@ -3,34 +3,64 @@
 //! SQLite) and the migrations (column types) differ.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use sqlx::Row;
 use ticketing_protocol::log::{Checkpoint, GENESIS, LogEntry};
 use ticketing_protocol::receipt::SignedReceipt;
 use ticketing_protocol::{Digest32, Id16};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{NodeStore, Recorded, StoreError, digest, entry_from_row, to_i64, to_u64};
+
+/// Most receipts one transaction records.
+const MAX_GROUP: usize = 256;
+
+/// A receipt waiting for the log writer, and where its answer goes.
+struct Append {
+    receipt: SignedReceipt,
+    time: u64,
+    reply: oneshot::Sender<Result<Recorded, StoreError>>,
+}
 
 macro_rules! sql_store {
     ($name:ident, $pool:ty, $connect:path, $migrations:literal, $sigil:literal, $doc:literal) => {
         #[doc = $doc]
+        ///
+        /// Appends go through one writer task that records every receipt waiting for it in one
+        /// transaction (group commit: one fsync for all of them), so concurrent purchases share
+        /// the cost of durability while the log stays one chain with gapless seqs.
         #[derive(Debug, Clone)]
         pub struct $name {
             pool: $pool,
-            /// `(seq, hash)` of the newest entry. The lock serializes appends in this process; the
-            /// database constraints catch any other writer.
+            /// `(seq, hash)` of the newest committed entry. Held by the writer while it commits
+            /// a group, so readers never see a head the database does not have.
             head: Arc<Mutex<(u64, Digest32)>>,
+            appends: mpsc::Sender<Append>,
+            commits: Arc<AtomicU64>,
         }
 
         impl $name {
-            /// Connect (creating a SQLite file if needed) and migrate.
+            /// Connect (creating a SQLite file if needed), migrate and start the log writer.
             pub async fn open(url: &str) -> Result<Self, StoreError> {
                 let pool = $connect(url).await?;
                 sqlx::migrate!($migrations).run(&pool).await?;
                 let head = Arc::new(Mutex::new(Self::last_entry(&pool).await?));
-                Ok(Self { pool, head })
+                let (appends, waiting) = mpsc::channel(4 * MAX_GROUP);
+                let commits = Arc::new(AtomicU64::new(0));
+                tokio::spawn(Self::write_loop(
+                    pool.clone(),
+                    head.clone(),
+                    commits.clone(),
+                    waiting,
+                ));
+                Ok(Self {
+                    pool,
+                    head,
+                    appends,
+                    commits,
+                })
             }
 
             async fn last_entry(pool: &$pool) -> Result<(u64, Digest32), StoreError> {
@@ -58,21 +88,82 @@ macro_rules! sql_store {
         }
 
         impl $name {
-            async fn append(&self, receipt: &SignedReceipt, time: u64) -> Result<Recorded, StoreError> {
-                let mut head = self.head.lock().await;
-                match self.try_append(&mut head, receipt, time).await {
-                    // Another writer took this seq (the constraint stopped a fork): resynchronize and
-                    // try once more.
-                    Err(StoreError::Database(_)) => {
-                        *head = Self::last_entry(&self.pool).await?;
-                        self.try_append(&mut head, receipt, time).await
+            /// The log writer: takes every append waiting (at most [`MAX_GROUP`]), records them
+            /// in one transaction, answers each. It runs apart from the requests, so a request
+            /// cancelled (the wallet hung up after t answers) never stops an append half-way.
+            async fn write_loop(
+                pool: $pool,
+                head: Arc<Mutex<(u64, Digest32)>>,
+                commits: Arc<AtomicU64>,
+                mut waiting: mpsc::Receiver<Append>,
+            ) {
+                let mut group = Vec::with_capacity(MAX_GROUP);
+                while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
+                    let results = Self::append_group(&pool, &head, &group).await;
+                    if results.iter().any(Result::is_ok) {
+                        commits.fetch_add(1, Ordering::Relaxed);
                     }
-                    other => other,
+                    tracing::trace!(receipts = group.len(), "log group committed");
+                    for (append, result) in group.drain(..).zip(results) {
+                        let _ = append.reply.send(result);
+                    }
                 }
             }
 
-            async fn try_append(
-                &self,
+            async fn append_group(
+                pool: &$pool,
+                head: &Mutex<(u64, Digest32)>,
+                group: &[Append],
+            ) -> Vec<Result<Recorded, StoreError>> {
+                let mut head = head.lock().await;
+                let failed = |e: StoreError| {
+                    let reason = e.to_string();
+                    group
+                        .iter()
+                        .map(|_| Err(StoreError::Unavailable(reason.clone())))
+                        .collect()
+                };
+                let (new_head, results) = match Self::try_group(pool, *head, group).await {
+                    Ok(done) => done,
+                    // Another writer took a seq (the constraint stopped a fork), or the database
+                    // hiccuped: nothing of the group was kept. Resynchronize and try once more.
+                    Err(StoreError::Database(_)) => {
+                        match Self::last_entry(pool).await {
+                            Ok(h) => *head = h,
+                            Err(e) => return failed(e),
+                        }
+                        match Self::try_group(pool, *head, group).await {
+                            Ok(done) => done,
+                            Err(e) => return failed(e),
+                        }
+                    }
+                    Err(e) => return failed(e),
+                };
+                *head = new_head;
+                results
+            }
+
+            /// One transaction for the group: `Err` (nothing kept) on a database failure; a
+            /// receipt that cannot be encoded fails alone.
+            async fn try_group(
+                pool: &$pool,
+                mut head: (u64, Digest32),
+                group: &[Append],
+            ) -> Result<((u64, Digest32), Vec<Result<Recorded, StoreError>>), StoreError> {
+                let mut tx = pool.begin().await?;
+                let mut results = Vec::with_capacity(group.len());
+                for append in group {
+                    match Self::append_in(&mut tx, &mut head, &append.receipt, append.time).await {
+                        Err(StoreError::Database(e)) => return Err(StoreError::Database(e)),
+                        other => results.push(other),
+                    }
+                }
+                tx.commit().await?;
+                Ok((head, results))
+            }
+
+            async fn append_in(
+                tx: &mut sqlx::Transaction<'static, <$pool as PoolDatabase>::Db>,
                 head: &mut (u64, Digest32),
                 receipt: &SignedReceipt,
                 time: u64,
@@ -81,17 +172,18 @@ macro_rules! sql_store {
                 let entry = LogEntry::new(head.0 + 1, time, receipt.clone(), head.1);
                 let body = serde_json::to_string(receipt)
                     .map_err(|e| StoreError::Corrupt(format!("encode receipt: {e}")))?;
-                // One statement, atomic on its own: a repeat of the receipt inserts nothing.
+                let (seq, time) = (to_i64(entry.seq)?, to_i64(time)?);
+                // A repeat of the receipt inserts nothing, and says so.
                 let done = sqlx::query(&Self::sql("INSERT INTO log_entries (seq, receipt_id, digest, time, receipt, prev_hash, hash) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (receipt_id) DO NOTHING"))
-                .bind(to_i64(entry.seq)?)
+                .bind(seq)
                 .bind(r.receipt_id.0.as_slice())
                 .bind(r.digest.0.as_slice())
-                .bind(to_i64(time)?)
+                .bind(time)
                 .bind(body)
                 .bind(entry.prev_hash.0.as_slice())
                 .bind(entry.hash.0.as_slice())
-                .execute(&self.pool)
+                .execute(&mut **tx)
                 .await?;
                 if done.rows_affected() == 1 {
                     *head = (entry.seq, entry.hash);
@@ -99,7 +191,7 @@ macro_rules! sql_store {
                 }
                 let row = sqlx::query(&Self::sql("SELECT seq, digest FROM log_entries WHERE receipt_id = $1"))
                     .bind(r.receipt_id.0.as_slice())
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut **tx)
                     .await?;
                 let old: &[u8] = row.try_get("digest")?;
                 Ok(if old == r.digest.0 {
@@ -120,12 +212,17 @@ macro_rules! sql_store {
             }
 
             async fn record(&self, receipt: &SignedReceipt, time: u64) -> Result<Recorded, StoreError> {
-                // In its own task: a cancelled request (the wallet hung up after t answers) must not
-                // stop an append between the INSERT and the head update.
-                let (store, receipt) = (self.clone(), receipt.clone());
-                tokio::spawn(async move { store.append(&receipt, time).await })
+                let (reply, answer) = oneshot::channel();
+                let stopped = || StoreError::Unavailable("the log writer has stopped".into());
+                self.appends
+                    .send(Append { receipt: receipt.clone(), time, reply })
                     .await
-                    .map_err(|e| StoreError::Corrupt(format!("append task: {e}")))?
+                    .map_err(|_| stopped())?;
+                answer.await.map_err(|_| stopped())?
+            }
+
+            fn commits(&self) -> u64 {
+                self.commits.load(Ordering::Relaxed)
             }
 
             async fn find(&self, receipt_id: &Id16) -> Result<Option<(u64, Digest32)>, StoreError> {
@@ -191,6 +288,15 @@ macro_rules! sql_store {
             }
         }
     };
+}
+
+/// The database type of a pool, so one definition can name each backend's transaction.
+trait PoolDatabase {
+    type Db: sqlx::Database;
+}
+
+impl<D: sqlx::Database> PoolDatabase for sqlx::Pool<D> {
+    type Db = D;
 }
 
 sql_store!(

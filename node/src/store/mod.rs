@@ -21,6 +21,10 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The log writer could not record a group of receipts, or has stopped (each request of
+    /// the group gets this; nothing of the group was kept).
+    #[error("database: {0}")]
+    Unavailable(String),
     /// A stored row does not decode (tampering or a bug): reported, never papered over.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -52,7 +56,11 @@ pub trait NodeStore: Send + Sync + 'static {
     /// Whether the database answers (`/health`).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Atomically: if `receipt` was never recorded, append a log entry for it at the head.
+    /// Durable when it returns. Concurrent calls may share one transaction.
     async fn record(&self, receipt: &SignedReceipt, time: u64) -> Result<Recorded, StoreError>;
+    /// Transactions that recorded receipts since the store was opened (with the number of
+    /// receipts: how well concurrent appends share their commits).
+    fn commits(&self) -> u64;
     /// `(seq, digest)` of the entry recording `receipt_id`, if any.
     async fn find(&self, receipt_id: &Id16) -> Result<Option<(u64, Digest32)>, StoreError>;
     /// Entries with `seq > after`, ascending, at most `limit`.
