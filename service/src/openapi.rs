@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::handler::Handler;
 use axum::http::{HeaderMap, Method};
-use axum::routing::MethodRouter;
+use axum::routing::{MethodFilter, MethodRouter};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
@@ -251,12 +251,7 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         H: Handler<T, S> + Described<M>,
         T: 'static,
     {
-        Self::new(
-            Method::GET,
-            summary,
-            axum::routing::get(handler),
-            H::describe,
-        )
+        Self::on(Method::GET, MethodFilter::GET, summary, handler)
     }
 
     /// `POST`, described from `handler`'s types.
@@ -265,24 +260,20 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
         H: Handler<T, S> + Described<M>,
         T: 'static,
     {
-        Self::new(
-            Method::POST,
-            summary,
-            axum::routing::post(handler),
-            H::describe,
-        )
+        Self::on(Method::POST, MethodFilter::POST, summary, handler)
     }
 
-    fn new(
-        method: Method,
-        summary: &'static str,
-        router: MethodRouter<S>,
-        describe: fn(&mut Operation, &mut SchemaGenerator),
-    ) -> Self {
+    fn on<H, T, M>(method: Method, filter: MethodFilter, summary: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, S> + Described<M>,
+        T: 'static,
+    {
+        // A plain function pointer: it names none of the handler's types.
+        let describe: fn(&mut Operation, &mut SchemaGenerator) = H::describe;
         Self {
             method,
             summary,
-            router,
+            router: axum::routing::on(filter, handler),
             describe: vec![Box::new(describe)],
         }
     }
