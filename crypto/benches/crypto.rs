@@ -8,6 +8,9 @@
 //!   against blst `sign` = hash to G1 + `sk*H` (+ encode, which blst does lazily; we add it).
 //! - ticket verify = decode sigma (subgroup check) + hash + 2-pairing check with a prepared PK,
 //!   against blst `verify(sig_groupcheck = true, pk_validate = false)` with a validated key.
+//! - combine 3 of 5 = the t-of-n combination of three decoded partials (nodes 1, 2, 3),
+//!   against blst's own multi-scalar multiplication of the same points with their Lagrange
+//!   coefficients (`blst_min_sig/combine_3`, which blst runs on its thread pool).
 //! - batch verify (`batch_verify/*`, filter `-- batch`) = `batch::verify_tickets` over already
 //!   decoded tickets of two keysets, per ticket, against `batch_verify/single` = one
 //!   `Ticket::verify` of a decoded ticket (the same work minus the batching).
@@ -81,6 +84,9 @@ fn benches(c: &mut Criterion) {
             )
         });
     });
+    g.bench_function("combine_3_of_5", |b| {
+        b.iter(|| issuance::combine(3, black_box(&partials[..3])).unwrap());
+    });
     g.bench_function("ticket_verify", |b| {
         b.iter(|| {
             let s = Signature::from_bytes(black_box(&sig_bytes)).unwrap();
@@ -113,6 +119,23 @@ fn benches(c: &mut Criterion) {
     g.bench_function("sign", |b| {
         b.iter(|| sk.sign(black_box(&msg), DST, &[]).to_bytes());
     });
+    // Combining partials of nodes 1, 2, 3 is a 3-point multi-exponentiation with their
+    // Lagrange coefficients at zero (3, -3, 1): blst's own, over the same decoded points.
+    let points: Vec<_> = partials[..3]
+        .iter()
+        .map(|p| blst::min_sig::Signature::from_bytes(&p.to_bytes()).unwrap())
+        .collect();
+    let lagrange = lagrange_1_2_3();
+    let ours = issuance::combine(3, &partials[..3]).unwrap().to_bytes();
+    let theirs = blst::MultiPoint::mult(points.as_slice(), &lagrange, 255);
+    assert_eq!(
+        theirs.to_signature().to_bytes(),
+        ours,
+        "the reference combines the same"
+    );
+    g.bench_function("combine_3", |b| {
+        b.iter(|| blst::MultiPoint::mult(black_box(points.as_slice()), &lagrange, 255));
+    });
     g.bench_function("verify", |b| {
         b.iter(|| {
             let s = blst::min_sig::Signature::from_bytes(black_box(&bsig)).unwrap();
@@ -125,6 +148,21 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     portable(c, &blinded_bytes, &msg);
+}
+
+/// The Lagrange coefficients at zero of share indices 1, 2, 3 (3, r - 3, 1), 32 bytes each,
+/// little-endian, as blst's multi-scalar multiplication takes them.
+fn lagrange_1_2_3() -> Vec<u8> {
+    const R_MINUS_3: [u8; 32] = [
+        254, 255, 255, 255, 254, 255, 255, 255, 254, 91, 254, 255, 2, 164, 189, 83, 5, 216, 161, 9,
+        8, 216, 57, 51, 72, 125, 157, 41, 83, 167, 237, 115,
+    ];
+    let small = |v: u8| {
+        let mut s = [0u8; 32];
+        s[0] = v;
+        s
+    };
+    [small(3), R_MINUS_3, small(1)].concat()
 }
 
 /// A ticket issued the real way: blind, 3 partial signatures, combine, unblind.
@@ -245,6 +283,11 @@ fn print_ratios() {
             "presentation verify",
             "ticketing/presentation_verify",
             "blst_min_sig/verify",
+        ),
+        (
+            "combine 3 of 5",
+            "ticketing/combine_3_of_5",
+            "blst_min_sig/combine_3",
         ),
         (
             "portable partial sign",

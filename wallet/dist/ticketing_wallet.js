@@ -501,7 +501,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6481(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6492(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -531,7 +531,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6481(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6492(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -803,12 +803,12 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 927, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4432);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4443);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 990, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6463);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6474);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
@@ -818,7 +818,7 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 927, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4432_15);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4443_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
@@ -833,7 +833,7 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 928, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4431);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4442);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0) {
@@ -865,34 +865,34 @@ function __wasm_bindgen_func_elem_2773(arg0, arg1) {
     wasm.__wasm_bindgen_func_elem_2773(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4431(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4431(arg0, arg1);
+function __wasm_bindgen_func_elem_4442(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4442(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4432(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4432(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4443(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4443(arg0, arg1, arg2);
 }
 
 function __wasm_bindgen_func_elem_2587(arg0, arg1, arg2) {
     wasm.__wasm_bindgen_func_elem_2587(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4432_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4432_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4443_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4443_15(arg0, arg1, arg2);
 }
 
 function __wasm_bindgen_func_elem_639(arg0, arg1, arg2) {
     wasm.__wasm_bindgen_func_elem_639(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_6481(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_6481(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_6492(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_6492(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_6463(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_6474(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_6463(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_6474(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

@@ -73,6 +73,14 @@ pub trait Backend: 'static {
     fn g1_is_identity(p: &Self::G1) -> bool;
     /// s * p
     fn g1_mul(p: &Self::G1, s: &Self::Scalar) -> Self::G1;
+    /// a + b
+    fn g1_add(a: &Self::G1, b: &Self::G1) -> Self::G1;
+    /// -p
+    fn g1_neg(p: &Self::G1) -> Self::G1;
+    /// 2p
+    fn g1_double(p: &Self::G1) -> Self::G1;
+    /// O
+    fn g1_identity() -> Self::G1;
     /// sum(s_i * p_i); slices of equal length.
     fn g1_lincomb(points: &[Self::G1], scalars: &[Self::Scalar]) -> Self::G1;
 

@@ -69,6 +69,18 @@ impl Backend for Native {
     fn g1_mul(p: &G1Projective, s: &Scalar) -> G1Projective {
         p * s
     }
+    fn g1_add(a: &G1Projective, b: &G1Projective) -> G1Projective {
+        a + b
+    }
+    fn g1_neg(p: &G1Projective) -> G1Projective {
+        -p
+    }
+    fn g1_double(p: &G1Projective) -> G1Projective {
+        p.double()
+    }
+    fn g1_identity() -> G1Projective {
+        G1Projective::identity()
+    }
     fn g1_lincomb(points: &[G1Projective], scalars: &[Scalar]) -> G1Projective {
         G1Projective::multi_exp(points, scalars)
     }
