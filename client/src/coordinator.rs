@@ -73,11 +73,13 @@ impl CoordinatorClient {
         let url = format!("{}/v1/bloom", self.base);
         match self
             .http
-            .get_conditional::<BloomSnapshot>(SERVICE, &url, held.as_deref())
+            .get_conditional_bytes(SERVICE, &url, held.as_deref(), "application/octet-stream")
             .await?
         {
             Conditional::NotModified => Ok(None),
             Conditional::Fresh { body, etag } => {
+                let body = BloomSnapshot::from_bytes(&body)
+                    .map_err(|e| bad_answer(&format!("snapshot: {e}")))?;
                 if let Some(tag) = etag
                     && tag != body.version.to_string()
                 {

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
+use reqwest::header::{ACCEPT, AUTHORIZATION, ETAG, IF_NONE_MATCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ticketing_protocol::{ErrorBody, ErrorCode};
@@ -137,14 +137,37 @@ impl Http {
         parse(service, &bytes)
     }
 
-    /// `GET url` with `If-None-Match: "<etag>"` when one is held.
+    /// `GET url` with `If-None-Match: "<etag>"` when one is held; the JSON answer parsed.
     pub async fn get_conditional<R: DeserializeOwned>(
         &self,
         service: &str,
         url: &str,
         if_none_match: Option<&str>,
     ) -> Result<Conditional<R>, ClientError> {
-        let mut request = self.limit(self.inner.get(url));
+        Ok(
+            match self
+                .get_conditional_bytes(service, url, if_none_match, "application/json")
+                .await?
+            {
+                Conditional::NotModified => Conditional::NotModified,
+                Conditional::Fresh { body, etag } => Conditional::Fresh {
+                    body: parse(service, &body)?,
+                    etag,
+                },
+            },
+        )
+    }
+
+    /// `GET url` asking for `accept`, with `If-None-Match: "<etag>"` when one is held; the
+    /// answer's bytes as they came (decompressed).
+    pub async fn get_conditional_bytes(
+        &self,
+        service: &str,
+        url: &str,
+        if_none_match: Option<&str>,
+        accept: &str,
+    ) -> Result<Conditional<Vec<u8>>, ClientError> {
+        let mut request = self.limit(self.inner.get(url)).header(ACCEPT, accept);
         if let Some(tag) = if_none_match {
             request = request.header(IF_NONE_MATCH, format!("\"{tag}\""));
         }
@@ -162,9 +185,8 @@ impl Http {
                     .trim_matches('"')
                     .to_owned()
             });
-        let bytes = read(service, response).await?;
         Ok(Conditional::Fresh {
-            body: parse(service, &bytes)?,
+            body: read(service, response).await?,
             etag,
         })
     }

@@ -205,22 +205,29 @@ impl Coordinator {
             )
             .route(
                 "/v1/bloom",
-                Route::get("The signed filter of spent and denied serials", bloom).describe(
-                    |op, g| {
+                Route::get("The signed filter of spent and denied serials", bloom)
+                    .describe(|op, g| {
                         op.header("If-None-Match", "The ETag of the snapshot held");
+                        op.header(
+                            "Accept",
+                            "`application/octet-stream` for the binary form (magic, version, \
+                             build time, keysets, filter bytes, deny list, signature)",
+                        );
                         op.response::<BloomSnapshot>(
                             g,
                             "200",
                             "The snapshot; its ETag is its version",
                         );
+                        op.also_content("200", BINARY);
                         op.response_other("304", None, "The snapshot held is the latest");
                         op.response_other(
                             "503",
                             Some("application/json"),
                             "`unavailable`: none yet",
                         );
-                    },
-                ),
+                    })
+                    // gzip when the client takes it: a filter with room to spare is mostly zeros.
+                    .map(|r| r.layer(tower_http::compression::CompressionLayer::new())),
             )
             .route(
                 "/v1/redeem",
@@ -694,19 +701,34 @@ async fn bloom(State(c): State<Coordinator>, headers: HeaderMap) -> Response {
         )
             .into_response();
     }
+    // Validators ask for the bytes (`Accept: application/octet-stream`): the filter is
+    // most of the snapshot, and base64 in JSON would add a third to it.
+    let binary = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(BINARY));
+    let (content_type, body) = if binary {
+        (BINARY, axum::body::Body::from(p.bytes.clone()))
+    } else {
+        ("application/json", axum::body::Body::from(p.body.clone()))
+    };
     (
         [
             (header::ETAG, etag_value),
             (header::CACHE_CONTROL, cache),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                header::VARY,
+                HeaderValue::from_static("accept, accept-encoding"),
             ),
         ],
-        p.body.clone(),
+        body,
     )
         .into_response()
 }
+
+/// The binary form of the snapshot.
+const BINARY: &str = "application/octet-stream";
 
 async fn redeem(
     State(c): State<Coordinator>,

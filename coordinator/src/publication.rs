@@ -18,15 +18,18 @@ use ticketing_protocol::publication::{BloomSnapshot, SerialFilter};
 use crate::CoordinatorError;
 use crate::store::LedgerStore;
 
-/// A published snapshot: its JSON body is served as is (ETag = version).
+/// A published snapshot: both of its forms are encoded once and served as they are (ETag =
+/// version).
 #[derive(Debug)]
 pub struct Published {
     /// Version (ETag).
     pub version: u64,
     /// The snapshot.
     pub snapshot: BloomSnapshot,
-    /// Its JSON.
+    /// Its JSON (also what the database keeps).
     pub body: String,
+    /// Its binary form (`application/octet-stream`, what validators fetch).
+    pub bytes: axum::body::Bytes,
     /// SHA-256 of what it covers; equal content is not republished.
     fingerprint: [u8; 32],
 }
@@ -37,6 +40,7 @@ impl Published {
         // rebuild publishes a new version once (cheap, and versions only ever grow).
         Self {
             version,
+            bytes: snapshot.to_bytes().into(),
             snapshot,
             body,
             fingerprint: [0; 32],
@@ -104,7 +108,7 @@ pub(crate) async fn build(
         version,
         built_at: now,
         keysets,
-        filter: filter.to_base64(),
+        filter: filter.to_bytes(),
         deny: deny.into_iter().collect(),
         signature: Sig([0; 64]),
     }
@@ -113,6 +117,7 @@ pub(crate) async fn build(
         .map_err(|e| CoordinatorError::Internal(format!("encode snapshot: {e}")))?;
     Ok(Some(Published {
         version,
+        bytes: snapshot.to_bytes().into(),
         snapshot,
         body,
         fingerprint,

@@ -34,7 +34,10 @@ pub mod domain {
     /// A node's signed issue response (blame evidence).
     pub const ISSUE_RESPONSE: &[u8] = b"ticketing/v1/issue-response";
     /// The coordinator's Bloom/deny-list snapshot.
-    pub const SNAPSHOT: &[u8] = b"ticketing/v1/bloom-snapshot";
+    pub const SNAPSHOT: &[u8] = b"ticketing/v2/bloom-snapshot";
+    /// Prefix of the signed bytes of a snapshot made before the filter went on the wire as
+    /// bytes (it signed a hash of the filter's base64): still accepted from a validator's cache.
+    pub const SNAPSHOT_V1: &[u8] = b"ticketing/v1/bloom-snapshot";
     /// The manifest digest.
     pub const MANIFEST: &[u8] = b"ticketing/v1/manifest";
     /// The payments service's receipt totals for auditors.

@@ -86,6 +86,19 @@ impl Operation {
         );
     }
 
+    /// Another form the `status` response may take (negotiated with `Accept`), without a
+    /// JSON Schema (bytes).
+    pub fn also_content(&mut self, status: &str, content_type: &str) {
+        if let Some(content) = self
+            .responses
+            .get_mut(status)
+            .and_then(|r| r.get_mut("content"))
+            .and_then(Value::as_object_mut)
+        {
+            content.insert(content_type.into(), json!({}));
+        }
+    }
+
     /// A response of `status` with a body of `content_type` (or none), described in words.
     pub fn response_other(&mut self, status: &str, content_type: Option<&str>, description: &str) {
         let response = match content_type {

@@ -278,6 +278,43 @@ pub(crate) async fn offline_sync_is_idempotent_and_catches_copies(c: TestCluster
     assert!(filter.contains(&tickets[0].0.serial()));
     // Tickets inside their transfer window are not in the filter yet.
     assert!(!filter.contains(&tickets[2].0.serial()));
+    // The binary form is the same snapshot, a quarter smaller than the JSON, and gzipped for
+    // a client that takes it (this filter has room to spare: mostly zeros).
+    let fetch = |encoding: &'static str| {
+        let url = format!("{}/v1/bloom", api.base);
+        async move {
+            let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+            let r = raw
+                .get(url)
+                .header("accept", "application/octet-stream")
+                .header("accept-encoding", encoding)
+                .send()
+                .await
+                .unwrap();
+            let coding = r
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (coding, r.bytes().await.unwrap())
+        }
+    };
+    let (coding, bytes) = fetch("identity").await;
+    assert_eq!(coding, None);
+    assert_eq!(BloomSnapshot::from_bytes(&bytes).unwrap(), snapshot);
+    let json_len = serde_json::to_vec(&snapshot).unwrap().len();
+    assert!(
+        bytes.len() * 4 < json_len * 3 + 400,
+        "{} vs {json_len}",
+        bytes.len()
+    );
+    let (coding, gzipped) = fetch("gzip").await;
+    assert_eq!(coding.as_deref(), Some("gzip"));
+    assert!(
+        gzipped.len() * 10 < bytes.len(),
+        "{} vs {}",
+        gzipped.len(),
+        bytes.len()
+    );
     // Unchanged: 304, and a rebuild without changes keeps the version.
     let not_modified = api
         .http

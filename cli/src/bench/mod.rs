@@ -24,6 +24,24 @@ pub enum BenchCommand {
     /// Redeem tickets at an in-process coordinator (SQLite, and Postgres with --postgres),
     /// next to this machine's raw ticket-verify rate measured in the same run.
     Redeem(RedeemArgs),
+    /// The signed filter of N spent serials: its size on the wire in each form, and the time
+    /// to build, encode, decode and verify it.
+    Publish(PublishArgs),
+}
+
+/// `bench publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Spent serials in the filter.
+    #[arg(long, default_value_t = 1_000_000)]
+    serials: usize,
+    /// False-positive rate (the coordinator's `bloom_fp_rate`).
+    #[arg(long, default_value_t = 0.001)]
+    fp_rate: f64,
+    /// Serials the filter is sized for when fewer are spent (the coordinator's
+    /// `bloom_capacity`; 0: sized for the serials).
+    #[arg(long, default_value_t = 0)]
+    capacity: usize,
 }
 
 /// `bench redeem`.
@@ -84,6 +102,7 @@ pub async fn run(settings: &Settings, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Issue(args) => issue(settings, &args).await,
         BenchCommand::Redeem(args) => redeem::run(settings, &args).await,
+        BenchCommand::Publish(args) => publish(&args),
     }
 }
 
@@ -101,6 +120,72 @@ pub(crate) fn percentile(sorted: &[Duration], per_mille: u64) -> Duration {
         .get(usize::try_from(rank).unwrap_or(0))
         .copied()
         .unwrap_or_default()
+}
+
+fn publish(args: &PublishArgs) -> Result<()> {
+    use std::io::Write as _;
+    use ticketing_crypto::keyset::KeysetId;
+    use ticketing_crypto::ticket::Serial;
+    use ticketing_protocol::keys::{Sig, SignKey};
+    use ticketing_protocol::publication::{BloomSnapshot, SerialFilter};
+
+    let serials: Vec<Serial> = (0..args.serials).map(|_| Serial(rand::random())).collect();
+    let key = SignKey::generate(&mut rand::rng());
+    let t0 = Instant::now();
+    let filter = SerialFilter::build(serials.iter(), args.capacity, args.fp_rate, &rand::random())?;
+    let snapshot = BloomSnapshot {
+        version: 1,
+        built_at: ticketing_service::now(),
+        keysets: vec![KeysetId([1; 8]); 3],
+        filter: filter.to_bytes(),
+        deny: Vec::new(),
+        signature: Sig([0; 64]),
+    }
+    .sign(&key);
+    let built = t0.elapsed();
+    let t1 = Instant::now();
+    let bytes = snapshot.to_bytes();
+    let encoded = t1.elapsed();
+    let json = serde_json::to_vec(&snapshot)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&bytes)?;
+    let gzipped = gz.finish()?;
+    let t2 = Instant::now();
+    let back = BloomSnapshot::from_bytes(&bytes)?;
+    back.verify(&key.verify_key())?;
+    let decoded = back.decode_filter()?;
+    let checked = t2.elapsed();
+    anyhow::ensure!(
+        serials.iter().all(|s| decoded.contains(s)),
+        "a serial went missing"
+    );
+    let mb = |n: usize| n as f64 / 1e6;
+    outln!(
+        "{} spent serials at {} false positives: filter {:.2} MB ({} bits)",
+        args.serials,
+        args.fp_rate,
+        mb(snapshot.filter.len()),
+        filter.bits()
+    );
+    outln!(
+        "  on the wire, bytes (application/octet-stream): {:.2} MB",
+        mb(bytes.len())
+    );
+    outln!(
+        "  the same, gzip:                                 {:.2} MB",
+        mb(gzipped.len())
+    );
+    outln!(
+        "  as JSON (base64 filter):                        {:.2} MB",
+        mb(json.len())
+    );
+    outln!(
+        "  build + sign {:.0} ms, encode {:.1} ms, decode + verify + load {:.0} ms",
+        built.as_secs_f64() * 1e3,
+        encoded.as_secs_f64() * 1e3,
+        checked.as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 /// Decode + sign + encode on `threads` threads at once for about a second: points per second.
