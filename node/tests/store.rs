@@ -17,7 +17,7 @@ use rand::rngs::ChaCha20Rng;
 use ticketing_crypto::keyset::{KeysetId, ShareIndex};
 use ticketing_node::store::{NodeStore, PostgresStore, Recorded, SqliteStore};
 use ticketing_protocol::keys::SignKey;
-use ticketing_protocol::log::{Checkpoint, GENESIS};
+use ticketing_protocol::log::{Checkpoint, GENESIS, LogEntry};
 use ticketing_protocol::receipt::{Receipt, SignedReceipt};
 use ticketing_protocol::{Digest32, Id16};
 
@@ -102,6 +102,17 @@ mod cases {
         assert!(store.entries(10, 5).await.unwrap().is_empty());
     }
 
+    /// The entries are one chain from genesis with seqs 1, 2, 3...; the last hash.
+    fn one_chain(entries: &[LogEntry]) -> Digest32 {
+        let mut prev = GENESIS;
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!((e.seq, e.prev_hash), (i as u64 + 1, prev));
+            assert!(e.hash_is_valid());
+            prev = e.hash;
+        }
+        prev
+    }
+
     pub(crate) async fn concurrent_appends_keep_the_chain(store: Arc<dyn NodeStore>) {
         let k = Arc::new(key());
         let mut tasks = Vec::new();
@@ -116,12 +127,7 @@ mod cases {
         }
         let all = store.entries(0, 100).await.unwrap();
         assert_eq!(all.len(), 40);
-        let mut prev = GENESIS;
-        for (i, e) in all.iter().enumerate() {
-            assert_eq!((e.seq, e.prev_hash), (i as u64 + 1, prev));
-            assert!(e.hash_is_valid());
-            prev = e.hash;
-        }
+        one_chain(&all);
     }
 
     pub(crate) async fn concurrent_appends_share_commits(store: Arc<dyn NodeStore>) {
@@ -145,13 +151,7 @@ mod cases {
         );
         let all = store.entries(0, 100).await.unwrap();
         assert_eq!(all.len(), 64);
-        let mut prev = GENESIS;
-        for (i, e) in all.iter().enumerate() {
-            assert_eq!((e.seq, e.prev_hash), (i as u64 + 1, prev));
-            assert!(e.hash_is_valid());
-            prev = e.hash;
-        }
-        assert_eq!(store.head().await.unwrap(), (64, prev));
+        assert_eq!(store.head().await.unwrap(), (64, one_chain(&all)));
     }
 
     pub(crate) async fn concurrent_retries_record_once(store: Arc<dyn NodeStore>) {
@@ -194,13 +194,8 @@ mod cases {
             ));
         }
         let all = store.entries(0, 1000).await.unwrap();
-        let mut prev = GENESIS;
-        for (n, e) in all.iter().enumerate() {
-            assert_eq!((e.seq, e.prev_hash), (n as u64 + 1, prev));
-            assert!(e.hash_is_valid());
-            prev = e.hash;
-        }
-        assert_eq!(store.head().await.unwrap(), (all.len() as u64, prev));
+        let head = one_chain(&all);
+        assert_eq!(store.head().await.unwrap(), (all.len() as u64, head));
     }
 
     pub(crate) async fn checkpoints(store: Arc<dyn NodeStore>) {
