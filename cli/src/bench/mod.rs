@@ -42,6 +42,13 @@ pub struct PublishArgs {
     /// `bloom_capacity`; 0: sized for the serials).
     #[arg(long, default_value_t = 0)]
     capacity: usize,
+    /// Also spend that many singles in a real coordinator's ledger (SQLite, and Postgres with
+    /// --postgres) and time its full rebuild and publication (`POST /v1/admin/bloom/rebuild`).
+    #[arg(long)]
+    ledger: bool,
+    /// Postgres database for the ledger run (e.g. postgres://user:pass@127.0.0.1/bench).
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 /// `bench redeem`.
@@ -102,7 +109,13 @@ pub async fn run(settings: &Settings, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Issue(args) => issue(settings, &args).await,
         BenchCommand::Redeem(args) => redeem::run(settings, &args).await,
-        BenchCommand::Publish(args) => publish(&args),
+        BenchCommand::Publish(args) => {
+            publish(&args)?;
+            if args.ledger {
+                publish_from_ledger(settings, &args).await?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -185,6 +198,150 @@ fn publish(args: &PublishArgs) -> Result<()> {
         encoded.as_secs_f64() * 1e3,
         checked.as_secs_f64() * 1e3
     );
+    Ok(())
+}
+
+/// Spend `args.serials` singles in a coordinator's ledger (through its store, as redeemed
+/// scans), then time the full rebuild over HTTP: the ledger query, the filter, signing, both
+/// encodings and saving the publication.
+async fn publish_from_ledger(settings: &Settings, args: &PublishArgs) -> Result<()> {
+    use ticketing_coordinator::store::{Fare, Mode, ScanRecord, Usage};
+    use ticketing_crypto::presentation::epoch_at;
+    use ticketing_crypto::ticket::Serial;
+    use ticketing_protocol::Id16;
+
+    let mut settings = settings.clone();
+    settings.coordinator.bloom_capacity = u32::try_from(args.serials).unwrap_or(u32::MAX);
+    settings.coordinator.bloom_fp_rate = args.fp_rate;
+    let mut log = settings.log.clone();
+    if log.filter == ticketing_config::LogSettings::default().filter {
+        log.filter = "warn".into();
+    }
+    ticketing_service::init_tracing(&log);
+    let mut runs = vec![("SQLite", Databases::default())];
+    if let Some(url) = &args.postgres {
+        runs.push((
+            "Postgres",
+            Databases {
+                coordinator: Some(url.clone()),
+                ..Databases::default()
+            },
+        ));
+    }
+    for (name, databases) in runs {
+        let dir = tempfile::tempdir().context("temporary directory")?;
+        let cluster = LocalCluster::start(dir.path(), 3, 2, settings.clone(), databases).await?;
+        let manifest = cluster.cluster.manifest.clone();
+        let now = ticketing_service::now();
+        let single = manifest
+            .keysets
+            .iter()
+            .find(|k| {
+                k.params.product == "single"
+                    && k.params.valid_from <= now
+                    && now < k.params.valid_until
+            })
+            .context("no single keyset valid now")?;
+        let transfer = 90 * 60;
+        // First used long enough ago that every one is past its transfer window: all are in
+        // the filter.
+        let at = now
+            .saturating_sub(transfer + 60)
+            .max(single.params.valid_from);
+        let (_, device) = ticketing_coordinator::register(
+            &cluster.settings,
+            "bench",
+            ticketing_coordinator::TokenRole::Validator,
+            true,
+        )
+        .await?;
+        let (admin, _) = ticketing_coordinator::register(
+            &cluster.settings,
+            "bench-admin",
+            ticketing_coordinator::TokenRole::Admin,
+            true,
+        )
+        .await?;
+        let store =
+            ticketing_coordinator::store::open(&cluster.settings.coordinator_database_url())
+                .await?;
+        let filling = bar(
+            args.serials as u64,
+            &format!("spending {} singles ({name})", args.serials),
+        );
+        let t0 = Instant::now();
+        let mut left = args.serials;
+        while left > 0 {
+            let n = left.min(2000);
+            let scans: Vec<ScanRecord> = (0..n)
+                .map(|_| ScanRecord {
+                    scan_id: Id16::random(&mut rand::rng()),
+                    keyset_id: single.id,
+                    serial: Serial(rand::random()),
+                    epoch: epoch_at(at, manifest.rotation_seconds),
+                    at,
+                    device: device.id,
+                    usage: Usage::Single {
+                        transfer_seconds: transfer,
+                        window_end: single.params.valid_until,
+                    },
+                    fare: Fare::default(),
+                })
+                .collect();
+            store.record(Mode::Online, &scans).await?;
+            left -= n;
+            filling.inc(n as u64);
+        }
+        filling.finish_and_clear();
+        let filled = t0.elapsed();
+        let url = &cluster.coordinator.as_ref().context("no coordinator")?.url;
+        let http = reqwest::Client::new();
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            // One more spent after each, so the next rebuild has new content to publish.
+            let t = Instant::now();
+            let answer = http
+                .post(format!("{url}/v1/admin/bloom/rebuild"))
+                .bearer_auth(admin.expose())
+                .send()
+                .await?;
+            anyhow::ensure!(answer.status().is_success(), "rebuild: {}", answer.status());
+            times.push(t.elapsed());
+            let spend = ScanRecord {
+                scan_id: Id16::random(&mut rand::rng()),
+                keyset_id: single.id,
+                serial: Serial(rand::random()),
+                epoch: epoch_at(at, manifest.rotation_seconds),
+                at,
+                device: device.id,
+                usage: Usage::Single {
+                    transfer_seconds: transfer,
+                    window_end: single.params.valid_until,
+                },
+                fare: Fare::default(),
+            };
+            store.record(Mode::Online, &[spend]).await?;
+        }
+        let bytes = http
+            .get(format!("{url}/v1/bloom"))
+            .header("accept", "application/octet-stream")
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        outln!(
+            "\n{name}: {} singles spent in {:.1} s; full rebuild + publish: {} ms; {:.2} MB on the wire",
+            args.serials,
+            filled.as_secs_f64(),
+            times
+                .iter()
+                .map(|t| format!("{:.0}", t.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(", "),
+            bytes.len() as f64 / 1e6
+        );
+        cluster.stop().await?;
+    }
     Ok(())
 }
 
