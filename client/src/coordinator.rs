@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use ticketing_protocol::publication::BloomSnapshot;
+use ticketing_protocol::publication::{BloomDelta, BloomSnapshot, DELTA_MAGIC};
 use ticketing_protocol::redeem::{
     RedeemBatch, RedeemBatchResponse, RedeemResponse, Scan, SyncRequest, SyncResponse,
 };
@@ -18,6 +18,8 @@ use crate::ClientError;
 use crate::http::{Conditional, Http};
 
 const SERVICE: &str = "coordinator";
+/// The binary snapshot, or a delta from the one held.
+const ACCEPT: &str = "application/vnd.ticketing.bloom-delta, application/octet-stream";
 
 /// A client of one coordinator, optionally authenticated with a device (or admin) token.
 #[derive(Clone)]
@@ -62,35 +64,61 @@ impl CoordinatorClient {
         &self.base
     }
 
-    /// `GET /v1/bloom`. With `if_none_match` (the version held), `Ok(None)` means that version
-    /// is still current (304). The snapshot is returned as received: the caller must check
-    /// its signature ([`BloomSnapshot::verify`] under the manifest's coordinator key).
+    /// `GET /v1/bloom`. With the snapshot `held`, `Ok(None)` means it is still current (304),
+    /// and the answer may be a delta from it (applied here; when it does not apply, the whole
+    /// snapshot is fetched). The snapshot is returned unverified: the caller must check its
+    /// signature ([`BloomSnapshot::verify`] under the manifest's coordinator key), which is
+    /// also what proves a delta was applied to the right base.
     pub async fn bloom(
         &self,
-        if_none_match: Option<u64>,
+        held: Option<&BloomSnapshot>,
     ) -> Result<Option<BloomSnapshot>, ClientError> {
-        let held = if_none_match.map(|v| v.to_string());
-        let url = format!("{}/v1/bloom", self.base);
-        match self
-            .http
-            .get_conditional_bytes(SERVICE, &url, held.as_deref(), "application/octet-stream")
-            .await?
-        {
-            Conditional::NotModified => Ok(None),
-            Conditional::Fresh { body, etag } => {
-                let body = BloomSnapshot::from_bytes(&body)
-                    .map_err(|e| bad_answer(&format!("snapshot: {e}")))?;
-                if let Some(tag) = etag
-                    && tag != body.version.to_string()
-                {
-                    return Err(bad_answer(&format!(
-                        "ETag {tag} does not match snapshot version {}",
-                        body.version
-                    )));
-                }
-                Ok(Some(body))
+        let base = format!("{}/v1/bloom", self.base);
+        let tag = held.map(|h| h.version.to_string());
+        let url = held.map_or(base.clone(), |h| format!("{base}?since={}", h.version));
+        let Some((body, etag)) = self.fetch_bloom(&url, tag.as_deref()).await? else {
+            return Ok(None);
+        };
+        let (snapshot, etag) = if body.starts_with(DELTA_MAGIC) {
+            let delta = BloomDelta::from_bytes(&body).map_err(|e| bad_answer(&e.to_string()))?;
+            match held.map(|h| delta.apply(h)) {
+                Some(Ok(next)) => (next, etag),
+                // Not onto what is held (or nothing held): take the whole snapshot.
+                _ => match self.fetch_bloom(&base, None).await? {
+                    Some((body, etag)) => (decode_snapshot(&body)?, etag),
+                    None => return Err(bad_answer("304 to a request without an ETag")),
+                },
             }
+        } else {
+            (decode_snapshot(&body)?, etag)
+        };
+        if let Some(tag) = etag
+            && tag != snapshot.version.to_string()
+        {
+            return Err(bad_answer(&format!(
+                "ETag {tag} does not match snapshot version {}",
+                snapshot.version
+            )));
         }
+        Ok(Some(snapshot))
+    }
+
+    /// The body and ETag of `GET url`, `None` on 304.
+    async fn fetch_bloom(
+        &self,
+        url: &str,
+        if_none_match: Option<&str>,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, ClientError> {
+        Ok(
+            match self
+                .http
+                .get_conditional_bytes(SERVICE, url, if_none_match, ACCEPT)
+                .await?
+            {
+                Conditional::NotModified => None,
+                Conditional::Fresh { body, etag } => Some((body, etag)),
+            },
+        )
     }
 
     /// `POST /v1/redeem`: the coordinator's verdict on one scan (safe to retry with the same
@@ -131,6 +159,10 @@ impl CoordinatorClient {
             .post(SERVICE, &url, body, self.token.as_deref())
             .await
     }
+}
+
+fn decode_snapshot(body: &[u8]) -> Result<BloomSnapshot, ClientError> {
+    BloomSnapshot::from_bytes(body).map_err(|e| bad_answer(&format!("snapshot: {e}")))
 }
 
 fn bad_answer(reason: &str) -> ClientError {

@@ -457,8 +457,8 @@ impl<S: ValidatorStore> Validator<S> {
         };
         let client = self.coordinator(Some(token));
         // Both at once: the conductor waits for one round trip, not two.
-        let cached_version = cached.as_ref().map(|s| s.raw.version);
-        let (fresh, answer) = futures::join!(client.bloom(cached_version), client.redeem(&scan));
+        let held = cached.as_ref().map(|s| &s.raw);
+        let (fresh, answer) = futures::join!(client.bloom(held), client.redeem(&scan));
         self.note_clock().await;
         let snapshot = self.take_fresh(fresh, cached, answer.is_ok(), notes).await;
 
@@ -539,7 +539,7 @@ impl<S: ValidatorStore> Validator<S> {
         let cached = self.snapshot(&mut notes).await?;
         let fresh = self
             .coordinator(None)
-            .bloom(cached.as_ref().map(|s| s.raw.version))
+            .bloom(cached.as_ref().map(|s| &s.raw))
             .await;
         self.note_clock().await;
         if let Err(e) = &fresh

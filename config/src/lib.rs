@@ -182,7 +182,8 @@ pub struct CoordinatorSettings {
     pub bloom_capacity: u32,
     /// The Bloom filter's false-positive rate, in (0, 1).
     pub bloom_fp_rate: f64,
-    /// Rebuild the Bloom filter this often, in seconds (also on demand by an admin).
+    /// Bring the Bloom filter up to date and publish it this often, in seconds (also on demand
+    /// by an admin; it is rebuilt whole only when serials must leave it or it outgrew its size).
     pub bloom_rebuild_seconds: u64,
     /// Ledger rows and deny entries of a keyset are deleted this long after its window ends
     /// (late offline syncs of it are still recorded until then), in seconds.

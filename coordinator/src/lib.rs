@@ -34,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use ticketing_config::cluster::{self, ServiceBundle};
 use ticketing_config::{CoordinatorSettings, HttpSettings, Settings};
+use ticketing_protocol::Id16;
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::manifest::Manifest;
 use ticketing_protocol::partner::{FeedQuery, PartnerFeed};
@@ -57,7 +58,7 @@ pub mod webhook;
 
 pub use error::CoordinatorError;
 pub use issued::FollowReport;
-pub use publication::Published;
+pub use publication::{Build, Published};
 use store::{Device, Fare, LedgerStore, Role};
 pub use webhook::{DeliveryReport, WebhookSecret};
 
@@ -76,6 +77,12 @@ struct Inner {
     metrics: Metrics,
     pipeline: pipeline::Pipeline,
     published: RwLock<Option<Arc<Published>>>,
+    /// The filter kept up to date; held while a publication is made (one at a time).
+    working: tokio::sync::Mutex<Option<publication::Working>>,
+    /// This process among the coordinators sharing the database (the lease holder's id).
+    instance: Id16,
+    /// Whether it held the lease at its last attempt (logged when that changes).
+    leading: std::sync::atomic::AtomicBool,
     issued: issued::IssuanceFollower,
     webhooks: webhook::Deliverer,
     counters: Counters,
@@ -88,6 +95,7 @@ pub(crate) struct Counters {
     pub(crate) synced: Counter,
     pub(crate) conflicts: Counter,
     pub(crate) rebuilds: Counter,
+    pub(crate) full_rebuilds: Counter,
     pub(crate) issuance_events: Counter,
 }
 
@@ -118,6 +126,10 @@ impl Coordinator {
                 "Offline scans recorded as duplicates or suspected sharing",
             ),
             rebuilds: metrics.counter("bloom_rebuilds", "Bloom snapshots published"),
+            full_rebuilds: metrics.counter(
+                "bloom_full_rebuilds",
+                "Bloom filters built anew (a keyset ended, the filter outgrew its size, or an admin asked)",
+            ),
             issuance_events: metrics.counter(
                 "issuance_events",
                 "Purchases recorded as issued events (seen in t node logs)",
@@ -156,16 +168,17 @@ impl Coordinator {
                 metrics,
                 pipeline,
                 published: RwLock::new(None),
+                working: tokio::sync::Mutex::new(None),
+                instance: Id16::random(&mut rand::rng()),
+                leading: std::sync::atomic::AtomicBool::new(false),
                 counters,
             }),
         };
-        if let Some((version, body)) = coordinator.inner.store.latest_publication().await? {
-            let snapshot = serde_json::from_str(&body)
-                .map_err(|e| CoordinatorError::Internal(format!("stored snapshot: {e}")))?;
-            *coordinator.inner.published.write().await =
-                Some(Arc::new(Published::new(version, snapshot, body)));
+        coordinator.follow_publication().await?;
+        let now = ticketing_service::now();
+        if coordinator.leads(now).await? {
+            coordinator.publish(now, Build::Update).await?;
         }
-        coordinator.rebuild(ticketing_service::now()).await?;
         Ok(coordinator)
     }
 
@@ -211,7 +224,9 @@ impl Coordinator {
                         op.header(
                             "Accept",
                             "`application/octet-stream` for the binary form (magic, version, \
-                             build time, keysets, filter bytes, deny list, signature)",
+                             build time, keysets, filter bytes, deny list, signature); with \
+                             `since`, the answer may be a delta \
+                             (`application/vnd.ticketing.bloom-delta`) instead",
                         );
                         op.response::<BloomSnapshot>(
                             g,
@@ -219,6 +234,7 @@ impl Coordinator {
                             "The snapshot; its ETag is its version",
                         );
                         op.also_content("200", BINARY);
+                        op.also_content("200", DELTA);
                         op.response_other("304", None, "The snapshot held is the latest");
                         op.response_other(
                             "503",
@@ -249,7 +265,10 @@ impl Coordinator {
             .route("/v1/admin/deny", Route::get("The deny list", deny_list))
             .route(
                 "/v1/admin/bloom/rebuild",
-                Route::post("Rebuild and publish the filter now", rebuild),
+                Route::post(
+                    "Publish the filter now (brought up to date, or rebuilt with `full`)",
+                    rebuild,
+                ),
             )
             .route(
                 "/v1/admin/stats",
@@ -289,7 +308,7 @@ impl Coordinator {
         let maintenance = every(settings.bloom_rebuild_seconds, true, move || {
             let me = me.clone();
             async move {
-                if let Err(e) = me.maintain(ticketing_service::now()).await {
+                if let Err(e) = me.maintain(ticketing_service::now(), Build::Update).await {
                     tracing::warn!(error = %e, "periodic rebuild failed; serving the previous snapshot");
                 }
             }
@@ -298,6 +317,9 @@ impl Coordinator {
         let follower = every(settings.issuance_poll_seconds, false, move || {
             let me = me.clone();
             async move {
+                if !me.leads_or_warn(ticketing_service::now()).await {
+                    return;
+                }
                 if let Err(e) = me.follow_issuance(ticketing_service::now()).await {
                     tracing::warn!(error = %e, "following the node logs failed; retrying");
                 }
@@ -307,6 +329,9 @@ impl Coordinator {
         let deliveries = every(1, false, move || {
             let me = me.clone();
             async move {
+                if !me.leads_or_warn(ticketing_service::now()).await {
+                    return;
+                }
                 if let Err(e) = me.deliver_webhooks(ticketing_service::now()).await {
                     tracing::warn!(error = %e, "webhook delivery pass failed; retrying");
                 }
@@ -316,7 +341,75 @@ impl Coordinator {
         for task in [maintenance, follower, deliveries] {
             task.abort();
         }
+        // Hand the once-only work over at once rather than when the lease lapses.
+        let now = ticketing_service::now();
+        if let Err(e) = self
+            .inner
+            .store
+            .lease(LEASE, &self.inner.instance, now, now)
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the lease; it lapses by itself");
+        }
         result
+    }
+
+    /// Whether this coordinator does the work that runs once across the coordinators sharing
+    /// its database (publishing the filter, following the node logs, delivering webhooks):
+    /// takes or renews the lease. Every loop renews it, so it lapses only when its holder
+    /// stops; another coordinator takes over within [`LEASE_SECONDS`].
+    pub async fn leads(&self, now: u64) -> Result<bool, CoordinatorError> {
+        let held = self
+            .inner
+            .store
+            .lease(
+                LEASE,
+                &self.inner.instance,
+                now,
+                now.saturating_add(LEASE_SECONDS),
+            )
+            .await?;
+        let was = self
+            .inner
+            .leading
+            .swap(held, std::sync::atomic::Ordering::Relaxed);
+        if held != was {
+            if held {
+                tracing::info!(
+                    "this coordinator publishes the filter, follows the node logs and delivers webhooks"
+                );
+            } else {
+                tracing::info!("another coordinator holds the lease: serving what it publishes");
+            }
+        }
+        Ok(held)
+    }
+
+    async fn leads_or_warn(&self, now: u64) -> bool {
+        self.leads(now).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not take or renew the lease; retrying");
+            false
+        })
+    }
+
+    /// Serve the newest snapshot stored, if newer than the one served (what a coordinator not
+    /// holding the lease does each time; also the first thing each does at start).
+    pub async fn follow_publication(&self) -> Result<Option<Arc<Published>>, CoordinatorError> {
+        let mut working = self.inner.working.lock().await;
+        let current = self.published().await;
+        let Some((version, body)) = self.inner.store.latest_publication().await? else {
+            return Ok(current);
+        };
+        if current.as_ref().is_some_and(|c| c.version >= version) {
+            return Ok(current);
+        }
+        let snapshot: BloomSnapshot = serde_json::from_str(&body)
+            .map_err(|e| CoordinatorError::Internal(format!("stored snapshot: {e}")))?;
+        let steps = self.inner.store.publication_steps().await?;
+        *working = publication::Working::resume(&snapshot);
+        let published = Arc::new(Published::loaded(version, snapshot, body, steps));
+        *self.inner.published.write().await = Some(published.clone());
+        Ok(Some(published))
     }
 
     /// Read the nodes' logs for new purchases and record each receipt found in t of them as
@@ -351,8 +444,19 @@ impl Coordinator {
         WebhookSecret::derive(&self.inner.key, id)
     }
 
-    /// Prune keysets that ended more than `prune_after_seconds` ago, then rebuild the filter.
-    pub async fn maintain(&self, now: u64) -> Result<Arc<Published>, CoordinatorError> {
+    /// Prune keysets that ended more than `prune_after_seconds` ago, then bring the filter up
+    /// to date (`Build::Update`) or build it anew (`Build::Full`).
+    /// On a coordinator not holding the lease, nothing is published: it serves the newest
+    /// snapshot stored.
+    pub async fn maintain(&self, now: u64, how: Build) -> Result<Arc<Published>, CoordinatorError> {
+        if !self.leads(now).await? {
+            return self.follow_publication().await?.ok_or_else(|| {
+                CoordinatorError::Refused(
+                    ErrorCode::Unavailable,
+                    "no snapshot published yet".into(),
+                )
+            });
+        }
         let after = self.inner.settings.prune_after_seconds;
         let expired: Vec<_> = self
             .inner
@@ -368,33 +472,71 @@ impl Coordinator {
                 tracing::info!(keysets = expired.len(), rows, "pruned expired keysets");
             }
         }
-        self.rebuild(now).await
+        self.publish(now, how).await
     }
 
-    /// Build and sign a new snapshot if the spent/denied set changed; the current one otherwise.
-    pub async fn rebuild(&self, now: u64) -> Result<Arc<Published>, CoordinatorError> {
+    /// Sign and publish a new snapshot if the spent/denied set changed; the current one
+    /// otherwise (see [`publication`] for when the filter is rebuilt rather than updated).
+    pub async fn publish(&self, now: u64, how: Build) -> Result<Arc<Published>, CoordinatorError> {
+        let mut working = self.inner.working.lock().await;
         let current = self.inner.published.read().await.clone();
-        let next = publication::build(
-            &self.inner.manifest,
-            self.inner.store.as_ref(),
-            &self.inner.settings,
-            &self.inner.key,
-            current.as_deref(),
-            now,
-        )
-        .await?;
-        let Some(next) = next else {
+        // Taken out: if anything below fails, the next publication starts from the ledger.
+        let sources = publication::Sources {
+            store: self.inner.store.as_ref(),
+            settings: &self.inner.settings,
+            key: &self.inner.key,
+        };
+        let keysets = self
+            .inner
+            .manifest
+            .keysets
+            .iter()
+            .filter(|k| k.params.valid_until > now)
+            .map(|k| k.id)
+            .collect();
+        let next = sources
+            .publish(current.as_deref(), working.take(), keysets, how, now)
+            .await?;
+        let Some((published, step)) = next.published else {
+            *working = Some(next.working);
             return current.ok_or_else(|| CoordinatorError::Internal("no snapshot".into()));
         };
-        self.inner
+        let stored = self
+            .inner
             .store
-            .save_publication(next.version, &next.body)
+            .save_publication(
+                published.version,
+                &published.body,
+                &step,
+                published.oldest_base(),
+            )
             .await?;
-        let next = Arc::new(next);
-        *self.inner.published.write().await = Some(next.clone());
+        if !stored {
+            // Another coordinator published this version (its lease and ours overlapped):
+            // serve what it stored.
+            drop(working);
+            tracing::warn!(
+                version = published.version,
+                "version published elsewhere; following it"
+            );
+            return self
+                .follow_publication()
+                .await?
+                .ok_or_else(|| CoordinatorError::Internal("no snapshot".into()));
+        }
+        *working = Some(next.working);
+        let published = Arc::new(published);
+        *self.inner.published.write().await = Some(published.clone());
         self.inner.counters.rebuilds.inc();
-        tracing::info!(version = next.version, "bloom snapshot published");
-        Ok(next)
+        if next.rebuilt {
+            self.inner.counters.full_rebuilds.inc();
+        }
+        tracing::info!(
+            version = published.version,
+            rebuilt = next.rebuilt,
+            "bloom snapshot published"
+        );
+        Ok(published)
     }
 
     /// The current snapshot.
@@ -683,7 +825,18 @@ async fn manifest(State(c): State<Coordinator>) -> Json<Manifest> {
     Json((*c.inner.manifest).clone())
 }
 
-async fn bloom(State(c): State<Coordinator>, headers: HeaderMap) -> Response {
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct BloomQuery {
+    /// The version held: the binary answer is then the delta from it to the current version
+    /// when that is remembered and smaller (the full snapshot otherwise).
+    since: Option<u64>,
+}
+
+async fn bloom(
+    State(c): State<Coordinator>,
+    Query(q): Query<BloomQuery>,
+    headers: HeaderMap,
+) -> Response {
     let Some(p) = c.published().await else {
         return ApiError::new(ErrorCode::Unavailable, "no snapshot yet").into_response();
     };
@@ -707,7 +860,12 @@ async fn bloom(State(c): State<Coordinator>, headers: HeaderMap) -> Response {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(BINARY));
-    let (content_type, body) = if binary {
+    let delta = binary
+        .then(|| q.since.and_then(|v| p.delta_from(v)))
+        .flatten();
+    let (content_type, body) = if let Some(delta) = delta {
+        (DELTA, axum::body::Body::from(delta))
+    } else if binary {
         (BINARY, axum::body::Body::from(p.bytes.clone()))
     } else {
         ("application/json", axum::body::Body::from(p.body.clone()))
@@ -727,8 +885,15 @@ async fn bloom(State(c): State<Coordinator>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// The lease of the once-only work (see [`Coordinator::leads`]).
+const LEASE: &str = "maintenance";
+/// How long a lease lasts unless renewed (every loop renews it, the webhook loop every second).
+pub const LEASE_SECONDS: u64 = 60;
+
 /// The binary form of the snapshot.
 const BINARY: &str = "application/octet-stream";
+/// A delta from the version held to the current one.
+const DELTA: &str = "application/vnd.ticketing.bloom-delta";
 
 async fn redeem(
     State(c): State<Coordinator>,
@@ -799,17 +964,28 @@ async fn deny_list(
     ))
 }
 
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct RebuildQuery {
+    /// Build a new filter from the whole ledger (new seed; validators fetch it whole) instead
+    /// of bringing the current one up to date.
+    #[serde(default)]
+    full: bool,
+}
+
 async fn rebuild(
     State(c): State<Coordinator>,
     auth::Admin(admin): auth::Admin,
+    Query(q): Query<RebuildQuery>,
 ) -> Result<Json<Rebuilt>, ApiError> {
     let now = ticketing_service::now();
-    let p = c.maintain(now).await?;
+    let how = if q.full { Build::Full } else { Build::Update };
+    let p = c.maintain(now, how).await?;
+    let what = if q.full { "full rebuild" } else { "update" };
     c.trail(
         now,
         &admin,
         "filter_rebuilt",
-        &format!("on demand, version {}", p.version),
+        &format!("on demand ({what}), version {}", p.version),
     )
     .await?;
     Ok(Json(Rebuilt { version: p.version }))

@@ -279,6 +279,7 @@ fn check(manifest: &Manifest, jobs: Vec<Job>) -> Vec<Checked> {
                     serial: screened.serial,
                     epoch: screened.epoch,
                     at,
+                    received: now,
                     device,
                     usage: screened.usage,
                     fare: screened.fare,

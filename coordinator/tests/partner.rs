@@ -774,7 +774,9 @@ async fn auditor_tokens_are_read_only(db: Db) {
     rig.stop().await;
 }
 
-/// `serve` runs the follower and the delivery loop by itself.
+/// `serve` runs the follower and the delivery loop by itself; a second coordinator serving
+/// the same database at the same time (scale-out) delivers nothing twice: only the holder of
+/// the lease follows the logs and delivers.
 async fn the_served_coordinator_follows_and_delivers(db: Db) {
     let Some(mut rig) = Rig::start(db, "served", |s| {
         s.coordinator.issuance_poll_seconds = 1;
@@ -795,6 +797,18 @@ async fn the_served_coordinator_follows_and_delivers(db: Db) {
             let _ = stop.await;
         })
     }));
+    let second = Coordinator::open(&rig.settings, rig.dir.path())
+        .await
+        .unwrap();
+    let now = ticketing_service::now();
+    assert!(rig.coordinator.leads(now).await.unwrap());
+    assert!(!second.leads(now).await.unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_served = Served::on(listener, move |l, stop| {
+        second.serve(l, async move {
+            let _ = stop.await;
+        })
+    });
     let purchase = rig.buy("single", 1, &[2, 3]).await;
     // Wait (bounded) for the background loops: one failure, a 1 s backoff, one delivery.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -817,6 +831,15 @@ async fn the_served_coordinator_follows_and_delivers(db: Db) {
         hook.calls() >= 2,
         "the first delivery failed and was retried"
     );
+    // Both loops keep running: nothing more arrives.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        hook.accepted().len(),
+        1,
+        "delivered once, by one coordinator"
+    );
+    assert_eq!(hook.calls(), 2, "one failure, one delivery");
+    second_served.stop().await;
     rig.stop().await;
 }
 

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use ticketing_coordinator::store::{
-    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PostgresStore, Retry, Role, ScanRecord,
-    SqliteStore, StoreError, Usage, Webhook,
+    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PostgresStore, PublicationStep, Retry,
+    Role, ScanRecord, SqliteStore, StoreError, Usage, Webhook,
 };
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
@@ -55,6 +55,7 @@ fn scan(id: u16, serial: u8, epoch: u32, at: u64, device: i64, usage: Usage) -> 
         serial: Serial([serial; 32]),
         epoch,
         at,
+        received: at,
         device,
         usage,
         fare: fare("single", 250),
@@ -356,6 +357,49 @@ mod cases {
         assert_eq!(s.counts(&KS).await.unwrap().scans, 0);
     }
 
+    pub(crate) async fn listed_follows_transfers_and_late_syncs(store: Arc<dyn LedgerStore>) {
+        let s = store.as_ref();
+        let listed = |after, until| async move {
+            let mut l = s.listed(&[KS], after, until).await.unwrap();
+            l.sort();
+            l
+        };
+        // Online at 1000 with a 600 s transfer: listed when the window ends, at 1600.
+        one(s, Mode::Online, scan(1, 5, 10, 1000, 1, TRANSFER)).await;
+        assert!(listed(0, 1599).await.is_empty());
+        assert_eq!(listed(1599, 1600).await, vec![Serial([5; 32])]);
+        // A copy scanned offline at 200, synced at 2000, becomes the first use: its window
+        // ended long ago, so it is listed (again) when the ledger learns it.
+        let mut late = scan(2, 5, 11, 200, 2, TRANSFER);
+        late.received = 2000;
+        one(s, OFFLINE, late).await;
+        assert!(listed(1600, 1999).await.is_empty());
+        assert_eq!(listed(1999, 2000).await, vec![Serial([5; 32])]);
+        // A first use synced late: listed at its sync, not at its (long past) window's end.
+        let mut first = scan(3, 6, 12, 100, 2, SINGLE);
+        first.received = 3000;
+        one(s, OFFLINE, first).await;
+        assert_eq!(listed(2000, 3000).await, vec![Serial([6; 32])]);
+        assert!(
+            listed(100, 2999)
+                .await
+                .iter()
+                .all(|x| x != &Serial([6; 32]))
+        );
+        // The full set is what was listed by then; other keysets list nothing.
+        assert_eq!(
+            s.spent(&[KS], 3000).await.unwrap().len(),
+            2,
+            "both singles by 3000"
+        );
+        assert!(
+            s.listed(&[KeysetId([8; 8])], 0, 9999)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     pub(crate) async fn devices_and_publications(store: Arc<dyn LedgerStore>) {
         let s = store.as_ref();
         let d = s
@@ -378,12 +422,64 @@ mod cases {
         );
 
         assert_eq!(s.latest_publication().await.unwrap(), None);
-        s.save_publication(1, "one").await.unwrap();
-        s.save_publication(2, "two").await.unwrap();
+        let step = |version, fresh, changes: Vec<(u32, u8)>| PublicationStep {
+            version,
+            fresh,
+            digest: [u8::try_from(version).unwrap(); 32],
+            changes,
+        };
+        assert!(
+            s.save_publication(1, "one", &step(1, true, vec![]), 1)
+                .await
+                .unwrap()
+        );
+        let two = step(2, false, vec![(0, 1), (70_000, 255)]);
+        assert!(s.save_publication(2, "two", &two, 1).await.unwrap());
         assert_eq!(
             s.latest_publication().await.unwrap(),
             Some((2, "two".into()))
         );
+        assert_eq!(
+            s.publication_steps().await.unwrap(),
+            vec![step(1, true, vec![]), two.clone()]
+        );
+        // A version another coordinator published first is not overwritten.
+        assert!(
+            !s.save_publication(2, "other", &step(2, true, vec![]), 2)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.latest_publication().await.unwrap(),
+            Some((2, "two".into()))
+        );
+        // Steps before the oldest base still served are forgotten.
+        assert!(
+            s.save_publication(3, "three", &step(3, false, vec![]), 2)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.publication_steps()
+                .await
+                .unwrap()
+                .iter()
+                .map(|p| p.version)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+
+        // One lease holder at a time; it renews; it lapses; it is handed back.
+        let (a, b) = (Id16([1; 16]), Id16([2; 16]));
+        assert!(s.lease("work", &a, 100, 160).await.unwrap());
+        assert!(!s.lease("work", &b, 120, 180).await.unwrap());
+        assert!(s.lease("work", &a, 150, 210).await.unwrap());
+        assert!(!s.lease("work", &b, 209, 269).await.unwrap());
+        assert!(s.lease("work", &b, 210, 270).await.unwrap());
+        assert!(!s.lease("work", &a, 211, 271).await.unwrap());
+        assert!(s.lease("work", &b, 220, 220).await.unwrap());
+        assert!(s.lease("work", &a, 221, 281).await.unwrap());
+        assert!(s.lease("other", &b, 221, 281).await.unwrap());
         // Auditor tokens are a role of their own.
         s.add_device(&[4; 32], "books", Role::Auditor, 7, false)
             .await
@@ -882,6 +978,7 @@ conformance!(
     pass_sharing_is_flagged,
     revoked_serials_are_refused,
     spent_after_transfer_and_prune,
+    listed_follows_transfers_and_late_syncs,
     devices_and_publications,
     device_names_are_unique_and_tokens_revocable,
     scan_ids_are_per_device_and_bound_to_their_ticket,

@@ -142,6 +142,14 @@ pub enum ProtocolError {
         /// Why.
         reason: String,
     },
+    /// A filter update starts from another version than the one held.
+    #[error("the filter update applies to version {from}, not to the version {held} held")]
+    DeltaBase {
+        /// The version held.
+        held: u64,
+        /// The version the update starts from.
+        from: u64,
+    },
     /// A cryptographic value was refused.
     #[error(transparent)]
     Crypto(#[from] ticketing_crypto::CryptoError),

@@ -353,6 +353,7 @@ pub(crate) async fn redeeming_more_than_issued_is_named(c: TestCluster) {
             serial: Serial([i; 32]),
             epoch: 1,
             at: now,
+            received: now,
             device: 1,
             usage: Usage::Single {
                 transfer_seconds: 0,

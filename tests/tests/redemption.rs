@@ -351,6 +351,75 @@ pub(crate) async fn offline_sync_is_idempotent_and_catches_copies(c: TestCluster
     assert_eq!(row["redeemed"], 3);
     assert_eq!(row["denied"], 1);
     assert_eq!(stats["duplicates"], 1);
+
+    // A revocation later, a validator holding this version fetches only what changed.
+    let revoke = json!({ "keyset_id": tickets[2].0.keyset_id, "serial": tickets[2].0.serial() });
+    assert_eq!(
+        api.post("/v1/admin/revoke", Some(&admin), &revoke).await.0,
+        StatusCode::OK
+    );
+    let (_, rebuilt) = api
+        .post("/v1/admin/bloom/rebuild", Some(&admin), &json!({}))
+        .await;
+    assert_eq!(rebuilt["version"], snapshot.version + 1);
+    let fetch_since = |since: u64| {
+        let url = format!("{}/v1/bloom?since={since}", api.base);
+        let http = api.http.clone();
+        async move {
+            let r = http
+                .get(url)
+                .header("accept", "application/octet-stream")
+                .send()
+                .await
+                .unwrap();
+            let kind = r.headers()["content-type"].to_str().unwrap().to_owned();
+            (kind, r.bytes().await.unwrap())
+        }
+    };
+    let (kind, delta) = fetch_since(snapshot.version).await;
+    assert_eq!(kind, "application/vnd.ticketing.bloom-delta");
+    let next = ticketing_protocol::publication::BloomDelta::from_bytes(&delta)
+        .unwrap()
+        .apply(&snapshot)
+        .unwrap();
+    next.verify(&c.cluster.cluster.manifest.coordinator.key)
+        .unwrap();
+    assert_eq!(next.version, snapshot.version + 1);
+    assert!(next.deny.contains(&tickets[2].0.serial()));
+    assert!(
+        next.decode_filter()
+            .unwrap()
+            .contains(&tickets[2].0.serial())
+    );
+    assert!(
+        delta.len() * 10 < bytes.len(),
+        "{} vs {}",
+        delta.len(),
+        bytes.len()
+    );
+    // A version it never published (or the whole JSON form): the full snapshot.
+    let (kind, full) = fetch_since(snapshot.version + 50).await;
+    assert_eq!(kind, "application/octet-stream");
+    assert_eq!(BloomSnapshot::from_bytes(&full).unwrap(), next);
+    // The validators' client applies the delta, and falls back to the whole snapshot when
+    // what it holds is not what the delta starts from.
+    let client = ticketing_client::CoordinatorClient::new(
+        &api.base,
+        None,
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(
+        client.bloom(Some(&snapshot)).await.unwrap(),
+        Some(next.clone())
+    );
+    let mut other = snapshot.clone();
+    other.filter[100] ^= 0x40;
+    assert_eq!(
+        client.bloom(Some(&other)).await.unwrap(),
+        Some(next.clone())
+    );
+    assert_eq!(client.bloom(Some(&next)).await.unwrap(), None);
 }
 
 pub(crate) async fn a_shared_pass_is_flagged(c: TestCluster) {

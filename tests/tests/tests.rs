@@ -34,7 +34,13 @@
 //!   redeems of one ticket accept exactly one; every rejection code (stale screenshot, forged
 //!   and tampered payloads, unknown keyset, replayed epoch, revoked); 401 without a device or
 //!   admin token; the same offline sync twice records once; conflicting offline scans are
-//!   flagged and denied; the signed Bloom snapshot and its ETag; issued-versus-redeemed stats.
+//!   flagged and denied; the signed Bloom snapshot and its ETag; issued-versus-redeemed stats;
+//!   a validator holding the previous snapshot gets a delta (the client core applies it, and
+//!   falls back to the whole snapshot when what it holds is not the delta's base).
+//! - `scale_out`: two coordinators on one Postgres: 1,000 concurrent redeems of one ticket split
+//!   across both accept one; copies synced to both at once are each recorded and denied once;
+//!   only the lease holder publishes, the other serves its snapshot and deltas, and takes over
+//!   when the holder stops.
 //! - `validator_pwa`: the validator PWA in headless Chromium with a fake camera fed a .y4m of
 //!   a wallet's QR made at test time: registration by the pasted code (a mistyped one refused)
 //!   and, on a second device, by the camera; a ticket scanned from the camera and accepted
@@ -72,6 +78,7 @@ mod edges;
 mod issuance;
 mod openapi;
 mod redemption;
+mod scale_out;
 mod validator_pwa;
 mod wallet_pwa;
 mod wasm_flow;

@@ -828,7 +828,7 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 708, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2773);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2772);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
@@ -861,8 +861,8 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_2773(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_2773(arg0, arg1);
+function __wasm_bindgen_func_elem_2772(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_2772(arg0, arg1);
 }
 
 function __wasm_bindgen_func_elem_4442(arg0, arg1) {

@@ -43,12 +43,17 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 0)]
     capacity: usize,
     /// Also spend that many singles in a real coordinator's ledger (SQLite, and Postgres with
-    /// --postgres) and time its full rebuild and publication (`POST /v1/admin/bloom/rebuild`).
+    /// --postgres), time its full rebuild and publication (`POST /v1/admin/bloom/rebuild`),
+    /// then an update after --delta-spends more and the delta a validator fetches.
     #[arg(long)]
     ledger: bool,
     /// Postgres database for the ledger run (e.g. postgres://user:pass@127.0.0.1/bench).
     #[arg(long)]
     postgres: Option<String>,
+    /// In the ledger run, singles spent after the full rebuild: the update and the delta a
+    /// validator holding the previous version fetches.
+    #[arg(long, default_value_t = 10_000)]
+    delta_spends: usize,
 }
 
 /// `bench redeem`.
@@ -202,13 +207,15 @@ fn publish(args: &PublishArgs) -> Result<()> {
 }
 
 /// Spend `args.serials` singles in a coordinator's ledger (through its store, as redeemed
-/// scans), then time the full rebuild over HTTP: the ledger query, the filter, signing, both
-/// encodings and saving the publication.
+/// scans), then time the full rebuild over HTTP (the ledger query, the filter, signing, both
+/// encodings and saving the publication), then the update after `args.delta_spends` more and
+/// the delta from the version before.
 async fn publish_from_ledger(settings: &Settings, args: &PublishArgs) -> Result<()> {
     use ticketing_coordinator::store::{Fare, Mode, ScanRecord, Usage};
     use ticketing_crypto::presentation::epoch_at;
     use ticketing_crypto::ticket::Serial;
     use ticketing_protocol::Id16;
+    use ticketing_protocol::publication::{BloomDelta, BloomSnapshot};
 
     let mut settings = settings.clone();
     settings.coordinator.bloom_capacity = u32::try_from(args.serials).unwrap_or(u32::MAX);
@@ -265,80 +272,108 @@ async fn publish_from_ledger(settings: &Settings, args: &PublishArgs) -> Result<
         let store =
             ticketing_coordinator::store::open(&cluster.settings.coordinator_database_url())
                 .await?;
-        let filling = bar(
-            args.serials as u64,
-            &format!("spending {} singles ({name})", args.serials),
-        );
+        // Listed as the ledger would list them: at their window's end, or now if later.
+        let spend = |n: usize, label: String| {
+            let store = &store;
+            let manifest = &manifest;
+            async move {
+                let filling = bar(n as u64, &label);
+                let mut left = n;
+                while left > 0 {
+                    let batch = left.min(2000);
+                    let received = ticketing_service::now();
+                    let scans: Vec<ScanRecord> = (0..batch)
+                        .map(|_| ScanRecord {
+                            scan_id: Id16::random(&mut rand::rng()),
+                            keyset_id: single.id,
+                            serial: Serial(rand::random()),
+                            epoch: epoch_at(at, manifest.rotation_seconds),
+                            at,
+                            received,
+                            device: device.id,
+                            usage: Usage::Single {
+                                transfer_seconds: transfer,
+                                window_end: single.params.valid_until,
+                            },
+                            fare: Fare::default(),
+                        })
+                        .collect();
+                    store.record(Mode::Online, &scans).await?;
+                    left -= batch;
+                    filling.inc(batch as u64);
+                }
+                filling.finish_and_clear();
+                anyhow::Ok(())
+            }
+        };
         let t0 = Instant::now();
-        let mut left = args.serials;
-        while left > 0 {
-            let n = left.min(2000);
-            let scans: Vec<ScanRecord> = (0..n)
-                .map(|_| ScanRecord {
-                    scan_id: Id16::random(&mut rand::rng()),
-                    keyset_id: single.id,
-                    serial: Serial(rand::random()),
-                    epoch: epoch_at(at, manifest.rotation_seconds),
-                    at,
-                    device: device.id,
-                    usage: Usage::Single {
-                        transfer_seconds: transfer,
-                        window_end: single.params.valid_until,
-                    },
-                    fare: Fare::default(),
-                })
-                .collect();
-            store.record(Mode::Online, &scans).await?;
-            left -= n;
-            filling.inc(n as u64);
-        }
-        filling.finish_and_clear();
+        spend(
+            args.serials,
+            format!("spending {} singles ({name})", args.serials),
+        )
+        .await?;
         let filled = t0.elapsed();
         let url = &cluster.coordinator.as_ref().context("no coordinator")?.url;
-        let http = reqwest::Client::new();
-        let mut times = Vec::new();
+        let http = reqwest::Client::builder().no_gzip().build()?;
+        let publish = |full: bool| {
+            let http = &http;
+            let admin = &admin;
+            async move {
+                let t = Instant::now();
+                let answer = http
+                    .post(format!("{url}/v1/admin/bloom/rebuild?full={full}"))
+                    .bearer_auth(admin.expose())
+                    .send()
+                    .await?;
+                anyhow::ensure!(answer.status().is_success(), "rebuild: {}", answer.status());
+                anyhow::Ok(t.elapsed())
+            }
+        };
+        let fetch = |query: String, gzip: bool| {
+            let http = &http;
+            async move {
+                let mut target = format!("{url}/v1/bloom");
+                target.push_str(&query);
+                let answer = http
+                    .get(target)
+                    .header("accept", "application/octet-stream")
+                    .header("accept-encoding", if gzip { "gzip" } else { "identity" })
+                    .send()
+                    .await?;
+                anyhow::ensure!(answer.status().is_success(), "bloom: {}", answer.status());
+                anyhow::Ok(answer.bytes().await?)
+            }
+        };
+        let mut full = Vec::new();
         for _ in 0..3 {
-            // One more spent after each, so the next rebuild has new content to publish.
-            let t = Instant::now();
-            let answer = http
-                .post(format!("{url}/v1/admin/bloom/rebuild"))
-                .bearer_auth(admin.expose())
-                .send()
-                .await?;
-            anyhow::ensure!(answer.status().is_success(), "rebuild: {}", answer.status());
-            times.push(t.elapsed());
-            let spend = ScanRecord {
-                scan_id: Id16::random(&mut rand::rng()),
-                keyset_id: single.id,
-                serial: Serial(rand::random()),
-                epoch: epoch_at(at, manifest.rotation_seconds),
-                at,
-                device: device.id,
-                usage: Usage::Single {
-                    transfer_seconds: transfer,
-                    window_end: single.params.valid_until,
-                },
-                fare: Fare::default(),
-            };
-            store.record(Mode::Online, &[spend]).await?;
+            full.push(publish(true).await?);
         }
-        let bytes = http
-            .get(format!("{url}/v1/bloom"))
-            .header("accept", "application/octet-stream")
-            .send()
-            .await?
-            .bytes()
-            .await?;
+        let held = BloomSnapshot::from_bytes(&fetch(String::new(), false).await?)?;
+        spend(
+            args.delta_spends,
+            format!("spending {} more", args.delta_spends),
+        )
+        .await?;
+        let update = publish(false).await?;
+        let since = format!("?since={}", held.version);
+        let delta = fetch(since.clone(), false).await?;
+        let delta_gz = fetch(since, true).await?;
+        let next = BloomDelta::from_bytes(&delta)?.apply(&held)?;
+        next.verify(&manifest.coordinator.key)?;
+        let ms = |t: &std::time::Duration| format!("{:.0}", t.as_secs_f64() * 1e3);
         outln!(
-            "\n{name}: {} singles spent in {:.1} s; full rebuild + publish: {} ms; {:.2} MB on the wire",
+            "\n{name}: {} singles spent in {:.1} s; full rebuild + publish: {} ms; snapshot \
+             {:.2} MB on the wire\n{name}: {} more: update + publish {} ms; delta from the \
+             version held {:.3} MB ({:.3} MB gzip), {} filter bytes changed",
             args.serials,
             filled.as_secs_f64(),
-            times
-                .iter()
-                .map(|t| format!("{:.0}", t.as_secs_f64() * 1e3))
-                .collect::<Vec<_>>()
-                .join(", "),
-            bytes.len() as f64 / 1e6
+            full.iter().map(ms).collect::<Vec<_>>().join(", "),
+            held.to_bytes().len() as f64 / 1e6,
+            args.delta_spends,
+            ms(&update),
+            delta.len() as f64 / 1e6,
+            delta_gz.len() as f64 / 1e6,
+            BloomDelta::from_bytes(&delta)?.changed_bytes(),
         );
         cluster.stop().await?;
     }

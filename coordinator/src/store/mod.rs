@@ -48,6 +48,45 @@ impl From<ProtocolError> for StoreError {
     }
 }
 
+/// What one published version changed in the filter's encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationStep {
+    /// The version.
+    pub version: u64,
+    /// A new filter starts here (no changes; deltas start from it).
+    pub fresh: bool,
+    /// SHA-256 of the filter's bytes at this version.
+    pub digest: [u8; 32],
+    /// (offset, byte before) of every byte changed.
+    pub changes: Vec<(u32, u8)>,
+}
+
+impl PublicationStep {
+    /// The stored form of `changes`: offset (u32) and byte before, big-endian, 5 bytes each.
+    pub fn changes_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 * self.changes.len());
+        for (off, old) in &self.changes {
+            out.extend_from_slice(&off.to_be_bytes());
+            out.push(*old);
+        }
+        out
+    }
+
+    /// Decode [`Self::changes_bytes`].
+    pub fn changes_from(bytes: &[u8]) -> Result<Vec<(u32, u8)>, StoreError> {
+        if !bytes.len().is_multiple_of(5) {
+            return Err(StoreError::Corrupt("publication step: length".into()));
+        }
+        Ok(bytes
+            .chunks_exact(5)
+            .map(|c| match c {
+                [a, b, d, e, old] => (u32::from_be_bytes([*a, *b, *d, *e]), *old),
+                _ => (0, 0),
+            })
+            .collect())
+    }
+}
+
 /// How a product is used, as the ledger needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
@@ -81,6 +120,8 @@ pub struct ScanRecord {
     pub epoch: u32,
     /// When it counts: the coordinator's clock online, the validator's scan time offline.
     pub at: u64,
+    /// The coordinator's clock when it received the scan (`at` online).
+    pub received: u64,
     /// The device that scanned.
     pub device: i64,
     /// Single or pass.
@@ -351,8 +392,18 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The deny list.
     async fn deny_list(&self) -> Result<Vec<DenyEntry>, StoreError>;
-    /// Singles of `keysets` whose use (first scan + transfer window) ended at or before `now`.
+    /// Singles of `keysets` whose use (first scan + transfer window) ended at or before `now`:
+    /// the filter's members (a full rebuild).
     async fn spent(&self, keysets: &[KeysetId], now: u64) -> Result<Vec<Serial>, StoreError>;
+    /// Singles of `keysets` listed for the filter in (`after`, `until`]: listed when their
+    /// transfer window ended, or when the ledger learnt of them if that was later (an
+    /// incremental update; repeats are harmless).
+    async fn listed(
+        &self,
+        keysets: &[KeysetId],
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<Serial>, StoreError>;
     /// Delete every row of `keysets` (expired); returns the number of rows deleted.
     async fn prune(&self, keysets: &[KeysetId]) -> Result<u64, StoreError>;
     /// Counts for one keyset.
@@ -385,10 +436,29 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Trail entries with `id > after`, oldest first, at most `limit`.
     async fn actions(&self, after: u64, limit: u32) -> Result<Vec<AdminAction>, StoreError>;
-    /// Keep a published snapshot (JSON) under its version.
-    async fn save_publication(&self, version: u64, body: &str) -> Result<(), StoreError>;
+    /// Keep a published snapshot (JSON) under its version with what it changed, forgetting
+    /// older snapshots and the steps before `keep_from`, in one transaction. `false` (nothing
+    /// written) when another coordinator published this version first.
+    async fn save_publication(
+        &self,
+        version: u64,
+        body: &str,
+        step: &PublicationStep,
+        keep_from: u64,
+    ) -> Result<bool, StoreError>;
     /// The newest published snapshot.
     async fn latest_publication(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// The steps kept, oldest first.
+    async fn publication_steps(&self) -> Result<Vec<PublicationStep>, StoreError>;
+    /// Take or renew the lease `name` for `holder` until `until`, if it is free, lapsed by
+    /// `now`, or already `holder`'s. Whether `holder` holds it.
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &Id16,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Open the store a database URL names, running its migrations.
