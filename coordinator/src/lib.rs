@@ -83,6 +83,8 @@ struct Inner {
     instance: Id16,
     /// Whether it held the lease at its last attempt (logged when that changes).
     leading: std::sync::atomic::AtomicBool,
+    /// Until when it holds the lease (0: it does not).
+    lease_until: std::sync::atomic::AtomicU64,
     issued: issued::IssuanceFollower,
     webhooks: webhook::Deliverer,
     counters: Counters,
@@ -171,6 +173,7 @@ impl Coordinator {
                 working: tokio::sync::Mutex::new(None),
                 instance: Id16::random(&mut rand::rng()),
                 leading: std::sync::atomic::AtomicBool::new(false),
+                lease_until: std::sync::atomic::AtomicU64::new(0),
                 counters,
             }),
         };
@@ -343,6 +346,9 @@ impl Coordinator {
         }
         // Hand the once-only work over at once rather than when the lease lapses.
         let now = ticketing_service::now();
+        self.inner
+            .lease_until
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self
             .inner
             .store
@@ -359,16 +365,22 @@ impl Coordinator {
     /// takes or renews the lease. Every loop renews it, so it lapses only when its holder
     /// stops; another coordinator takes over within [`LEASE_SECONDS`].
     pub async fn leads(&self, now: u64) -> Result<bool, CoordinatorError> {
+        use std::sync::atomic::Ordering;
+        // Held with more than half of it left: no need to write (the webhook loop asks every
+        // second; on SQLite each renewal is a write transaction).
+        let until = self.inner.lease_until.load(Ordering::Relaxed);
+        if now.saturating_add(LEASE_SECONDS / 2) < until {
+            return Ok(true);
+        }
+        let renewed_until = now.saturating_add(LEASE_SECONDS);
         let held = self
             .inner
             .store
-            .lease(
-                LEASE,
-                &self.inner.instance,
-                now,
-                now.saturating_add(LEASE_SECONDS),
-            )
+            .lease(LEASE, &self.inner.instance, now, renewed_until)
             .await?;
+        self.inner
+            .lease_until
+            .store(if held { renewed_until } else { 0 }, Ordering::Relaxed);
         let was = self
             .inner
             .leading
@@ -494,9 +506,11 @@ impl Coordinator {
             .filter(|k| k.params.valid_until > now)
             .map(|k| k.id)
             .collect();
+        let started = std::time::Instant::now();
         let next = sources
             .publish(current.as_deref(), working.take(), keysets, how, now)
             .await?;
+        let built = started.elapsed();
         let Some((published, step)) = next.published else {
             *working = Some(next.working);
             return current.ok_or_else(|| CoordinatorError::Internal("no snapshot".into()));
@@ -534,6 +548,9 @@ impl Coordinator {
         tracing::info!(
             version = published.version,
             rebuilt = next.rebuilt,
+            changed_bytes = step.changes.len(),
+            build_ms = built.as_millis(),
+            store_ms = (started.elapsed() - built).as_millis(),
             "bloom snapshot published"
         );
         Ok(published)
