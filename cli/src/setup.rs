@@ -7,6 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ticketing_config::Settings;
 use ticketing_config::cluster::{self, Cluster, SetupSpec};
+use ticketing_config::compose;
 use ticketing_config::products::ProductsFile;
 
 #[derive(Debug, Args)]
@@ -21,8 +22,18 @@ pub(crate) struct SetupArgs {
     #[arg(long)]
     products: Option<PathBuf>,
     /// Output directory; default: `data_dir` from the configuration.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compose")]
     out: Option<PathBuf>,
+    /// Write what `docker-compose.yml` needs into this directory (the one compose runs from):
+    /// the cluster in `cluster/`, a database role per service, a TLS CA and certificate for
+    /// the --public-url host, and `.env`. Needs --public-url and --nodes 5.
+    #[arg(long, requires = "public_url", conflicts_with_all = ["node_urls", "payments_url", "coordinator_url"])]
+    compose: Option<PathBuf>,
+    /// With --compose: the origin passengers and validators reach, `https://host[:port]`
+    /// (nginx); the manifest's URLs become `<it>/node/<i>`, `<it>/payments`,
+    /// `<it>/coordinator`.
+    #[arg(long, requires = "compose")]
+    public_url: Option<String>,
     /// Replace an existing cluster in the output directory (its keys are lost).
     #[arg(long)]
     force: bool,
@@ -105,10 +116,13 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
             args.threshold
         );
     }
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| settings.data_dir.clone());
+    let out = match &args.compose {
+        Some(dir) => dir.join("cluster"),
+        None => args
+            .out
+            .clone()
+            .unwrap_or_else(|| settings.data_dir.clone()),
+    };
     // Refuse before spending time on keys.
     if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) && !args.force {
         return Err(ticketing_config::ConfigError::AlreadyExists(out).into());
@@ -136,6 +150,20 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
     if let Some(u) = &args.coordinator_url {
         spec.coordinator_url.clone_from(u);
     }
+    if let (Some(_), Some(public)) = (&args.compose, &args.public_url) {
+        if args.nodes != compose::NODES {
+            anyhow::bail!(
+                "docker-compose.yml runs {} nodes (node-1 .. node-{}): pass --nodes {}",
+                compose::NODES,
+                compose::NODES,
+                compose::NODES
+            );
+        }
+        let urls = compose::public_urls(public, args.nodes)?;
+        spec.node_urls = urls.nodes;
+        spec.payments_url = urls.payments;
+        spec.coordinator_url = urls.coordinator;
+    }
     spec.clock_skew_seconds = args.clock_skew_seconds;
     let bar = progress("dealing");
     let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |done, total| {
@@ -143,8 +171,32 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
         bar.set_position(done as u64);
     })?;
     bar.finish();
-    cluster.write(&out, args.force)?;
-    print_summary(&cluster, &out);
+    match (&args.compose, &args.public_url) {
+        (Some(dir), Some(public)) => {
+            compose::write(
+                dir,
+                &cluster,
+                public,
+                args.force,
+                spec.now,
+                &mut rand::rng(),
+            )?;
+            print_summary(&cluster, &out);
+            outln!(
+                "tls:      {} (this deployment's CA: install it on phones and validators)",
+                out.join("tls").join("ca.pem").display()
+            );
+            outln!(
+                "compose:  {} and cluster/secrets/*-db (a database role per service)",
+                dir.join(".env").display()
+            );
+            outln!("next:     docker compose up -d   (in {})", dir.display());
+        }
+        _ => {
+            cluster.write(&out, args.force)?;
+            print_summary(&cluster, &out);
+        }
+    }
     Ok(())
 }
 
@@ -195,7 +247,11 @@ pub(crate) fn extend(settings: &Settings, args: &ExtendArgs) -> Result<()> {
         return Ok(());
     }
     cluster.save(&dir)?;
-    outln!("added {added} keysets; restart the nodes and publish the new manifest");
+    compose::keep_owner(&dir)?;
+    outln!(
+        "added {added} keysets; restart the services (docker compose restart) so that they \
+         load the new manifest and shares"
+    );
     print_summary(&cluster, &dir);
     Ok(())
 }

@@ -351,21 +351,32 @@ pub fn extend(
 const MANIFEST: &str = "manifest.json";
 const DIGEST: &str = "manifest.digest";
 const PRODUCTS: &str = "products.toml";
-const SECRETS: &str = "secrets";
+pub(crate) const SECRETS: &str = "secrets";
+
+/// File name of node i's bundle (in `secrets/`, or `secrets_dir`).
+pub fn node_bundle_name(index: u16) -> String {
+    format!("node-{index}.json")
+}
+
+/// File name of the payments service's bundle.
+pub const PAYMENTS_BUNDLE: &str = "payments.json";
+
+/// File name of the coordinator's bundle.
+pub const COORDINATOR_BUNDLE: &str = "coordinator.json";
 
 /// Path of node i's bundle in a cluster directory.
 pub fn node_bundle_path(dir: &Path, index: u16) -> PathBuf {
-    dir.join(SECRETS).join(format!("node-{index}.json"))
+    dir.join(SECRETS).join(node_bundle_name(index))
 }
 
 /// Path of the payments service's bundle in a cluster directory.
 pub fn payments_bundle_path(dir: &Path) -> PathBuf {
-    dir.join(SECRETS).join("payments.json")
+    dir.join(SECRETS).join(PAYMENTS_BUNDLE)
 }
 
 /// Path of the coordinator's bundle in a cluster directory.
 pub fn coordinator_bundle_path(dir: &Path) -> PathBuf {
-    dir.join(SECRETS).join("coordinator.json")
+    dir.join(SECRETS).join(COORDINATOR_BUNDLE)
 }
 
 /// Path of the manifest in a cluster directory.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub mod cluster;
+pub mod compose;
 pub mod products;
 
 /// A configuration that could not be loaded or does not make sense.
@@ -73,6 +74,10 @@ impl From<figment::Error> for ConfigError {
 pub struct Settings {
     /// Directory holding `ticketing setup`'s output and the SQLite databases.
     pub data_dir: PathBuf,
+    /// Where a service reads its own secret bundle (`node-<i>.json`, `payments.json`,
+    /// `coordinator.json`); unset: `secrets/` in `data_dir`, as `ticketing setup` writes it.
+    /// Compose mounts each service's one secret in `/run/secrets`.
+    pub secrets_dir: Option<PathBuf>,
     /// Logging.
     pub log: LogSettings,
     /// HTTP limits shared by every service.
@@ -199,6 +204,10 @@ pub struct CoordinatorSettings {
     /// Deliveries of one event tried before it is skipped (backoff 1 s, doubling, at most
     /// 5 min); a skipped event stays readable in the feed.
     pub webhook_max_attempts: u32,
+    /// How this coordinator reaches the nodes to follow their issuance logs, in index order
+    /// (e.g. `http://node-1:8080` on a compose network); empty: the URLs in the manifest,
+    /// which are the ones wallets use.
+    pub node_urls: Vec<String>,
 }
 
 /// `ticketing demo`: the whole cluster in one process on loopback.
@@ -217,6 +226,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("ticketing-data"),
+            secrets_dir: None,
             log: LogSettings::default(),
             http: HttpSettings::default(),
             node: NodeSettings::default(),
@@ -288,6 +298,7 @@ impl Default for CoordinatorSettings {
             issuance_poll_seconds: 10,
             webhook_timeout_ms: 5_000,
             webhook_max_attempts: 12,
+            node_urls: Vec::new(),
         }
     }
 }
@@ -303,8 +314,9 @@ impl Default for DemoSettings {
 }
 
 /// Top-level keys, the only ones the environment layer reads.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "data_dir",
+    "secrets_dir",
     "log",
     "http",
     "node",
@@ -341,14 +353,26 @@ impl Settings {
         }
         // Only variables that name a setting: TICKETING_CONFIG (the --config flag) and the
         // test harness's TICKETING_TEST_* are not settings and must not be refused as unknown.
-        let env = Env::prefixed("TICKETING_").split("__").filter(|key| {
+        let known = Figment::from(Serialized::defaults(Self::default()));
+        let env = Env::prefixed("TICKETING_").split("__").filter(move |key| {
             // Keys keep the variable's case here.
             let key = key.as_str().to_ascii_lowercase();
+            // `<KEY>_FILE` is read by `from_files`.
+            if let Some(stem) = key.strip_suffix("_file")
+                && known.find_value(&stem.replace("__", ".")).is_ok()
+            {
+                return false;
+            }
             let top = key.split(['.', '_']).next().unwrap_or_default();
-            let top = if top == "data" { "data_dir" } else { top };
+            let top = match top {
+                "data" => "data_dir",
+                "secrets" => "secrets_dir",
+                other => other,
+            };
             SECTIONS.contains(&top)
         });
         let fig = fig.merge(env);
+        let fig = from_files(fig, std::env::vars_os())?;
         // Addresses are checked here so that a bad one is named with its value (the generic
         // error names the key only).
         for key in ["node.listen", "payments.listen", "coordinator.listen"] {
@@ -459,6 +483,14 @@ impl Settings {
                 "must be between 1 and 100",
             );
         }
+        for url in &c.node_urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: "coordinator.node_urls",
+                    reason: format!("`{url}` is not an http(s) URL"),
+                });
+            }
+        }
         if self.demo.threshold < 1 || self.demo.threshold > self.demo.nodes {
             return invalid("demo.threshold", "must be between 1 and demo.nodes");
         }
@@ -466,6 +498,13 @@ impl Settings {
             return invalid("demo.base_port", "the node ports would exceed 65535");
         }
         Ok(())
+    }
+
+    /// The directory holding this service's secret bundle (see [`Settings::secrets_dir`]).
+    pub fn secrets_in(&self, cluster_dir: &Path) -> PathBuf {
+        self.secrets_dir
+            .clone()
+            .unwrap_or_else(|| cluster_dir.join(cluster::SECRETS))
     }
 
     /// The database URL for a node: the configured one, or a SQLite file in `data_dir`.
@@ -490,6 +529,39 @@ impl Settings {
     pub fn payments_database_url(&self) -> String {
         or_sqlite(&self.payments.database_url, &self.data_dir, "payments.db")
     }
+}
+
+/// `TICKETING_<KEY>_FILE=path` sets `<KEY>` to the file's contents (trailing whitespace
+/// removed), for values that are secrets (a database URL with its password): compose and
+/// systemd hand those over as files, not as variables that `ps e` and crash dumps show. Only
+/// keys that exist are read this way; a variable naming a file that cannot be read is an error
+/// naming the variable.
+fn from_files(
+    fig: Figment,
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Figment, ConfigError> {
+    let known = Figment::from(Serialized::defaults(Settings::default()));
+    let mut fig = fig;
+    for (name, path) in vars {
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name
+            .strip_prefix("TICKETING_")
+            .and_then(|n| n.strip_suffix("_FILE"))
+        else {
+            continue;
+        };
+        let key = stem.to_ascii_lowercase().replace("__", ".");
+        if known.find_value(&key).is_err() {
+            continue;
+        }
+        let path = PathBuf::from(path);
+        let value = std::fs::read_to_string(&path).map_err(|error| ConfigError::Io {
+            path: path.clone(),
+            error,
+        })?;
+        fig = fig.merge(Serialized::global(&key, value.trim_end()));
+    }
+    Ok(fig)
 }
 
 fn or_sqlite(configured: &str, dir: &Path, file: &str) -> String {
@@ -572,6 +644,34 @@ mod tests {
             assert_eq!(s.payments, PaymentsSettings::default());
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_secret_setting_can_come_from_a_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("db-url", "postgres://node1:s3cret@postgres/node1\n")?;
+            jail.set_env("TICKETING_NODE__DATABASE_URL_FILE", "db-url");
+            jail.set_env("TICKETING_SECRETS_DIR", "/run/secrets");
+            let s = Settings::load(None).unwrap();
+            assert_eq!(
+                s.node.database_url,
+                "postgres://node1:s3cret@postgres/node1"
+            );
+            assert_eq!(s.secrets_in(Path::new("/c")), PathBuf::from("/run/secrets"));
+            // The value is checked like any other.
+            jail.create_file("bad-url", "mysql://x")?;
+            jail.set_env("TICKETING_NODE__DATABASE_URL_FILE", "bad-url");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("node.database_url"), "{e}");
+            jail.set_env("TICKETING_NODE__DATABASE_URL_FILE", "missing");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("missing"), "{e}");
+            Ok(())
+        });
+        assert_eq!(
+            Settings::default().secrets_in(Path::new("/c")),
+            PathBuf::from("/c/secrets")
+        );
     }
 
     #[test]

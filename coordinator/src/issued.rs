@@ -138,7 +138,9 @@ impl State {
 }
 
 impl IssuanceFollower {
-    pub(crate) fn new(manifest: &Manifest, timeout_ms: u64) -> Self {
+    /// `node_urls`, when not empty, replace the manifest's URLs (in index order): how this
+    /// coordinator reaches the nodes from where it runs.
+    pub(crate) fn new(manifest: &Manifest, node_urls: &[String], timeout_ms: u64) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(timeout_ms))
             .build()
@@ -148,7 +150,11 @@ impl IssuanceFollower {
             nodes: manifest
                 .nodes
                 .iter()
-                .map(|n| (n.index.get(), n.url.clone()))
+                .enumerate()
+                .map(|(i, n)| {
+                    let url = node_urls.get(i).unwrap_or(&n.url);
+                    (n.index.get(), url.trim_end_matches('/').to_owned())
+                })
                 .collect(),
             threshold: usize::from(manifest.threshold).max(1),
             payments_key: manifest.payments.key,

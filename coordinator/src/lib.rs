@@ -160,7 +160,11 @@ impl Coordinator {
         let pipeline = pipeline::Pipeline::start(manifest.clone(), &store, writers);
         let coordinator = Self {
             inner: Arc::new(Inner {
-                issued: issued::IssuanceFollower::new(&manifest, settings.http.request_timeout_ms),
+                issued: issued::IssuanceFollower::new(
+                    &manifest,
+                    &settings.coordinator.node_urls,
+                    settings.http.request_timeout_ms,
+                ),
                 webhooks,
                 manifest,
                 key,
@@ -188,8 +192,11 @@ impl Coordinator {
     /// Load from a cluster directory: manifest, publication key, store (migrated).
     pub async fn open(settings: &Settings, cluster_dir: &Path) -> Result<Self, CoordinatorError> {
         let manifest = cluster::read_manifest(&cluster::manifest_path(cluster_dir))?;
-        let bundle: ServiceBundle =
-            cluster::read_json(&cluster::coordinator_bundle_path(cluster_dir))?;
+        let bundle: ServiceBundle = cluster::read_json(
+            &settings
+                .secrets_in(cluster_dir)
+                .join(cluster::COORDINATOR_BUNDLE),
+        )?;
         let key = bundle.sign_key()?;
         let store = store::open(&settings.coordinator_database_url()).await?;
         Self::new(manifest, key, store, settings).await

@@ -87,8 +87,11 @@ pub async fn add_partner(
     // Read the key first: a partner must not be stored with a secret nobody could print.
     let key = match webhook {
         Some(_) => {
-            let bundle: ServiceBundle =
-                cluster::read_json(&cluster::coordinator_bundle_path(&settings.data_dir))?;
+            let bundle: ServiceBundle = cluster::read_json(
+                &settings
+                    .secrets_in(&settings.data_dir)
+                    .join(cluster::COORDINATOR_BUNDLE),
+            )?;
             Some(bundle.sign_key()?)
         }
         None => None,

@@ -106,8 +106,11 @@ impl Node {
         index: u16,
     ) -> Result<Self, NodeError> {
         let manifest = cluster::read_manifest(&cluster::manifest_path(cluster_dir))?;
-        let bundle: NodeBundle =
-            cluster::read_json(&cluster::node_bundle_path(cluster_dir, index))?;
+        let bundle: NodeBundle = cluster::read_json(
+            &settings
+                .secrets_in(cluster_dir)
+                .join(cluster::node_bundle_name(index)),
+        )?;
         let shares = bundle.verified_shares(&manifest)?;
         let signatory = LocalSignatory::new(bundle.index, bundle.identity()?, shares);
         let store = store::open(&settings.node_database_url(index)).await?;
