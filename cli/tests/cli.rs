@@ -685,4 +685,10 @@ fn the_compose_file_starts_and_sells_a_ticket_through_nginx() {
     ] {
         assert!(log.contains(step), "{step}: {log}");
     }
+    if std::env::var_os("TICKETING_REQUIRE_BROWSER").is_some() {
+        assert!(
+            log.contains("the wallet PWA bought a ticket through nginx"),
+            "{log}"
+        );
+    }
 }
