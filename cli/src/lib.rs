@@ -60,6 +60,7 @@ pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod devices;
+mod paper;
 pub mod partner;
 pub mod revoke;
 mod setup;

@@ -32,6 +32,10 @@ pub enum WalletCommand {
     List(WalletFile),
     /// Show a ticket's rotating QR code (terminal, and PNG with --png).
     Show(ShowArgs),
+    /// Write a single ticket for paper: a PDF page (or a PNG of the code alone) with a static
+    /// QR code for passengers without a phone. It is accepted once, as one ride without
+    /// transfers: a printed code cannot rotate, so whoever shows a copy first rides.
+    Print(PrintArgs),
     /// Print the blame evidence this wallet kept (nodes caught signing wrong partials) as
     /// JSON, for `ticketing audit --evidence FILE`. It holds no ticket or secret.
     Evidence(WalletFile),
@@ -84,6 +88,20 @@ pub struct ShowArgs {
     /// Print only the payload text (for scripts and `ticketing validate`).
     #[arg(long)]
     payload_only: bool,
+}
+
+/// `wallet print`.
+#[derive(Debug, Args)]
+pub struct PrintArgs {
+    #[command(flatten)]
+    file: WalletFile,
+    /// Ticket number from `wallet list` (1 = first).
+    #[arg(default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    number: u32,
+    /// Where to write it: `*.pdf` (an A4 page with the code and its rules) or `*.png` (the
+    /// code alone). The file is as good as the ticket: it is written with mode 0600.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// The CLI wallet's store: a JSON file of [`WalletData`], written atomically with mode 0600,
@@ -190,6 +208,7 @@ pub async fn run(settings: &Settings, cmd: WalletCommand) -> Result<ExitCode> {
         WalletCommand::Retry(f) => retry(settings, &f).await,
         WalletCommand::List(f) => list(settings, &f).await,
         WalletCommand::Show(args) => show(settings, &args).await,
+        WalletCommand::Print(args) => print(settings, &args).await,
         WalletCommand::Evidence(f) => evidence(settings, &f).await,
         WalletCommand::Pin(f) => pin(settings, &f).await,
     }
@@ -373,6 +392,47 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
     if data.tickets.is_empty() && waiting == 0 {
         outln!("no tickets yet: ticketing wallet buy --product day --card 4242424242424242");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn print(settings: &Settings, args: &PrintArgs) -> Result<ExitCode> {
+    let pdf = match args.out.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("pdf") => true,
+        Some(e) if e.eq_ignore_ascii_case("png") => false,
+        _ => bail!("--out must end in .pdf or .png, got {}", args.out.display()),
+    };
+    let wallet = open(settings, &args.file).await?;
+    let data = wallet.data().await?;
+    let index = usize::try_from(args.number.saturating_sub(1)).unwrap_or(usize::MAX);
+    let Some(stored) = data.tickets.get(index) else {
+        bail!(
+            "no ticket number {} (the wallet has {})",
+            args.number,
+            data.tickets.len()
+        );
+    };
+    let text = wallet.print(index).await?.to_text();
+    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
+        .context("rendering the QR code")?;
+    let bytes = if pdf {
+        let page = crate::paper::Page {
+            product: &stored.product,
+            valid_from: crate::validator::utc(stored.valid_from),
+            valid_until: crate::validator::utc(stored.valid_until),
+        };
+        crate::paper::pdf(&code, &page)
+    } else {
+        crate::paper::png(&code)?
+    };
+    write_private(&args.out, &bytes)?;
+    outln!(
+        "{}: a printed {} ticket, first use between {} and {}; accepted once, no transfers \
+         (keep it like cash: a copy rides in its place)",
+        args.out.display(),
+        stored.product,
+        crate::validator::utc(stored.valid_from),
+        crate::validator::utc(stored.valid_until),
+    );
     Ok(ExitCode::SUCCESS)
 }
 

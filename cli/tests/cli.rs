@@ -450,6 +450,70 @@ async fn the_wallet_buys_lists_and_shows_a_ticket_that_verifies() {
     cluster.stop().await.unwrap();
 }
 
+/// `wallet print`: a PDF page and a PNG of a single's static code; the validator accepts the
+/// picture once (offline here, its own seen list); a pass cannot be printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_printed_single_is_accepted_once_and_a_pass_is_not_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path(), 3, 2, Settings::default(), Databases::default())
+        .await
+        .unwrap();
+    let run = runner(dir.path());
+    for product in ["single", "day"] {
+        let o = run(&[
+            "wallet",
+            "buy",
+            "--product",
+            product,
+            "--card",
+            "4242424242424242",
+        ])
+        .await
+        .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let pdf = dir.path().join("ticket.pdf");
+    let o = run(&["wallet", "print", "1", "--out", pdf.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("accepted once"), "{}", text(&o));
+    assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF-1.4"));
+    #[cfg(unix)]
+    assert_eq!(mode(&pdf) & 0o777, 0o600);
+    let o = run(&["wallet", "print", "2", "--out", "pass.pdf"])
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("not_printable") || text(&o).contains("cannot be printed"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["wallet", "print", "1", "--out", "ticket.txt"])
+        .await
+        .unwrap();
+    assert!(text(&o).contains(".pdf or .png"), "{}", text(&o));
+
+    let png = dir.path().join("ticket.png");
+    let o = run(&["wallet", "print", "1", "--out", png.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let image = png.to_str().unwrap();
+    let o = run(&["validate", "--offline", "--json", "--image", image])
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("\"valid\""), "{}", text(&o));
+    let o = run(&["validate", "--offline", "--json", "--image", image])
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("\"spent\""), "{}", text(&o));
+    cluster.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_purchase_survives_an_outage_and_retry_finishes_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use ticketing_crypto::presentation::PRINTED_EPOCH;
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::manifest::{Manifest, ProductKind};
 use ticketing_protocol::publication::{BloomSnapshot, SerialFilter};
@@ -575,7 +576,12 @@ impl<S: ValidatorStore> Validator<S> {
             .any(|e| e.epoch == s.presentation.epoch)
         {
             return Ok(Some(Outcome::Invalid {
-                code: ErrorCode::ReplayedEpoch,
+                // Paper has no transfer time: the coordinator says spent, and so does this.
+                code: if s.presentation.is_printed() {
+                    ErrorCode::Spent
+                } else {
+                    ErrorCode::ReplayedEpoch
+                },
                 mode: Mode::Offline,
             }));
         }
@@ -598,15 +604,18 @@ impl<S: ValidatorStore> Validator<S> {
         }
         let valid_until = match s.kind {
             ProductKind::Single { transfer_minutes } => {
-                let transfer = u64::from(transfer_minutes).saturating_mul(60);
+                let seen = self.store.seen(&s.serial).await.map_err(Failure::Store)?;
+                // No transfer on or after paper: a ticket once shown printed is spent by that
+                // ride (`verify::transfer_seconds`).
+                let transfer = if seen.iter().any(|e| e.epoch == PRINTED_EPOCH) {
+                    0
+                } else {
+                    verify::transfer_seconds(&s.presentation, transfer_minutes)
+                };
                 // The first showing this device accepted, if any, decides by the one rule for
                 // singles (entries of older versions carry only the epoch: its start).
                 let rotation = self.manifest.rotation_seconds.max(1);
-                let first = self
-                    .store
-                    .seen(&s.serial)
-                    .await
-                    .map_err(Failure::Store)?
+                let first = seen
                     .iter()
                     .map(|e| {
                         if e.at > 0 {

@@ -17,7 +17,7 @@
 //! every paid one: together they resume whatever was interrupted.
 
 use serde::{Deserialize, Serialize};
-use ticketing_crypto::presentation::{Presentation, epoch_at, presentation_message};
+use ticketing_crypto::presentation::{PRINTED_EPOCH, Presentation, epoch_at, presentation_message};
 use ticketing_crypto::ticket::{HolderPublicKey, HolderSecret, Ticket};
 use ticketing_protocol::manifest::{Manifest, ProductKind};
 use ticketing_protocol::receipt::{PaymentMethod, blinded_digest};
@@ -748,6 +748,39 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
         Ok(presentation)
     }
 
+    /// The static code of ticket number `index` (0-based) for paper: signed for
+    /// [`PRINTED_EPOCH`], accepted once, as a ride without transfers. Only singles can be
+    /// printed (`not_printable`): a pass is ridden many times, and a copy of a code that does
+    /// not rotate would ride with it.
+    pub async fn print(&self, index: usize) -> Result<Presentation, ClientError> {
+        let ticket = self
+            .store
+            .load()
+            .await?
+            .tickets
+            .get(index)
+            .cloned()
+            .ok_or_else(|| ClientError::Store(format!("no ticket number {}", index + 1)))?;
+        let manifest = self.client.manifest();
+        if !matches!(
+            manifest.product(&ticket.product).map(|p| p.kind),
+            Some(ProductKind::Single { .. })
+        ) {
+            return Err(ClientError::Refused {
+                service: "wallet".into(),
+                body: ErrorBody::new(
+                    ErrorCode::NotPrintable,
+                    format!(
+                        "a {} ticket cannot be printed: only singles can (a code on paper \
+                         cannot rotate, so it is accepted once)",
+                        ticket.product
+                    ),
+                ),
+            });
+        }
+        sign_epoch(&self.keys, &ticket, PRINTED_EPOCH).await
+    }
+
     /// Keep the clock offset the services' last answer measured.
     async fn note_clock(&self) -> Result<(), ClientError> {
         if let Some(m) = self.client.http().clock().get() {
@@ -785,7 +818,15 @@ pub async fn present<K: HolderKeys>(
     manifest: &Manifest,
     now: u64,
 ) -> Result<Presentation, ClientError> {
-    let epoch = epoch_at(now, manifest.rotation_seconds);
+    sign_epoch(keys, ticket, epoch_at(now, manifest.rotation_seconds)).await
+}
+
+/// The holder key's signature of `ticket` for `epoch`, checked before it is shown.
+async fn sign_epoch<K: HolderKeys>(
+    keys: &K,
+    ticket: &StoredTicket,
+    epoch: u32,
+) -> Result<Presentation, ClientError> {
     let message = presentation_message(&ticket.ticket.keyset_id, &ticket.ticket.holder, epoch);
     let signature = keys.sign(&ticket.key, &message).await?;
     let presentation = Presentation::from_parts(ticket.ticket, epoch, signature);

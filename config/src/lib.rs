@@ -675,6 +675,30 @@ mod tests {
     }
 
     #[test]
+    fn node_urls_come_as_a_list_in_one_variable() {
+        Jail::expect_with(|jail| {
+            // As docker-compose.yml folds it: a space after a comma.
+            jail.set_env(
+                "TICKETING_COORDINATOR__NODE_URLS",
+                r#"["http://node-1:8080","http://node-2:8080", "http://node-3:8080"]"#,
+            );
+            let s = Settings::load(None).unwrap();
+            assert_eq!(
+                s.coordinator.node_urls,
+                [
+                    "http://node-1:8080",
+                    "http://node-2:8080",
+                    "http://node-3:8080"
+                ]
+            );
+            jail.set_env("TICKETING_COORDINATOR__NODE_URLS", r#"["node-1:8080"]"#);
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("coordinator.node_urls"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn other_ticketing_variables_are_not_settings() {
         Jail::expect_with(|jail| {
             jail.set_env("TICKETING_CONFIG", "/etc/ticketing.toml");

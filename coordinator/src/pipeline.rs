@@ -336,7 +336,7 @@ fn screen(
     }
     let usage = match s.kind {
         ProductKind::Single { transfer_minutes } => Usage::Single {
-            transfer_seconds: u64::from(transfer_minutes) * 60,
+            transfer_seconds: verify::transfer_seconds(&s.presentation, transfer_minutes),
             window_end: s.keyset.params.valid_until,
         },
         ProductKind::Pass => Usage::Pass {

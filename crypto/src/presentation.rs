@@ -38,6 +38,12 @@ pub const TEXT_LEN: usize = TEXT_PREFIX.len() + BASE45_LEN + TEXT_SUFFIX.len();
 /// Default rotation period.
 pub const DEFAULT_ROTATION_SECONDS: u64 = 30;
 
+/// The epoch of a printed ticket (`ticketing wallet print`): a code on paper cannot rotate, so
+/// it carries this reserved epoch (no clock reaches it: year 6053 at 30 s) instead of the
+/// current one. Verifiers skip the freshness check for it and accept it once, as a single ride
+/// without transfers (docs/adr/0017-printed-tickets.md).
+pub const PRINTED_EPOCH: u32 = u32::MAX;
+
 /// The epoch a unix time falls in. Rotation 0 is treated as 1 second.
 pub fn epoch_at(unix_seconds: u64, rotation_seconds: u64) -> u32 {
     let e = unix_seconds / rotation_seconds.max(1);
@@ -155,7 +161,12 @@ impl Presentation {
         Self::decode(&bytes)
     }
 
-    /// Offline checks, cheapest first: epoch within `max_skew` epochs of `now_epoch`, holder
+    /// Whether this is a printed ticket's static code ([`PRINTED_EPOCH`]).
+    pub fn is_printed(&self) -> bool {
+        self.epoch == PRINTED_EPOCH
+    }
+
+    /// Offline checks, cheapest first (a printed code has no epoch to be fresh): epoch within `max_skew` epochs of `now_epoch`, holder
     /// signature, then the BLS ticket signature under the keyset key. Keyset lookup, validity
     /// window and the spent/deny checks belong to the caller, which holds the manifest.
     pub fn verify(
@@ -164,7 +175,7 @@ impl Presentation {
         now_epoch: u32,
         max_skew: u32,
     ) -> Result<(), CryptoError> {
-        if self.epoch.abs_diff(now_epoch) > max_skew {
+        if !self.is_printed() && self.epoch.abs_diff(now_epoch) > max_skew {
             return Err(CryptoError::StaleEpoch {
                 epoch: self.epoch,
                 now: now_epoch,

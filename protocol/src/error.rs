@@ -46,6 +46,8 @@ pub enum ErrorCode {
     StaleEpoch,
     /// This (serial, epoch) was already scanned.
     ReplayedEpoch,
+    /// A printed (static) code of a product that cannot be printed: only singles can.
+    NotPrintable,
     /// The ticket was revoked by an operator.
     Revoked,
     /// The server failed; nothing was recorded.
@@ -89,6 +91,7 @@ impl ErrorCode {
             Self::NotYetValid => "not_yet_valid",
             Self::StaleEpoch => "stale_epoch",
             Self::ReplayedEpoch => "replayed_epoch",
+            Self::NotPrintable => "not_printable",
             Self::Revoked => "revoked",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",

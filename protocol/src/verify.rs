@@ -37,6 +37,17 @@ pub fn single_valid_until(
         .then(|| first_use.saturating_add(transfer_seconds))
 }
 
+/// The transfer time a scan of a single allows after the ticket's first use: the product's,
+/// or none for a printed code (docs/adr/0017-printed-tickets.md). A ticket's transfer time is
+/// the least of its scans': once shown on paper, it is spent by that one ride.
+pub fn transfer_seconds(presentation: &Presentation, transfer_minutes: u32) -> u64 {
+    if presentation.is_printed() {
+        0
+    } else {
+        u64::from(transfer_minutes).saturating_mul(60)
+    }
+}
+
 /// A presentation that passed every check except (for [`screen`]) the BLS signature.
 #[derive(Debug, Clone)]
 pub struct Screened<'m> {
@@ -78,7 +89,13 @@ pub fn screen<'m>(manifest: &'m Manifest, text: &str, at: u64) -> Result<Screene
     {
         return Err(ErrorCode::Expired);
     }
-    if !epoch_fresh(
+    if presentation.is_printed() {
+        // Paper cannot rotate: a printed code is accepted once, as a ride without transfers
+        // (`transfer_seconds`), and only for singles: a pass is ridden many times.
+        if product.kind == ProductKind::Pass {
+            return Err(ErrorCode::NotPrintable);
+        }
+    } else if !epoch_fresh(
         presentation.epoch,
         at,
         manifest.rotation_seconds,

@@ -320,6 +320,7 @@ fn error_codes_have_stable_names() {
         (ErrorCode::NotYetValid, "not_yet_valid"),
         (ErrorCode::StaleEpoch, "stale_epoch"),
         (ErrorCode::ReplayedEpoch, "replayed_epoch"),
+        (ErrorCode::NotPrintable, "not_printable"),
         (ErrorCode::Revoked, "revoked"),
         (ErrorCode::Internal, "internal"),
         (ErrorCode::Unavailable, "unavailable"),

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use ticketing_coordinator::TokenRole;
-use ticketing_crypto::presentation::{Presentation, epoch_at};
+use ticketing_crypto::presentation::{PRINTED_EPOCH, Presentation, epoch_at};
 use ticketing_crypto::ticket::{HolderSecret, Ticket};
 use ticketing_protocol::Id16;
 use ticketing_protocol::publication::BloomSnapshot;
@@ -17,6 +17,11 @@ use crate::common::{TestCluster, buy, token};
 fn show(c: &TestCluster, ticket: &(Ticket, HolderSecret), at: u64) -> String {
     let epoch = epoch_at(at, c.cluster.cluster.manifest.rotation_seconds);
     Presentation::sign(&ticket.0, &ticket.1, epoch).to_text()
+}
+
+/// The static code `wallet print` puts on paper.
+fn printed(ticket: &(Ticket, HolderSecret)) -> String {
+    Presentation::sign(&ticket.0, &ticket.1, PRINTED_EPOCH).to_text()
 }
 
 fn scan(payload: &str, scanned_at: u64) -> Value {
@@ -492,8 +497,94 @@ pub(crate) async fn scan_batches_answer_in_order(c: TestCluster) {
     assert_eq!(body["code"], "malformed");
 }
 
+/// A printed code (docs/adr/0017-printed-tickets.md): no epoch to go stale, accepted once, as
+/// a ride without transfers whichever way the ticket was shown first; never for a pass.
+pub(crate) async fn a_printed_ticket_rides_once(c: TestCluster) {
+    let gate_a = token(&c, "gate-a", TokenRole::Validator).await;
+    let gate_b = token(&c, "gate-b", TokenRole::Validator).await;
+    let api = Api::new(&c);
+    let now = ticketing_service::now();
+    let singles = buy(&c, "single", 4).await;
+
+    // Paper first: accepted; the same paper again, or the phone's rotating code inside what
+    // would be the transfer time, refused as spent (no transfer time after paper).
+    let paper = printed(&singles[0]);
+    assert_eq!(api.redeem(&gate_a, &paper).await, "accepted");
+    assert_eq!(api.redeem(&gate_b, &paper).await, "spent");
+    assert_eq!(
+        api.redeem(&gate_b, &show(&c, &singles[0], now)).await,
+        "spent"
+    );
+    // Phone first: a printed copy afterwards is no transfer either.
+    assert_eq!(
+        api.redeem(&gate_a, &show(&c, &singles[1], now)).await,
+        "accepted"
+    );
+    assert_eq!(api.redeem(&gate_b, &printed(&singles[1])).await, "spent");
+    // The phone's own transfers are untouched.
+    assert_eq!(
+        api.redeem(&gate_b, &show(&c, &singles[1], now + 60)).await,
+        "accepted"
+    );
+
+    // Offline: paper accepted at gate A, then at gate B a copy (same code) and the phone's
+    // code: the first sync records, the others are conflicts.
+    let batch = |scans: Vec<Value>| json!({ "scans": scans });
+    let (_, a) = api
+        .post(
+            "/v1/sync",
+            Some(&gate_a),
+            &batch(vec![scan(&printed(&singles[2]), now - 200)]),
+        )
+        .await;
+    assert_eq!(a["results"][0]["status"], "recorded", "{a}");
+    let (_, b) = api
+        .post(
+            "/v1/sync",
+            Some(&gate_b),
+            &batch(vec![
+                scan(&printed(&singles[2]), now - 150),
+                scan(&show(&c, &singles[2], now - 100), now - 100),
+            ]),
+        )
+        .await;
+    let results = b["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "conflict", "{b}");
+    assert_eq!(results[0]["code"], "spent", "{b}");
+    assert_eq!(results[1]["status"], "conflict", "{b}");
+    assert_eq!(results[1]["code"], "spent", "{b}");
+    // A phone scan recorded offline after the paper one synced earlier: the earlier scan wins
+    // and still allows no transfer.
+    let (_, late) = api
+        .post(
+            "/v1/sync",
+            Some(&gate_b),
+            &batch(vec![scan(&show(&c, &singles[3], now - 60), now - 60)]),
+        )
+        .await;
+    assert_eq!(late["results"][0]["status"], "recorded", "{late}");
+    let (_, earlier) = api
+        .post(
+            "/v1/sync",
+            Some(&gate_a),
+            &batch(vec![scan(&printed(&singles[3]), now - 90)]),
+        )
+        .await;
+    assert_eq!(earlier["results"][0]["status"], "recorded", "{earlier}");
+    // The phone's scan became a copy of the paper ride: the serial is denied as copied.
+    assert_eq!(
+        api.redeem(&gate_a, &show(&c, &singles[3], now)).await,
+        "revoked"
+    );
+
+    // A pass cannot be printed.
+    let pass = buy(&c, "day", 1).await.pop().unwrap();
+    assert_eq!(api.redeem(&gate_a, &printed(&pass)).await, "not_printable");
+}
+
 crate::common::on_both_databases!(
     nodes = 3, threshold = 2;
+    a_printed_ticket_rides_once,
     a_thousand_concurrent_redeems_accept_one,
     every_rejection_has_its_code,
     offline_sync_is_idempotent_and_catches_copies,

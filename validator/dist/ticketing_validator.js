@@ -568,7 +568,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5503(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5504(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -594,7 +594,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5503(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5504(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -860,12 +860,12 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 611, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3461);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3462);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 672, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5485);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5486);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
@@ -875,7 +875,7 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 611, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3461_15);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3462_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
@@ -890,7 +890,7 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 612, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3460);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3461);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0, arg1) {
@@ -917,34 +917,34 @@ function __wasm_bindgen_func_elem_1902(arg0, arg1) {
     wasm.__wasm_bindgen_func_elem_1902(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3460(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_3460(arg0, arg1);
+function __wasm_bindgen_func_elem_3461(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_3461(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3461(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3461(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3462(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3462(arg0, arg1, arg2);
 }
 
 function __wasm_bindgen_func_elem_1572(arg0, arg1, arg2) {
     wasm.__wasm_bindgen_func_elem_1572(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_3461_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3461_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3462_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3462_15(arg0, arg1, arg2);
 }
 
 function __wasm_bindgen_func_elem_522(arg0, arg1, arg2) {
     wasm.__wasm_bindgen_func_elem_522(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_5503(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_5503(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_5504(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_5504(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_5485(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_5486(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_5485(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_5486(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

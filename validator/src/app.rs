@@ -54,6 +54,7 @@ fn reason_words(code: ErrorCode) -> &'static str {
         ErrorCode::Revoked => "Revoked",
         ErrorCode::UnknownKeyset => "Not a ticket of this network",
         ErrorCode::Malformed => "Not a ticket code",
+        ErrorCode::NotPrintable => "A printed pass is not valid: ask for the live ticket",
         _ => "Refused",
     }
 }
@@ -133,13 +134,19 @@ fn show(state: State, manifest: &Manifest, payload: &str, outcome: &Result<Outco
                 .map(|k| k.params.product.clone())
         })
         .unwrap_or_default();
+    let printed = Presentation::from_text(payload).is_ok_and(|p| p.is_printed());
     let shown = match outcome {
         Ok(Outcome::Valid { valid_until, mode }) => Shown {
             class: "verdict valid",
             word: "VALID",
             detail: format!(
-                "{product}, expires in {}{}",
-                minutes_left(*valid_until),
+                "{product}, {}{}",
+                // A printed ticket is spent by this ride: it has no time left to show.
+                if printed {
+                    "printed: this ride only".to_owned()
+                } else {
+                    format!("expires in {}", minutes_left(*valid_until))
+                },
                 match mode {
                     ticketing_client::validator::Mode::Offline => " (offline: queued)",
                     ticketing_client::validator::Mode::Online => "",

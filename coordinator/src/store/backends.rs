@@ -393,12 +393,17 @@ macro_rules! sql_store {
                     }));
                 }
                 let row = sqlx::query(&Self::sql(
-                    "SELECT first_at FROM tickets WHERE serial = $1",
+                    "SELECT first_at, until_at FROM tickets WHERE serial = $1",
                 ))
                 .bind(scan.serial.0.as_slice())
                 .fetch_one(&mut **tx)
                 .await?;
                 let first_at = to_u64(row.try_get("first_at")?)?;
+                // A ticket's transfer time is the least of its scans': one shown on paper
+                // (none) is spent by that ride, whichever scan came first.
+                let recorded = to_u64(row.try_get("until_at")?)?.saturating_sub(first_at);
+                let transfer = transfer.min(recorded);
+                let until = scan.at.saturating_add(transfer);
                 match mode {
                     Mode::Online => {
                         if scan.at < first_at.saturating_add(transfer) {
