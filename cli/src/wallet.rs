@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ticketing_client::wallet::{
-    Finished, PayOutcome, Recovered, SoftwareKeys, TicketStatus, Wallet, WalletData, WalletStore,
-    status as ticket_status,
+    Finished, PayOutcome, Recovered, SoftwareKeys, StoredTicket, TicketStatus, Wallet, WalletData,
+    WalletStore, status as ticket_status,
 };
 use ticketing_client::{Client, ClientError};
 use ticketing_config::Settings;
@@ -395,6 +395,19 @@ async fn list(settings: &Settings, f: &WalletFile) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Ticket `number` of `wallet` (1 = first, as `wallet list` numbers them) and its index.
+async fn numbered(wallet: &CliWallet, number: u32) -> Result<(usize, StoredTicket)> {
+    let data = wallet.data().await?;
+    let index = usize::try_from(number.saturating_sub(1)).unwrap_or(usize::MAX);
+    match data.tickets.get(index) {
+        Some(stored) => Ok((index, stored.clone())),
+        None => bail!(
+            "no ticket number {number} (the wallet has {})",
+            data.tickets.len()
+        ),
+    }
+}
+
 async fn print(settings: &Settings, args: &PrintArgs) -> Result<ExitCode> {
     let pdf = match args.out.extension().and_then(|e| e.to_str()) {
         Some(e) if e.eq_ignore_ascii_case("pdf") => true,
@@ -402,15 +415,7 @@ async fn print(settings: &Settings, args: &PrintArgs) -> Result<ExitCode> {
         _ => bail!("--out must end in .pdf or .png, got {}", args.out.display()),
     };
     let wallet = open(settings, &args.file).await?;
-    let data = wallet.data().await?;
-    let index = usize::try_from(args.number.saturating_sub(1)).unwrap_or(usize::MAX);
-    let Some(stored) = data.tickets.get(index) else {
-        bail!(
-            "no ticket number {} (the wallet has {})",
-            args.number,
-            data.tickets.len()
-        );
-    };
+    let (index, stored) = numbered(&wallet, args.number).await?;
     let text = wallet.print(index).await?.to_text();
     let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
         .context("rendering the QR code")?;
@@ -438,15 +443,7 @@ async fn print(settings: &Settings, args: &PrintArgs) -> Result<ExitCode> {
 
 async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
     let wallet = open(settings, &args.file).await?;
-    let data = wallet.data().await?;
-    let index = usize::try_from(args.number.saturating_sub(1)).unwrap_or(usize::MAX);
-    let Some(stored) = data.tickets.get(index) else {
-        bail!(
-            "no ticket number {} (the wallet has {})",
-            args.number,
-            data.tickets.len()
-        );
-    };
+    let (index, stored) = numbered(&wallet, args.number).await?;
     let rotation = wallet.client().manifest().rotation_seconds;
     let text = wallet.present(index, wallet.now().await?).await?.to_text();
     if args.payload_only {
@@ -460,7 +457,7 @@ async fn show(settings: &Settings, args: &ShowArgs) -> Result<ExitCode> {
         .quiet_zone(true)
         .build();
     outln!("{art}");
-    let until = ticketing_client::wallet::valid_until(wallet.client().manifest(), stored);
+    let until = ticketing_client::wallet::valid_until(wallet.client().manifest(), &stored);
     outln!(
         "{} ticket, valid until {} (this code is good for about {rotation} s; a picture of it \
          goes stale within about two minutes)",
