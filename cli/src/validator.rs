@@ -32,6 +32,7 @@ use ticketing_client::validator::{
 use ticketing_client::{ClientError, Http};
 use ticketing_config::Settings;
 use ticketing_config::cluster::{manifest_path, read_manifest, write_private};
+use ticketing_crypto::presentation::Presentation;
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::redeem::{Scan, TokenRole};
 use ticketing_protocol::{Digest32, ErrorCode, Id16};
@@ -471,7 +472,8 @@ fn exit_code(outcome: &Outcome) -> ExitCode {
     })
 }
 
-fn print_outcome(outcome: &Outcome, as_json: bool) {
+/// `printed`: the code was a printed ticket's (it rides once: no time left to show).
+fn print_outcome(outcome: &Outcome, printed: bool, as_json: bool) {
     let line = match (outcome, as_json) {
         (Outcome::Valid { valid_until, mode }, true) => json!({
             "verdict": "valid",
@@ -481,8 +483,12 @@ fn print_outcome(outcome: &Outcome, as_json: bool) {
         })
         .to_string(),
         (Outcome::Valid { valid_until, mode }, false) => format!(
-            "VALID until {} ({})",
-            utc(*valid_until),
+            "VALID {} ({})",
+            if printed {
+                "(printed: this ride only)".to_owned()
+            } else {
+                format!("until {}", utc(*valid_until))
+            },
             match mode {
                 Mode::Online => "online",
                 Mode::Offline => "offline, queued for sync",
@@ -529,14 +535,14 @@ pub async fn validate(settings: &Settings, args: &ValidateArgs) -> ExitCode {
     };
     let state = State::new(settings, args.state.dir.as_deref());
     let token_path = state.path("token");
-    let Decision { outcome, notes } = match decide(settings, args, state).await {
+    let (Decision { outcome, notes }, printed) = match decide(settings, args, state).await {
         Ok(d) => d,
         Err(e) => return failed("error", format!("{e:#}")),
     };
     print_notes(&notes);
     match outcome {
         Ok(outcome) => {
-            print_outcome(&outcome, args.json);
+            print_outcome(&outcome, printed, args.json);
             exit_code(&outcome)
         }
         Err(Failure::Unauthorized) => failed(
@@ -583,7 +589,12 @@ async fn validator(
         })
 }
 
-async fn decide(settings: &Settings, args: &ValidateArgs, state: State) -> Result<Decision> {
+/// The decision, and whether the code was a printed ticket's.
+async fn decide(
+    settings: &Settings,
+    args: &ValidateArgs,
+    state: State,
+) -> Result<(Decision, bool)> {
     let validator = validator(settings, &args.state, state).await?;
     let payload = match (&args.payload, &args.image) {
         (Some(text), _) => text.trim_matches(['\n', '\r', '\t']).to_owned(),
@@ -591,9 +602,11 @@ async fn decide(settings: &Settings, args: &ValidateArgs, state: State) -> Resul
         (None, None) => return Err(anyhow!("give the payload text or --image FILE")),
     };
     let scan_id = Id16::random(&mut rand::rng());
-    Ok(validator
+    let printed = Presentation::from_text(&payload).is_ok_and(|p| p.is_printed());
+    let decision = validator
         .validate(&payload, validator.now().await, args.offline, scan_id)
-        .await)
+        .await;
+    Ok((decision, printed))
 }
 
 /// The text of the first decodable QR code in a PNG or JPEG picture.
