@@ -726,14 +726,7 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
     /// Show ticket number `index` (0-based) for the epoch of `now`: the holder key signs it.
     /// The first showing is recorded (a single is used up some time after it).
     pub async fn present(&self, index: usize, now: u64) -> Result<Presentation, ClientError> {
-        let ticket = self
-            .store
-            .load()
-            .await?
-            .tickets
-            .get(index)
-            .cloned()
-            .ok_or_else(|| ClientError::Store(format!("no ticket number {}", index + 1)))?;
+        let ticket = self.ticket(index).await?;
         let presentation = present(&self.keys, &ticket, self.client.manifest(), now).await?;
         if ticket.first_shown.is_none() {
             let id = ticket.ticket.serial();
@@ -753,14 +746,7 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
     /// printed (`not_printable`): a pass is ridden many times, and a copy of a code that does
     /// not rotate would ride with it.
     pub async fn print(&self, index: usize) -> Result<Presentation, ClientError> {
-        let ticket = self
-            .store
-            .load()
-            .await?
-            .tickets
-            .get(index)
-            .cloned()
-            .ok_or_else(|| ClientError::Store(format!("no ticket number {}", index + 1)))?;
+        let ticket = self.ticket(index).await?;
         let manifest = self.client.manifest();
         if !matches!(
             manifest.product(&ticket.product).map(|p| p.kind),
@@ -779,6 +765,17 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
             });
         }
         sign_epoch(&self.keys, &ticket, PRINTED_EPOCH).await
+    }
+
+    /// Ticket number `index` (0-based) as stored.
+    async fn ticket(&self, index: usize) -> Result<StoredTicket, ClientError> {
+        self.store
+            .load()
+            .await?
+            .tickets
+            .get(index)
+            .cloned()
+            .ok_or_else(|| ClientError::Store(format!("no ticket number {}", index + 1)))
     }
 
     /// Keep the clock offset the services' last answer measured.

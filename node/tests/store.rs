@@ -175,6 +175,37 @@ mod cases {
         assert_eq!(store.head().await.unwrap().0, 1);
     }
 
+    pub(crate) async fn groups_mixing_repeats_and_new_receipts(store: Arc<dyn NodeStore>) {
+        // Retries of recorded receipts, a reused id and new receipts arriving together land in
+        // the same groups: each gets its own answer and the new ones still form one chain.
+        let k = Arc::new(key());
+        for i in 0..10u8 {
+            store.record(&receipt(&k, i, i), 1000).await.unwrap();
+        }
+        let tasks: Vec<_> = (0..50u8)
+            .map(|i| {
+                let (store, k) = (store.clone(), k.clone());
+                // Id 5 comes back with other points: a conflict, not a repeat.
+                let digest = if i == 5 { 99 } else { i };
+                tokio::spawn(async move { (i, store.record(&receipt(&k, i, digest), 1000).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (i, answer) = t.await.unwrap();
+            match (i, answer.unwrap()) {
+                (5, Recorded::Conflict) => {}
+                (i, Recorded::Repeat { seq }) if i < 10 => assert_eq!(seq, u64::from(i) + 1),
+                (i, Recorded::Fresh(entry)) if i >= 10 => {
+                    assert_eq!(entry.receipt.receipt.receipt_id.0[0], i);
+                }
+                (i, other) => panic!("receipt {i}: {other:?}"),
+            }
+        }
+        let all = store.entries(0, 100).await.unwrap();
+        assert_eq!(all.len(), 50);
+        assert_eq!(store.head().await.unwrap(), (50, one_chain(&all)));
+    }
+
     pub(crate) async fn cancelled_appends_keep_the_chain(store: Arc<dyn NodeStore>) {
         // Requests get cancelled when the wallet has its t answers; an append must complete
         // or not happen, never leave the head behind the table.
@@ -253,6 +284,7 @@ conformance!(
     concurrent_appends_keep_the_chain,
     concurrent_appends_share_commits,
     concurrent_retries_record_once,
+    groups_mixing_repeats_and_new_receipts,
     cancelled_appends_keep_the_chain,
     checkpoints,
 );

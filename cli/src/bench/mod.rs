@@ -1,9 +1,10 @@
 //! `ticketing bench`: figures printed from a real run on loopback, never asserted.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ticketing_client::Client;
 use ticketing_config::Settings;
@@ -380,6 +381,76 @@ async fn publish_from_ledger(settings: &Settings, args: &PublishArgs) -> Result<
     Ok(())
 }
 
+/// Node 1 run as a process of its own, as a deployment runs it, so that its CPU time can be
+/// read apart from the load the benchmark's own wallets put on the same machine.
+struct NodeProcess {
+    child: std::process::Child,
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`USER_HZ`: 100 on every Linux architecture).
+const USER_HZ: f64 = 100.0;
+
+impl NodeProcess {
+    /// `ticketing node --index 1` on the cluster in `dir` (its manifest address and database),
+    /// once it answers `/health`.
+    async fn start(dir: &Path, url: &str, max_points: u32) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the ticketing binary")?;
+        let child = std::process::Command::new(exe)
+            .args(["node", "--index", "1"])
+            .current_dir(dir)
+            .env("TICKETING_DATA_DIR", dir)
+            .env("TICKETING_HTTP__REQUESTS_PER_MINUTE", "0")
+            .env(
+                "TICKETING_NODE__MAX_TICKETS_PER_REQUEST",
+                max_points.to_string(),
+            )
+            .env(
+                "TICKETING_PAYMENTS__MAX_TICKETS_PER_CHECKOUT",
+                max_points.to_string(),
+            )
+            .env("TICKETING_LOG__FILTER", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting `ticketing node --index 1`")?;
+        let mut process = Self { child };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = process.child.try_wait()? {
+                bail!("the node process exited before answering: {status}");
+            }
+            let answer = http.get(format!("{url}/health")).send().await;
+            if answer.is_ok_and(|a| a.status().is_success()) {
+                return Ok(process);
+            }
+            if Instant::now() > deadline {
+                bail!("the node process did not answer {url}/health within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// CPU time (user + system, every thread) the process has used so far, in seconds; `None`
+    /// where `/proc` cannot tell.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The command name is in parentheses and may hold spaces: count fields after it. The
+        // first is the state (field 3 of the line); utime and stime are fields 14 and 15.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+        Some((ticks(14)? + ticks(15)?) as f64 / USER_HZ)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Decode + sign + encode on `threads` threads at once for about a second: points per second.
 fn raw_all_cores(
     share: &ticketing_crypto::keyset::SecretKeyShare,
@@ -409,14 +480,14 @@ fn raw_all_cores(
 }
 
 /// Tickets per second one node answers with `wallets` requests of one ticket in flight at a
-/// time, over `requests` paid receipts. The bodies are encoded before the clock starts and
+/// time, over `requests` paid receipts, and how many it answered. The bodies are encoded before the clock starts and
 /// the answers are not checked, so the client takes as little of the machine as it can.
 async fn node_throughput(
     client: &Client,
     node_url: &str,
     wallets: usize,
     requests: usize,
-) -> Result<f64> {
+) -> Result<(f64, usize)> {
     let paying = bar(
         requests as u64,
         &format!("paying for {requests} 1-ticket requests"),
@@ -471,7 +542,7 @@ async fn node_throughput(
     for t in tasks {
         done += t.await??;
     }
-    Ok(done as f64 / start.elapsed().as_secs_f64())
+    Ok((done as f64 / start.elapsed().as_secs_f64(), done))
 }
 
 /// `sum` and `count` of the node's server-side `/v1/issue` latency histogram.
@@ -520,9 +591,18 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         "starting a 3-of-5 cluster (SQLite) in {} ...",
         dir.path().display()
     );
-    let cluster =
+    let mut cluster =
         LocalCluster::start(dir.path(), 5, 3, settings.clone(), Databases::default()).await?;
     let manifest = cluster.cluster.manifest.clone();
+    // Node 1, the one measured, runs as its own process on its manifest address.
+    let node1 = manifest.nodes.first().context("no node")?;
+    cluster.stop_node(1).await?;
+    let process = NodeProcess::start(
+        dir.path(),
+        &node1.url,
+        settings.node.max_tickets_per_request,
+    )
+    .await?;
     let client = Arc::new(Client::new(manifest.clone(), Duration::from_secs(30))?);
     let http = reqwest::Client::new();
 
@@ -555,13 +635,14 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
 
     // 2. Node-side cost per ticket at several batch sizes, server-side time from the node's
     //    own latency histogram (HTTP handler: JSON + point checks + DB + log + signing).
-    let node1 = manifest.nodes.first().context("no node")?;
     outln!(
-        "\n{:>6} {:>14} {:>16} {:>10}",
+        "\n{:>6} {:>14} {:>16} {:>10} {:>13} {:>10}",
         "batch",
         "node µs/ticket",
         "client µs/ticket",
-        "overhead"
+        "overhead",
+        "node CPU µs",
+        "CPU over"
     );
     for &k in &args.batches {
         let mut pendings = Vec::new();
@@ -577,20 +658,29 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         }
         paying.finish_and_clear();
         let (sum0, n0) = server_time(&http, &node1.url).await?;
+        let cpu0 = process.cpu_seconds();
         let start = Instant::now();
         for p in &pendings {
             client.issue_at(ShareIndex::new(1)?, p).await?;
         }
         let client_side = start.elapsed();
+        let cpu1 = process.cpu_seconds();
         let (sum1, n1) = server_time(&http, &node1.url).await?;
         let tickets = (args.requests * k) as f64;
+        let raw_us = raw.as_secs_f64() * 1e6;
         let node_us = (sum1 - sum0) / tickets * 1e6;
         let client_us = client_side.as_secs_f64() / tickets * 1e6;
-        let overhead = node_us / (raw.as_secs_f64() * 1e6) - 1.0;
+        let overhead = node_us / raw_us - 1.0;
         debug_assert!((n1 - n0 - args.requests as f64).abs() < 0.5);
+        let cpu_us = cpu0.zip(cpu1).map(|(a, b)| (b - a) / tickets * 1e6);
         outln!(
-            "{k:>6} {node_us:>14.1} {client_us:>16.1} {:>9.0}%",
-            overhead * 100.0
+            "{k:>6} {node_us:>14.1} {client_us:>16.1} {:>9.0}% {:>13} {:>10}",
+            overhead * 100.0,
+            cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+            cpu_us.map_or("-".into(), |c| format!(
+                "{:.0}%",
+                (c / raw_us - 1.0) * 100.0
+            ))
         );
     }
 
@@ -600,16 +690,30 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let all_core = raw_all_cores(&share.1, &point, cores)?;
     outln!(
-        "\nraw partial sign on {cores} threads: {all_core:.0} points/s\n{:>8} {:>12} {:>8}",
+        "\nraw partial sign on {cores} threads: {all_core:.0} points/s\n\
+         (tickets/s: on this machine, shared with the wallets' load; node CPU: what the node \
+         process used per ticket;\n capacity: {cores} cores / node CPU per ticket, the rate of \
+         a node whose load comes from elsewhere)\n{:>8} {:>10} {:>8} {:>12} {:>10} {:>8}",
         "wallets",
         "tickets/s",
+        "of raw",
+        "node CPU µs",
+        "capacity",
         "of raw"
     );
     for &wallets in &args.wallets {
-        let rate = node_throughput(&client, &node1.url, wallets, args.throughput_requests).await?;
+        let cpu0 = process.cpu_seconds();
+        let (rate, tickets) =
+            node_throughput(&client, &node1.url, wallets, args.throughput_requests).await?;
+        let cpu1 = process.cpu_seconds();
+        let cpu_us = cpu0.zip(cpu1).map(|(a, b)| (b - a) / tickets as f64 * 1e6);
+        let capacity = cpu_us.map(|c| cores as f64 * 1e6 / c);
         outln!(
-            "{wallets:>8} {rate:>12.0} {:>7.0}%",
-            rate / all_core * 100.0
+            "{wallets:>8} {rate:>10.0} {:>7.0}% {:>12} {:>10} {:>8}",
+            rate / all_core * 100.0,
+            cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+            capacity.map_or("-".into(), |c| format!("{c:.0}")),
+            capacity.map_or("-".into(), |c| format!("{:.0}%", c / all_core * 100.0))
         );
     }
 
@@ -661,5 +765,6 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         percentile(&latencies, 500).as_secs_f64() * 1e3,
         percentile(&latencies, 990).as_secs_f64() * 1e3
     );
+    drop(process);
     cluster.stop().await
 }

@@ -17,6 +17,10 @@ use super::{NodeStore, Recorded, StoreError, digest, entry_from_row, to_i64, to_
 /// Most receipts one transaction records.
 const MAX_GROUP: usize = 256;
 
+/// Rows per multi-row `INSERT` of a group (largest first, ending in 1): a group of n is
+/// written with at most `n / 64 + 6` statements, and each connection prepares only these.
+const CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
 /// A receipt waiting for the log writer, and where its answer goes.
 struct Append {
     receipt: SignedReceipt,
@@ -146,6 +150,93 @@ macro_rules! sql_store {
             /// One transaction for the group: `Err` (nothing kept) on a database failure; a
             /// receipt that cannot be encoded fails alone.
             async fn try_group(
+                pool: &$pool,
+                head: (u64, Digest32),
+                group: &[Append],
+            ) -> Result<((u64, Digest32), Vec<Result<Recorded, StoreError>>), StoreError> {
+                if group.len() > 1 {
+                    if let Some(done) = Self::try_all_fresh(pool, head, group).await {
+                        return Ok(done);
+                    }
+                }
+                Self::try_one_by_one(pool, head, group).await
+            }
+
+            /// The common case, every receipt of the group new: the entries are chained in
+            /// memory and written with a few multi-row `INSERT`s in one transaction (row sizes
+            /// from [`CHUNKS`], so each connection caches a handful of statements). `None` when
+            /// that does not hold (a repeat, a receipt that cannot be encoded, any database
+            /// error): nothing of it was kept, and the group goes one by one.
+            async fn try_all_fresh(
+                pool: &$pool,
+                mut head: (u64, Digest32),
+                group: &[Append],
+            ) -> Option<((u64, Digest32), Vec<Result<Recorded, StoreError>>)> {
+                let mut rows = Vec::with_capacity(group.len());
+                for append in group {
+                    let entry = LogEntry::new(head.0 + 1, append.time, append.receipt.clone(), head.1);
+                    let body = serde_json::to_string(&append.receipt).ok()?;
+                    let (seq, time) = (to_i64(entry.seq).ok()?, to_i64(append.time).ok()?);
+                    head = (entry.seq, entry.hash);
+                    rows.push((entry, body, seq, time));
+                }
+                let mut tx = pool.begin().await.ok()?;
+                let mut rest = rows.as_slice();
+                while !rest.is_empty() {
+                    let size = CHUNKS.iter().copied().find(|&c| c <= rest.len()).unwrap_or(1);
+                    let (chunk, after) = rest.split_at(size);
+                    rest = after;
+                    let mut query = sqlx::query(Self::insert_rows(size));
+                    for (entry, body, seq, time) in chunk {
+                        let r = &entry.receipt.receipt;
+                        query = query
+                            .bind(*seq)
+                            .bind(r.receipt_id.0.as_slice())
+                            .bind(r.digest.0.as_slice())
+                            .bind(*time)
+                            .bind(body.as_str())
+                            .bind(entry.prev_hash.0.as_slice())
+                            .bind(entry.hash.0.as_slice());
+                    }
+                    // A receipt seen before (the unique key on `receipt_id`) fails the statement:
+                    // the rollback on drop keeps nothing, and the one-by-one path sorts it out.
+                    query.execute(&mut *tx).await.ok()?;
+                }
+                tx.commit().await.ok()?;
+                let results = rows
+                    .into_iter()
+                    .map(|(entry, ..)| Ok(Recorded::Fresh(Box::new(entry))))
+                    .collect();
+                Some((head, results))
+            }
+
+            /// `INSERT` of `rows` log entries, this backend's placeholders; built once per size.
+            fn insert_rows(rows: usize) -> &'static str {
+                static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+                let texts = TEXTS.get_or_init(|| {
+                    CHUNKS
+                        .iter()
+                        .map(|&size| {
+                            let values: Vec<String> = (0..size)
+                                .map(|row| {
+                                    let cols: Vec<String> =
+                                        (1..=7).map(|c| format!("{}{}", $sigil, row * 7 + c)).collect();
+                                    format!("({})", cols.join(", "))
+                                })
+                                .collect();
+                            format!(
+                                "INSERT INTO log_entries (seq, receipt_id, digest, time, receipt, prev_hash, hash) VALUES {}",
+                                values.join(", ")
+                            )
+                        })
+                        .collect()
+                });
+                let at = CHUNKS.iter().position(|&c| c == rows).unwrap_or(CHUNKS.len() - 1);
+                texts.get(at).map_or("", String::as_str)
+            }
+
+            /// Each receipt in turn, a repeat answered from its row.
+            async fn try_one_by_one(
                 pool: &$pool,
                 mut head: (u64, Digest32),
                 group: &[Append],
