@@ -220,14 +220,15 @@ macro_rules! sql_store {
                             let values: Vec<String> = (0..size)
                                 .map(|row| {
                                     let cols: Vec<String> =
-                                        (1..=7).map(|c| format!("{}{}", $sigil, row * 7 + c)).collect();
+                                        (1..=7).map(|c| format!("${}", row * 7 + c)).collect();
                                     format!("({})", cols.join(", "))
                                 })
                                 .collect();
-                            format!(
+                            let text = format!(
                                 "INSERT INTO log_entries (seq, receipt_id, digest, time, receipt, prev_hash, hash) VALUES {}",
                                 values.join(", ")
-                            )
+                            );
+                            ticketing_service::db::placeholders(&text, $sigil).into_owned()
                         })
                         .collect()
                 });
