@@ -14,12 +14,12 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{NodeStore, Recorded, StoreError, digest, entry_from_row, to_i64, to_u64};
 
-/// Most receipts one transaction records.
-const MAX_GROUP: usize = 256;
+/// Most receipts one group records: one multi-row `INSERT` of up to 448 parameters, and 64
+/// prepared statements on the writer's connection (sqlx caches 100 per connection).
+const MAX_GROUP: usize = 64;
 
-/// Rows per multi-row `INSERT` of a group (largest first, ending in 1): a group of n is
-/// written with at most `n / 64 + 6` statements, and each connection prepares only these.
-const CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+/// Scheduler turns the writer yields for more appends once several are waiting.
+const GATHER_TURNS: usize = 4;
 
 /// A receipt waiting for the log writer, and where its answer goes.
 struct Append {
@@ -95,6 +95,8 @@ macro_rules! sql_store {
             /// The log writer: takes every append waiting (at most [`MAX_GROUP`]), records them
             /// in one transaction, answers each. It runs apart from the requests, so a request
             /// cancelled (the wallet hung up after t answers) never stops an append half-way.
+            /// It keeps one connection of its own (taken again after a failure): no pool
+            /// checkout and no liveness probe per group.
             async fn write_loop(
                 pool: $pool,
                 head: Arc<Mutex<(u64, Digest32)>>,
@@ -102,8 +104,10 @@ macro_rules! sql_store {
                 mut waiting: mpsc::Receiver<Append>,
             ) {
                 let mut group = Vec::with_capacity(MAX_GROUP);
+                let mut conn = None;
                 while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
-                    let results = Self::append_group(&pool, &head, &group).await;
+                    Self::gather(&mut waiting, &mut group).await;
+                    let results = Self::append_group(&pool, &mut conn, &head, &group).await;
                     if results.iter().any(Result::is_ok) {
                         commits.fetch_add(1, Ordering::Relaxed);
                     }
@@ -114,8 +118,31 @@ macro_rules! sql_store {
                 }
             }
 
+            /// Under load (more than one append was waiting), let the requests already on the
+            /// runtime reach the writer before it commits: yield while each turn brings more,
+            /// at most a few turns. No timer, so an idle node commits a lone append at once.
+            async fn gather(waiting: &mut mpsc::Receiver<Append>, group: &mut Vec<Append>) {
+                if group.len() < 2 {
+                    return;
+                }
+                for _ in 0..GATHER_TURNS {
+                    let before = group.len();
+                    tokio::task::yield_now().await;
+                    while group.len() < MAX_GROUP {
+                        match waiting.try_recv() {
+                            Ok(append) => group.push(append),
+                            Err(_) => break,
+                        }
+                    }
+                    if group.len() == before || group.len() >= MAX_GROUP {
+                        return;
+                    }
+                }
+            }
+
             async fn append_group(
                 pool: &$pool,
+                conn: &mut Option<sqlx::pool::PoolConnection<<$pool as PoolDatabase>::Db>>,
                 head: &Mutex<(u64, Digest32)>,
                 group: &[Append],
             ) -> Vec<Result<Recorded, StoreError>> {
@@ -127,7 +154,21 @@ macro_rules! sql_store {
                         .map(|_| Err(StoreError::Unavailable(reason.clone())))
                         .collect()
                 };
-                let (new_head, results) = match Self::try_group(pool, *head, group).await {
+                let attempt = async |conn: &mut Option<_>, head: (u64, Digest32)| {
+                    if conn.is_none() {
+                        *conn = Some(pool.acquire().await?);
+                    }
+                    let Some(c) = conn.as_mut() else {
+                        return Err(StoreError::Unavailable("no connection".into()));
+                    };
+                    let done = Self::try_group(c, head, group).await;
+                    if done.is_err() {
+                        // Whatever state the connection is in, the next attempt starts afresh.
+                        *conn = None;
+                    }
+                    done
+                };
+                let (new_head, results) = match attempt(conn, *head).await {
                     Ok(done) => done,
                     // Another writer took a seq (the constraint stopped a fork), or the database
                     // hiccuped: nothing of the group was kept. Resynchronize and try once more.
@@ -136,7 +177,7 @@ macro_rules! sql_store {
                             Ok(h) => *head = h,
                             Err(e) => return failed(e),
                         }
-                        match Self::try_group(pool, *head, group).await {
+                        match attempt(conn, *head).await {
                             Ok(done) => done,
                             Err(e) => return failed(e),
                         }
@@ -147,28 +188,26 @@ macro_rules! sql_store {
                 results
             }
 
-            /// One transaction for the group: `Err` (nothing kept) on a database failure; a
+            /// The group recorded atomically: `Err` (nothing kept) on a database failure; a
             /// receipt that cannot be encoded fails alone.
             async fn try_group(
-                pool: &$pool,
+                conn: &mut <<$pool as PoolDatabase>::Db as sqlx::Database>::Connection,
                 head: (u64, Digest32),
                 group: &[Append],
             ) -> Result<((u64, Digest32), Vec<Result<Recorded, StoreError>>), StoreError> {
-                if group.len() > 1 {
-                    if let Some(done) = Self::try_all_fresh(pool, head, group).await {
-                        return Ok(done);
-                    }
+                if let Some(done) = Self::try_all_fresh(conn, head, group).await {
+                    return Ok(done);
                 }
-                Self::try_one_by_one(pool, head, group).await
+                Self::try_one_by_one(conn, head, group).await
             }
 
             /// The common case, every receipt of the group new: the entries are chained in
-            /// memory and written with a few multi-row `INSERT`s in one transaction (row sizes
-            /// from [`CHUNKS`], so each connection caches a handful of statements). `None` when
-            /// that does not hold (a repeat, a receipt that cannot be encoded, any database
-            /// error): nothing of it was kept, and the group goes one by one.
+            /// memory and written with one multi-row `INSERT`, which is atomic on its own (one
+            /// round trip, one commit). `None` when that does not hold (a repeat, a receipt that
+            /// cannot be encoded, any database error): the statement kept nothing, and the
+            /// group goes one by one.
             async fn try_all_fresh(
-                pool: &$pool,
+                conn: &mut <<$pool as PoolDatabase>::Db as sqlx::Database>::Connection,
                 mut head: (u64, Digest32),
                 group: &[Append],
             ) -> Option<((u64, Digest32), Vec<Result<Recorded, StoreError>>)> {
@@ -180,29 +219,21 @@ macro_rules! sql_store {
                     head = (entry.seq, entry.hash);
                     rows.push((entry, body, seq, time));
                 }
-                let mut tx = pool.begin().await.ok()?;
-                let mut rest = rows.as_slice();
-                while !rest.is_empty() {
-                    let size = CHUNKS.iter().copied().find(|&c| c <= rest.len()).unwrap_or(1);
-                    let (chunk, after) = rest.split_at(size);
-                    rest = after;
-                    let mut query = sqlx::query(Self::insert_rows(size));
-                    for (entry, body, seq, time) in chunk {
-                        let r = &entry.receipt.receipt;
-                        query = query
-                            .bind(*seq)
-                            .bind(r.receipt_id.0.as_slice())
-                            .bind(r.digest.0.as_slice())
-                            .bind(*time)
-                            .bind(body.as_str())
-                            .bind(entry.prev_hash.0.as_slice())
-                            .bind(entry.hash.0.as_slice());
-                    }
-                    // A receipt seen before (the unique key on `receipt_id`) fails the statement:
-                    // the rollback on drop keeps nothing, and the one-by-one path sorts it out.
-                    query.execute(&mut *tx).await.ok()?;
+                let mut query = sqlx::query(Self::insert_rows(rows.len())?);
+                for (entry, body, seq, time) in &rows {
+                    let r = &entry.receipt.receipt;
+                    query = query
+                        .bind(*seq)
+                        .bind(r.receipt_id.0.as_slice())
+                        .bind(r.digest.0.as_slice())
+                        .bind(*time)
+                        .bind(body.as_str())
+                        .bind(entry.prev_hash.0.as_slice())
+                        .bind(entry.hash.0.as_slice());
                 }
-                tx.commit().await.ok()?;
+                // A receipt seen before (the unique key on `receipt_id`) fails the statement,
+                // which keeps none of its rows; the one-by-one path sorts it out.
+                query.execute(&mut *conn).await.ok()?;
                 let results = rows
                     .into_iter()
                     .map(|(entry, ..)| Ok(Recorded::Fresh(Box::new(entry))))
@@ -210,13 +241,13 @@ macro_rules! sql_store {
                 Some((head, results))
             }
 
-            /// `INSERT` of `rows` log entries, this backend's placeholders; built once per size.
-            fn insert_rows(rows: usize) -> &'static str {
+            /// `INSERT` of `rows` log entries (1 to [`MAX_GROUP`]), this backend's
+            /// placeholders; each size built once and prepared once on the writer's connection.
+            fn insert_rows(rows: usize) -> Option<&'static str> {
                 static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
                 let texts = TEXTS.get_or_init(|| {
-                    CHUNKS
-                        .iter()
-                        .map(|&size| {
+                    (1..=MAX_GROUP)
+                        .map(|size| {
                             let values: Vec<String> = (0..size)
                                 .map(|row| {
                                     let cols: Vec<String> =
@@ -232,17 +263,16 @@ macro_rules! sql_store {
                         })
                         .collect()
                 });
-                let at = CHUNKS.iter().position(|&c| c == rows).unwrap_or(CHUNKS.len() - 1);
-                texts.get(at).map_or("", String::as_str)
+                texts.get(rows.checked_sub(1)?).map(String::as_str)
             }
 
-            /// Each receipt in turn, a repeat answered from its row.
+            /// Each receipt in turn in one transaction, a repeat answered from its row.
             async fn try_one_by_one(
-                pool: &$pool,
+                conn: &mut <<$pool as PoolDatabase>::Db as sqlx::Database>::Connection,
                 mut head: (u64, Digest32),
                 group: &[Append],
             ) -> Result<((u64, Digest32), Vec<Result<Recorded, StoreError>>), StoreError> {
-                let mut tx = pool.begin().await?;
+                let mut tx = sqlx::Connection::begin(conn).await?;
                 let mut results = Vec::with_capacity(group.len());
                 for append in group {
                     match Self::append_in(&mut tx, &mut head, &append.receipt, append.time).await {
@@ -255,7 +285,7 @@ macro_rules! sql_store {
             }
 
             async fn append_in(
-                tx: &mut sqlx::Transaction<'static, <$pool as PoolDatabase>::Db>,
+                tx: &mut sqlx::Transaction<'_, <$pool as PoolDatabase>::Db>,
                 head: &mut (u64, Digest32),
                 receipt: &SignedReceipt,
                 time: u64,
