@@ -1,132 +1,19 @@
-//! Composing services in one process: `ticketing demo`, `ticketing node`, `ticketing payments`,
-//! and the in-process clusters the integration tests and `ticketing bench` start.
+//! `ticketing demo` and the standalone service commands (`ticketing node`, `payments`,
+//! `coordinator`): where each listens, the signals that stop them. The services themselves are
+//! started by `ticketing-local`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use ticketing_config::Settings;
 use ticketing_config::cluster::{self, Cluster};
 use ticketing_config::products::ProductsFile;
-use ticketing_coordinator::{Coordinator, TokenRole};
-use ticketing_node::Node;
-use ticketing_payments::service::Payments;
+use ticketing_coordinator::TokenRole;
+use ticketing_local::{
+    bind, socket_addr, spawn_apps, spawn_coordinator, spawn_node, spawn_payments,
+};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// A service running in this process.
-#[derive(Debug)]
-pub struct Running {
-    /// e.g. `node 3`.
-    pub name: String,
-    /// Its base URL.
-    pub url: String,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    fn spawn<F>(
-        name: String,
-        listener: TcpListener,
-        serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
-    ) -> Result<Self>
-    where
-        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-    {
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel();
-        // Every line a service logs names it (several run in one process in the demo).
-        let span = tracing::info_span!("service", name = %name);
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            serve(listener, stopped),
-            span,
-        ));
-        Ok(Self {
-            name,
-            url: format!("http://{addr}"),
-            addr,
-            stop: Some(stop),
-            task,
-        })
-    }
-
-    /// Stop accepting, finish in-flight requests, and wait for the task.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await??;
-        Ok(())
-    }
-}
-
-async fn on_stop(rx: oneshot::Receiver<()>) {
-    let _ = rx.await;
-}
-
-/// Start node `index` of the cluster in `settings.data_dir` on `listener`.
-pub async fn spawn_node(settings: &Settings, index: u16, listener: TcpListener) -> Result<Running> {
-    let node = Node::open(settings, &settings.data_dir, index)
-        .await
-        .with_context(|| format!("opening node {index}"))?;
-    serve_metrics(settings, node.metrics()).await?;
-    Running::spawn(format!("node {index}"), listener, move |l, rx| {
-        node.serve(l, on_stop(rx))
-    })
-}
-
-/// Start the payments service of the cluster in `settings.data_dir` on `listener`.
-pub async fn spawn_payments(settings: &Settings, listener: TcpListener) -> Result<Running> {
-    let payments = Payments::load(settings).await.context("opening payments")?;
-    serve_metrics(settings, payments.metrics().clone()).await?;
-    Running::spawn("payments".into(), listener, move |l, rx| {
-        ticketing_payments::service::serve(l, payments, on_stop(rx))
-    })
-}
-
-/// Start the coordinator of the cluster in `settings.data_dir` on `listener`.
-pub async fn spawn_coordinator(settings: &Settings, listener: TcpListener) -> Result<Running> {
-    let coordinator = Coordinator::open(settings, &settings.data_dir)
-        .await
-        .context("opening the coordinator")?;
-    serve_metrics(settings, coordinator.metrics()).await?;
-    Running::spawn("coordinator".into(), listener, move |l, rx| {
-        coordinator.serve(l, on_stop(rx))
-    })
-}
-
-/// With `http.metrics_listen`, serve the service's `/metrics` there (the service's own address
-/// then does not): for as long as the process runs.
-async fn serve_metrics(settings: &Settings, metrics: ticketing_service::Metrics) -> Result<()> {
-    let Some(addr) = settings.http.metrics_listen else {
-        return Ok(());
-    };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr} (http.metrics_listen)"))?;
-    tracing::info!(listen = %addr, "metrics listening");
-    tokio::spawn(ticketing_service::serve(
-        listener,
-        ticketing_service::metrics_router(metrics),
-        std::future::pending(),
-    ));
-    Ok(())
-}
-
-/// Serve the browser apps for the cluster of `manifest` on `listener`.
-pub fn spawn_apps(
-    manifest: &ticketing_protocol::manifest::Manifest,
-    listener: TcpListener,
-) -> Result<Running> {
-    let router = crate::apps::router(manifest)?;
-    Running::spawn("apps".into(), listener, move |l, rx| {
-        ticketing_service::serve(l, router, on_stop(rx))
-    })
-}
 
 /// The apps' origin for a cluster whose payments service is at `payments_url`: the same host,
 /// port `port`.
@@ -152,17 +39,6 @@ fn write_token(file: &Path, token: &str) -> Result<()> {
     }
     cluster::write_private(file, token.as_bytes())?;
     Ok(())
-}
-
-/// `host:port` of an `http://host:port` URL.
-pub fn socket_addr(url: &str) -> Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("{url}: only http:// URLs can be served locally"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority
-        .parse()
-        .with_context(|| format!("{url}: expected http://IP:PORT"))
 }
 
 /// Where a service listens: its configured address, or, when that is the default, the port of
@@ -204,13 +80,6 @@ fn port_of(url: &str) -> Option<u16> {
     url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
 
-async fn bind(url: &str) -> Result<TcpListener> {
-    let addr = socket_addr(url)?;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr} (is another demo running? start with --base-port N, or set demo.base_port)"))
-}
-
 /// Ctrl-C, or SIGTERM (what `docker stop`, systemd and Kubernetes send): either stops the
 /// services gracefully (no new connections, in-flight requests finished).
 async fn shutdown_signal() {
@@ -243,7 +112,7 @@ async fn shutdown_signal() {
 /// every node on loopback, print where everything is, run until Ctrl-C.
 pub async fn run(settings: &Settings) -> Result<()> {
     let dir = &settings.data_dir;
-    let spec = crate::setup::spec(
+    let spec = ticketing_local::spec(
         settings,
         settings.demo.nodes,
         settings.demo.threshold,
@@ -365,11 +234,11 @@ pub async fn run(settings: &Settings) -> Result<()> {
     );
     outln!(
         "  wallet      {apps_url}/wallet/   (passengers: open in a browser; build {})",
-        crate::apps::wallet_build()
+        ticketing_local::apps::wallet_build()
     );
     outln!(
         "  validator   {apps_url}/validator/   (conductors; register with: ticketing validator register --name bus-1 --qr; build {})",
-        crate::apps::validator_build()
+        ticketing_local::apps::validator_build()
     );
     outln!("  or the CLIs:");
     outln!("    ticketing wallet buy --product single --card 4242424242424242");
@@ -456,214 +325,4 @@ pub async fn run_payments(settings: &Settings) -> Result<()> {
     tracing::info!(service = %running.name, listen = %running.addr, "listening");
     shutdown_signal().await;
     running.stop().await
-}
-
-/// Database URLs for an in-process cluster (default: SQLite files in the cluster directory).
-#[derive(Debug, Clone, Default)]
-pub struct Databases {
-    /// Payments database URL.
-    pub payments: Option<String>,
-    /// Coordinator database URL.
-    pub coordinator: Option<String>,
-    /// Node i's database URL at position i-1.
-    pub nodes: Vec<String>,
-}
-
-/// An in-process cluster on 127.0.0.1 ports chosen by the OS (tests, benchmarks).
-#[derive(Debug)]
-pub struct LocalCluster {
-    /// Settings pointing at the cluster directory.
-    pub settings: Settings,
-    /// Node i's settings at position i-1 (its own database).
-    pub node_settings: Vec<Settings>,
-    /// The cluster (with secrets).
-    pub cluster: Cluster,
-    /// Payments.
-    pub payments: Option<Running>,
-    /// The coordinator; `None` while stopped.
-    pub coordinator: Option<Running>,
-    /// Node i at position i-1; `None` while stopped.
-    pub nodes: Vec<Option<Running>>,
-    /// The browser apps (`/wallet/`), on an origin every service allows.
-    pub apps: Option<Running>,
-}
-
-impl LocalCluster {
-    /// Set up an n-node, threshold-t cluster in `dir` and start payments and every node. Its
-    /// products are the built-in ones without their sale minimums, so a ticket bought is the
-    /// current window's and usable at once, whatever the hour a test runs at (the minimums
-    /// have tests of their own: [`LocalCluster::start_with_products`]). Rate limits are off
-    /// (tests and benchmarks make thousands of requests from one address; the limits have
-    /// their own tests).
-    pub async fn start(
-        dir: &Path,
-        nodes: u16,
-        threshold: u16,
-        mut settings: Settings,
-        databases: Databases,
-    ) -> Result<Self> {
-        settings.http.requests_per_minute = 0;
-        settings.payments.checkouts_per_minute = 0;
-        settings.payments.voucher_failures_per_hour = 0;
-        let mut products = ProductsFile::builtin();
-        for p in &mut products.product {
-            p.min_remaining_minutes = 0;
-        }
-        Self::start_with_products(dir, nodes, threshold, settings, databases, products).await
-    }
-
-    /// [`LocalCluster::start`] with these products.
-    pub async fn start_with_products(
-        dir: &Path,
-        nodes: u16,
-        threshold: u16,
-        mut settings: Settings,
-        databases: Databases,
-        products: ProductsFile,
-    ) -> Result<Self> {
-        settings.data_dir = dir.to_owned();
-        let apps_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let apps_origin = format!("http://{}", apps_listener.local_addr()?);
-        settings.http.cors_origins.push(apps_origin);
-        if let Some(url) = &databases.payments {
-            settings.payments.database_url.clone_from(url);
-        }
-        if let Some(url) = &databases.coordinator {
-            settings.coordinator.database_url.clone_from(url);
-        }
-        let node_settings: Vec<Settings> = (0..usize::from(nodes))
-            .map(|i| {
-                let mut s = settings.clone();
-                if let Some(url) = databases.nodes.get(i) {
-                    s.node.database_url.clone_from(url);
-                }
-                s
-            })
-            .collect();
-        let payments_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let coordinator_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let mut node_listeners = Vec::new();
-        for _ in 0..nodes {
-            node_listeners.push(TcpListener::bind("127.0.0.1:0").await?);
-        }
-        let mut spec = crate::setup::spec(&settings, nodes, threshold, products, 31);
-        spec.payments_url = format!("http://{}", payments_listener.local_addr()?);
-        spec.coordinator_url = format!("http://{}", coordinator_listener.local_addr()?);
-        spec.node_urls = node_listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| format!("http://{a}")))
-            .collect::<std::io::Result<_>>()?;
-        let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |_, _| {})?;
-        cluster.write(dir, false)?;
-        let payments = Some(spawn_payments(&settings, payments_listener).await?);
-        let coordinator = Some(spawn_coordinator(&settings, coordinator_listener).await?);
-        let mut running = Vec::new();
-        for ((listener, i), s) in node_listeners.into_iter().zip(1u16..).zip(&node_settings) {
-            running.push(Some(spawn_node(s, i, listener).await?));
-        }
-        let apps = Some(spawn_apps(&cluster.manifest, apps_listener)?);
-        Ok(Self {
-            settings,
-            node_settings,
-            cluster,
-            payments,
-            coordinator,
-            nodes: running,
-            apps,
-        })
-    }
-
-    /// Stop the coordinator; [`LocalCluster::start_coordinator`] binds its address again.
-    pub async fn stop_coordinator(&mut self) -> Result<()> {
-        if let Some(c) = self.coordinator.take() {
-            c.stop().await?;
-        }
-        Ok(())
-    }
-
-    /// Start the coordinator again on its manifest address.
-    pub async fn start_coordinator(&mut self) -> Result<()> {
-        let url = self.cluster.manifest.coordinator.url.clone();
-        self.coordinator = Some(spawn_coordinator(&self.settings, bind(&url).await?).await?);
-        Ok(())
-    }
-
-    /// Replace node `index` with a service of the caller's making on the same address (e.g. a
-    /// misbehaving node in tests).
-    pub async fn replace_node(&mut self, index: u16, node: Node) -> Result<()> {
-        self.stop_node(index).await?;
-        let url = self.node_url(index)?;
-        let running = Running::spawn(format!("node {index}"), bind(&url).await?, move |l, rx| {
-            node.serve(l, on_stop(rx))
-        })?;
-        if let Some(slot) = self.nodes.get_mut(usize::from(index).saturating_sub(1)) {
-            *slot = Some(running);
-        }
-        Ok(())
-    }
-
-    fn node_url(&self, index: u16) -> Result<String> {
-        self.cluster
-            .manifest
-            .nodes
-            .iter()
-            .find(|n| n.index.get() == index)
-            .map(|n| n.url.clone())
-            .ok_or_else(|| anyhow!("no node {index}"))
-    }
-
-    /// Stop node `index`; [`LocalCluster::start_node`] binds its manifest address again.
-    pub async fn stop_node(&mut self, index: u16) -> Result<()> {
-        let slot = self
-            .nodes
-            .get_mut(usize::from(index).saturating_sub(1))
-            .ok_or_else(|| anyhow!("no node {index}"))?;
-        if let Some(r) = slot.take() {
-            r.stop().await?;
-        }
-        Ok(())
-    }
-
-    /// Start node `index` again on its manifest address.
-    pub async fn start_node(&mut self, index: u16) -> Result<()> {
-        let url = self.node_url(index)?;
-        let settings = self
-            .node_settings
-            .get(usize::from(index).saturating_sub(1))
-            .ok_or_else(|| anyhow!("no node {index}"))?;
-        let running = spawn_node(settings, index, bind(&url).await?).await?;
-        if let Some(slot) = self.nodes.get_mut(usize::from(index).saturating_sub(1)) {
-            *slot = Some(running);
-        }
-        Ok(())
-    }
-
-    /// Stop everything.
-    pub async fn stop(mut self) -> Result<()> {
-        for slot in &mut self.nodes {
-            if let Some(r) = slot.take() {
-                r.stop().await?;
-            }
-        }
-        if let Some(p) = self.payments.take() {
-            p.stop().await?;
-        }
-        if let Some(c) = self.coordinator.take() {
-            c.stop().await?;
-        }
-        if let Some(a) = self.apps.take() {
-            a.stop().await?;
-        }
-        Ok(())
-    }
-
-    /// The wallet PWA's URL.
-    pub fn wallet_url(&self) -> Option<String> {
-        self.apps.as_ref().map(|a| format!("{}/wallet/", a.url))
-    }
-
-    /// The validator PWA's URL.
-    pub fn validator_url(&self) -> Option<String> {
-        self.apps.as_ref().map(|a| format!("{}/validator/", a.url))
-    }
 }

@@ -55,7 +55,6 @@ macro_rules! out {
     };
 }
 
-pub mod apps;
 pub mod audit;
 pub mod bench;
 pub mod demo;

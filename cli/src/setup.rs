@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ticketing_config::Settings;
-use ticketing_config::cluster::{self, Cluster, SetupSpec};
+use ticketing_config::cluster::{self, Cluster};
 use ticketing_config::compose;
 use ticketing_config::products::ProductsFile;
 
@@ -77,30 +77,6 @@ pub(crate) fn progress(total_hint: &str) -> ProgressBar {
     bar
 }
 
-/// The spec `ticketing setup` and `ticketing demo` use, URLs defaulting to the demo ports.
-pub(crate) fn spec(
-    settings: &Settings,
-    nodes: u16,
-    threshold: u16,
-    products: ProductsFile,
-    horizon_days: u32,
-) -> SetupSpec {
-    let base = settings.demo.base_port;
-    SetupSpec {
-        node_urls: (1..=nodes)
-            .map(|i| format!("http://127.0.0.1:{}", u32::from(base) + 10 + u32::from(i)))
-            .collect(),
-        threshold,
-        payments_url: format!("http://127.0.0.1:{base}"),
-        coordinator_url: format!("http://127.0.0.1:{}", u32::from(base) + 1),
-        products,
-        horizon_days,
-        rotation_seconds: ticketing_crypto::presentation::DEFAULT_ROTATION_SECONDS,
-        clock_skew_seconds: ticketing_protocol::manifest::DEFAULT_CLOCK_SKEW_SECONDS,
-        now: ticketing_service::now(),
-    }
-}
-
 pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
     let products = match &args.products {
         Some(path) => ProductsFile::parse(
@@ -127,7 +103,7 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
     if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) && !args.force {
         return Err(ticketing_config::ConfigError::AlreadyExists(out).into());
     }
-    let mut spec = spec(
+    let mut spec = ticketing_local::spec(
         settings,
         args.nodes,
         args.threshold,

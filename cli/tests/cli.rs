@@ -12,9 +12,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ticketing_cli::demo::{Databases, LocalCluster};
 use ticketing_config::Settings;
 use ticketing_crypto::presentation::{Presentation, epoch_at};
+use ticketing_local::{Databases, LocalCluster};
 
 fn ticketing(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ticketing"))

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use ticketing_cli::demo::{Running, spawn_coordinator, spawn_node, spawn_payments};
 use ticketing_config::Settings;
 use ticketing_crypto::presentation::Presentation;
+use ticketing_local::{Running, spawn_coordinator, spawn_node, spawn_payments};
 use tokio::net::TcpListener;
 
 const PRODUCTS: &str = r#"

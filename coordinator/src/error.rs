@@ -24,7 +24,12 @@ pub enum CoordinatorError {
 impl From<StoreError> for CoordinatorError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NameTaken(_) => Self::Refused(ErrorCode::NameTaken, e.to_string()),
+            StoreError::Taken(name) => Self::Refused(
+                ErrorCode::NameTaken,
+                format!(
+                    "a device named `{name}` is registered; pass --replace to revoke its token and issue a new one"
+                ),
+            ),
             other => Self::Store(other),
         }
     }

@@ -121,7 +121,7 @@ impl Results {
     }
 }
 
-type Reply = oneshot::Sender<Result<Results, String>>;
+type Reply = oneshot::Sender<Result<Results, crate::store::StoreError>>;
 
 struct Job {
     request: Request,
@@ -193,9 +193,9 @@ impl Pipeline {
             .map_err(|_| CoordinatorError::Internal("the check stage stopped".into()))?;
         match answer.await {
             Ok(Ok(results)) => Ok(results),
-            Ok(Err(e)) => Err(CoordinatorError::Store(crate::store::StoreError::Corrupt(
-                e,
-            ))),
+            // The ledger's own error, whichever it was: a database that is down is not a
+            // corrupt row.
+            Ok(Err(e)) => Err(CoordinatorError::Store(e)),
             Err(_) => Err(CoordinatorError::Internal(
                 "the ledger stage stopped".into(),
             )),
@@ -498,7 +498,7 @@ async fn commit(store: &dyn LedgerStore, mode: Mode, jobs: Vec<Checked>) {
         Err(e) => {
             tracing::error!(error = %e, scans = records.len(), "ledger write failed");
             for job in jobs {
-                let _ = job.reply.send(Err(e.to_string()));
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }

@@ -13,14 +13,15 @@
 use std::sync::Arc;
 
 use ticketing_coordinator::store::{
-    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PostgresStore, PublicationStep, Retry,
-    Role, ScanRecord, SqliteStore, StoreError, Usage, Webhook,
+    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PublicationStep, Retry, Role, ScanRecord,
+    StoreError, Usage, Webhook,
 };
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
 use ticketing_protocol::partner::{EventKind, PartnerEvent};
 use ticketing_protocol::redeem::{DenyReason, SyncStatus, Verdict};
 use ticketing_protocol::{ErrorCode, Id16};
+use ticketing_service::test_support::TestDatabases;
 
 const KS: KeysetId = KeysetId([7; 8]);
 const SINGLE: Usage = Usage::Single {
@@ -501,7 +502,7 @@ mod cases {
             .add_device(&[2; 32], "gate-1", Role::Validator, 6, false)
             .await;
         assert!(
-            matches!(again, Err(StoreError::NameTaken(ref n)) if n == "gate-1"),
+            matches!(again, Err(StoreError::Taken(ref n)) if n == "gate-1"),
             "{again:?}"
         );
         assert_eq!(s.device(&[2; 32]).await.unwrap(), None);
@@ -937,37 +938,18 @@ mod cases {
     }
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite://{}/coordinator.db", dir.path().display());
-                    let store: Arc<dyn LedgerStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
-                    cases::$case(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(url) = ticketing_service::db::fresh_test_postgres(stringify!($case)).await.unwrap() else {
-                        return;
-                    };
-                    let store: Arc<dyn LedgerStore> = Arc::new(PostgresStore::open(&url).await.unwrap());
-                    cases::$case(store).await;
-                }
-            )*
-        }
-    };
+/// A fresh ledger on the case's database.
+async fn store(dbs: &TestDatabases) -> Option<Arc<dyn LedgerStore>> {
+    let url = dbs.url("coordinator").await?;
+    Some(Arc::from(
+        ticketing_coordinator::store::open(&url).await.unwrap(),
+    ))
 }
 
-conformance!(
+use cases::*;
+
+ticketing_service::on_both_databases!(
+    store;
     single_is_spent_at_first_scan,
     transfer_window_and_epochs,
     pass_counts_each_epoch_once,

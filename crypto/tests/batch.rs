@@ -11,7 +11,7 @@
     clippy::cast_sign_loss
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

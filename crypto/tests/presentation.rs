@@ -10,7 +10,7 @@
     clippy::cast_sign_loss
 )]
 
-mod common;
+use crate::common;
 
 use qrcode::{EcLevel, QrCode, Version};
 use ticketing_crypto::CryptoError;

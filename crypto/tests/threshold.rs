@@ -10,7 +10,7 @@
     clippy::cast_sign_loss
 )]
 
-mod common;
+use crate::common;
 
 use common::{setup, subsets};
 use ticketing_crypto::CryptoError;

@@ -13,7 +13,7 @@
     clippy::cast_sign_loss
 )]
 
-mod common;
+use crate::common;
 
 use serde_json::{Value, json};
 use ticketing_crypto::issuance;

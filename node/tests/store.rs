@@ -15,11 +15,12 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
 use ticketing_crypto::keyset::{KeysetId, ShareIndex};
-use ticketing_node::store::{NodeStore, PostgresStore, Recorded, SqliteStore};
+use ticketing_node::store::{NodeStore, Recorded};
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::log::{Checkpoint, GENESIS, LogEntry};
 use ticketing_protocol::receipt::{Receipt, SignedReceipt};
 use ticketing_protocol::{Digest32, Id16};
+use ticketing_service::test_support::TestDatabases;
 
 fn receipt(key: &SignKey, id: u8, digest: u8) -> SignedReceipt {
     Receipt {
@@ -247,37 +248,16 @@ mod cases {
     }
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite://{}/node.db", dir.path().display());
-                    let store: Arc<dyn NodeStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
-                    cases::$case(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(url) = ticketing_service::db::fresh_test_postgres(stringify!($case)).await.unwrap() else {
-                        return;
-                    };
-                    let store: Arc<dyn NodeStore> = Arc::new(PostgresStore::open(&url).await.unwrap());
-                    cases::$case(store).await;
-                }
-            )*
-        }
-    };
+/// A fresh store on the case's database.
+async fn store(dbs: &TestDatabases) -> Option<Arc<dyn NodeStore>> {
+    let url = dbs.url("node").await?;
+    Some(Arc::from(ticketing_node::store::open(&url).await.unwrap()))
 }
 
-conformance!(
+use cases::*;
+
+ticketing_service::on_both_databases!(
+    store;
     empty,
     fresh_repeat_conflict,
     chain_and_paging,

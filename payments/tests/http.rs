@@ -11,7 +11,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ use ticketing_payments::{Payments, PaymentsError, create_vouchers, create_vouche
 use ticketing_protocol::receipt::SignedReceipt;
 use ticketing_protocol::voucher::{VoucherCode, VoucherError};
 use ticketing_protocol::{Digest32, Id16};
+use ticketing_service::test_support::TestDatabases;
 use tokio::sync::Notify;
 
 fn receipt(body: &serde_json::Value) -> SignedReceipt {
@@ -52,16 +53,23 @@ async fn a_card_checkout_returns_a_receipt_that_verifies_and_binds_the_digest() 
     );
     let now = ticketing_service::now();
     assert!(r.receipt.issued_at <= now && now - r.receipt.issued_at < 60);
-    assert_eq!(
-        r.receipt.expires_at - r.receipt.issued_at,
-        s.settings.payments.receipt_ttl_seconds
+    // `issued_at` is when the sale was made, `expires_at` counts from when the receipt was
+    // signed: the same second, or a later one on a slow machine.
+    let ttl = s.settings.payments.receipt_ttl_seconds;
+    assert!(
+        (r.receipt.issued_at + ttl..=now + ttl).contains(&r.receipt.expires_at),
+        "expires_at {} for issued_at {} and a {ttl} s validity",
+        r.receipt.expires_at,
+        r.receipt.issued_at
     );
     // The signature covers the digest: the receipt cannot be moved to other points.
     let mut moved = r.clone();
     moved.receipt.digest = s.digest(&ks, 3);
     assert!(moved.verify(&s.manifest().payments.key).is_err());
-    // Nothing about the payer in the answer.
-    assert!(!answer.1.to_string().contains("4242"));
+    // Nothing about the payer in the answer (the card number in either form; a bare "4242"
+    // turns up by chance in the receipt's hex).
+    let text = answer.1.to_string();
+    assert!(!text.contains(SUCCEEDS) && !text.contains("4242424242424242"));
 
     assert_eq!(
         s.payments.store().totals().await.unwrap(),
@@ -542,50 +550,19 @@ async fn the_service_runs_on_postgres_too() {
     s.stop().await;
 }
 
-/// A Postgres-backed server for `tag`, or `None` (test skipped) without a test server.
-async fn postgres_server(seed: u64, tag: &str) -> Option<Server> {
-    // Postgres truncates names to 63 bytes, which would cut off the unique suffix.
-    let tag: String = tag.chars().take(24).collect();
-    let url = ticketing_service::db::fresh_test_postgres(&tag)
-        .await
-        .unwrap()?;
-    Some(Server::start_on(seed, url).await)
+/// A server seeded with `seed`, its store on the case's database.
+async fn server(dbs: &TestDatabases, seed: u64) -> Option<Server> {
+    Some(Server::start_on(seed, dbs.url("payments").await?).await)
 }
 
-/// One `#[tokio::test]` per case on SQLite and one on Postgres.
-macro_rules! on_both_backends {
-    ($($case:ident: $seed:literal),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let s = super::Server::start($seed).await;
-                    super::$case(s).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let tag = concat!("pay_http_", stringify!($case));
-                    let Some(s) = super::postgres_server($seed, tag).await else {
-                        return;
-                    };
-                    super::$case(s).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
-    concurrent_card_retries_of_one_digest_charge_once: 30,
-    a_declined_card_frees_the_points_for_another_card: 31,
-    a_payment_in_progress_makes_a_retry_wait_then_answer_unavailable: 32,
-    an_abandoned_card_payment_is_taken_over_without_charging_twice: 33,
-    receipts_are_looked_up_by_digest_and_renewed_when_expired: 34,
-    a_checkout_retry_renews_an_expired_receipt_without_paying: 35,
+ticketing_service::on_both_databases!(
+    server;
+    concurrent_card_retries_of_one_digest_charge_once(30),
+    a_declined_card_frees_the_points_for_another_card(31),
+    a_payment_in_progress_makes_a_retry_wait_then_answer_unavailable(32),
+    an_abandoned_card_payment_is_taken_over_without_charging_twice(33),
+    receipts_are_looked_up_by_digest_and_renewed_when_expired(34),
+    a_checkout_retry_renews_an_expired_receipt_without_paying(35),
 );
 
 async fn concurrent_card_retries_of_one_digest_charge_once(mut s: Server) {

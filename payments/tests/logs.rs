@@ -1,5 +1,5 @@
 //! What the payments service logs, captured at TRACE for every target: outcomes, never a card
-//! number, a voucher code or a digest (not even the one in a lookup's URL). (Its own binary: the capturing subscriber is global.)
+//! number, a voucher code or a digest (not even the one in a lookup's URL). (The capturing subscriber is global: the other modules of this binary log into it too, and none of them may log those either.)
 
 // Test code: a panic is how a test fails, and fixtures index known-size data.
 #![allow(
@@ -9,7 +9,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -24,59 +24,15 @@ use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::receipt::{Receipt, SignedReceipt};
 use ticketing_protocol::voucher::VoucherCode;
 use ticketing_protocol::{Digest32, Id16};
+use ticketing_service::test_support::TestDatabases;
 
-/// Where a case's database lives; dropping it removes a SQLite file.
-struct Db {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
+/// The URL of a fresh database for the case.
+async fn url(dbs: &TestDatabases) -> Option<String> {
+    dbs.url("payments").await
 }
 
-fn sqlite_db() -> Db {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("payments.db").display());
-    Db {
-        url,
-        _dir: Some(dir),
-    }
-}
-
-async fn postgres_db(tag: &str) -> Option<Db> {
-    // Postgres truncates names to 63 bytes, which would cut off the unique suffix.
-    let tag: String = tag.chars().take(24).collect();
-    let url = ticketing_service::db::fresh_test_postgres(&tag)
-        .await
-        .unwrap()?;
-    Some(Db { url, _dir: None })
-}
-
-/// One `#[tokio::test]` per case and backend.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let db = super::sqlite_db();
-                    super::$case(&db.url).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(db) = super::postgres_db(concat!("pay_", stringify!($case))).await
-                    else {
-                        return;
-                    };
-                    super::$case(&db.url).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+ticketing_service::on_both_databases!(
+    url;
     vouchers_are_added_all_or_none,
     vouchers_are_listed_and_voided,
     receipts_are_stored_and_totalled_per_keyset,
@@ -184,7 +140,8 @@ async fn open(url: &str) -> Arc<dyn PaymentsStore> {
     open_store(url).await.unwrap()
 }
 
-async fn vouchers_are_added_all_or_none(url: &str) {
+async fn vouchers_are_added_all_or_none(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(1);
     let (a, row_a) = m.voucher("single");
@@ -212,7 +169,8 @@ async fn vouchers_are_added_all_or_none(url: &str) {
 
 /// Vouchers are listed (never their codes: only hashes are kept) and an unused one can be
 /// voided, after which checkout refuses it; a used one stays used.
-async fn vouchers_are_listed_and_voided(url: &str) {
+async fn vouchers_are_listed_and_voided(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(9);
     let (a, row_a) = m.voucher("single");
@@ -250,7 +208,8 @@ async fn vouchers_are_listed_and_voided(url: &str) {
     assert_eq!(state(b.hash()), (true, Some(T0 + 5)));
 }
 
-async fn receipts_are_stored_and_totalled_per_keyset(url: &str) {
+async fn receipts_are_stored_and_totalled_per_keyset(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(2);
     assert_eq!(store.totals().await.unwrap(), vec![]);
@@ -293,7 +252,8 @@ async fn receipts_are_stored_and_totalled_per_keyset(url: &str) {
     );
 }
 
-async fn a_repeated_digest_returns_the_stored_receipt(url: &str) {
+async fn a_repeated_digest_returns_the_stored_receipt(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(3);
     let d = m.digest();
@@ -319,7 +279,8 @@ async fn a_repeated_digest_returns_the_stored_receipt(url: &str) {
     assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
 }
 
-async fn a_voucher_burns_once_and_only_for_its_product(url: &str) {
+async fn a_voucher_burns_once_and_only_for_its_product(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(4);
     let (v, row) = m.voucher("single");
@@ -374,7 +335,8 @@ async fn a_voucher_burns_once_and_only_for_its_product(url: &str) {
     assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
 }
 
-async fn concurrent_checkouts_with_one_voucher_burn_it_once(url: &str) {
+async fn concurrent_checkouts_with_one_voucher_burn_it_once(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(5);
     let (v, row) = m.voucher("single");
@@ -400,7 +362,8 @@ async fn concurrent_checkouts_with_one_voucher_burn_it_once(url: &str) {
     assert_eq!((totals[0].receipts, totals[0].tickets), (1, 1));
 }
 
-async fn concurrent_retries_of_one_digest_store_one_receipt(url: &str) {
+async fn concurrent_retries_of_one_digest_store_one_receipt(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(6);
     let (v, row) = m.voucher("single");
@@ -433,7 +396,8 @@ async fn concurrent_retries_of_one_digest_store_one_receipt(url: &str) {
     assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
 }
 
-async fn extreme_values_round_trip_or_are_refused(url: &str) {
+async fn extreme_values_round_trip_or_are_refused(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(7);
     let d = m.digest();
@@ -452,7 +416,8 @@ async fn extreme_values_round_trip_or_are_refused(url: &str) {
     assert_eq!(store.receipt_by_digest(&d2).await.unwrap(), None);
 }
 
-async fn reopening_keeps_the_data(url: &str) {
+async fn reopening_keeps_the_data(url: String) {
+    let url = url.as_str();
     let mut m = Maker::new(8);
     let d = m.digest();
     let r = m.receipt(KS_B, 4, d, 1000);
@@ -471,7 +436,8 @@ async fn reopening_keeps_the_data(url: &str) {
     );
 }
 
-async fn a_card_reservation_holds_the_digest_until_issued(url: &str) {
+async fn a_card_reservation_holds_the_digest_until_issued(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(9);
     let d = m.digest();
@@ -547,7 +513,8 @@ async fn a_card_reservation_holds_the_digest_until_issued(url: &str) {
     );
 }
 
-async fn a_reservation_is_released_or_taken_over_only_under_its_lease(url: &str) {
+async fn a_reservation_is_released_or_taken_over_only_under_its_lease(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(10);
     let d = m.digest();
@@ -597,7 +564,8 @@ async fn a_reservation_is_released_or_taken_over_only_under_its_lease(url: &str)
     );
 }
 
-async fn concurrent_reservations_of_one_digest_reserve_once(url: &str) {
+async fn concurrent_reservations_of_one_digest_reserve_once(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(11);
     let d = m.digest();
@@ -628,7 +596,8 @@ async fn concurrent_reservations_of_one_digest_reserve_once(url: &str) {
     assert_eq!(store.stored(&d).await.unwrap(), Some(expected));
 }
 
-async fn concurrent_take_overs_of_one_reservation_succeed_once(url: &str) {
+async fn concurrent_take_overs_of_one_reservation_succeed_once(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(12);
     let d = m.digest();
@@ -659,7 +628,8 @@ async fn concurrent_take_overs_of_one_reservation_succeed_once(url: &str) {
     );
 }
 
-async fn issuing_needs_the_reserved_receipt(url: &str) {
+async fn issuing_needs_the_reserved_receipt(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(13);
     // Nothing reserved.
@@ -689,7 +659,8 @@ async fn issuing_needs_the_reserved_receipt(url: &str) {
     assert_eq!(store.issue(&r).await.unwrap(), CheckoutOutcome::Issued(r));
 }
 
-async fn renewal_replaces_only_expiry_and_signature(url: &str) {
+async fn renewal_replaces_only_expiry_and_signature(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(14);
     let d = m.digest();
@@ -744,7 +715,8 @@ async fn renewal_replaces_only_expiry_and_signature(url: &str) {
     assert_eq!(store.totals().await.unwrap()[0].receipts, 1);
 }
 
-async fn concurrent_renewals_store_one_receipt(url: &str) {
+async fn concurrent_renewals_store_one_receipt(url: String) {
+    let url = url.as_str();
     let store = open(url).await;
     let mut m = Maker::new(15);
     let d = m.digest();

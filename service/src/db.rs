@@ -7,6 +7,60 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Executor, PgPool, SqlitePool};
 
+/// The one error of every store (node log, ledger): either the database did not do what was
+/// asked, and a retry may succeed, or what it holds cannot be read, which no retry mends. A
+/// caller answers the first with `unavailable`; the second is reported as what it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached, timed out, refused the operation, or lost a conflict
+    /// with a concurrent transaction: nothing of the operation was kept.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row does not decode (tampering or a bug): reported, never papered over.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// A unique name is in use (nothing was changed).
+    #[error("`{0}` is taken")]
+    Taken(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            // What the database answered does not fit what the code reads: the data, not the
+            // connection, is wrong.
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::TypeNotFound { .. } => Self::Corrupt(e.to_string()),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Unavailable(format!("migrations: {e}"))
+    }
+}
+
+impl From<ticketing_protocol::ProtocolError> for StoreError {
+    fn from(e: ticketing_protocol::ProtocolError) -> Self {
+        Self::Corrupt(e.to_string())
+    }
+}
+
+/// A count or time for a signed 64-bit column.
+pub fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit the database")))
+}
+
+/// A signed 64-bit column read back as the count or time it holds.
+pub fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
+}
+
 /// Which backend a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -183,5 +237,33 @@ mod reach_tests {
             .unwrap_or_default();
         assert!(e.contains("127.0.0.1:1"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::StoreError;
+
+    /// A database that does not answer is unavailable (retry), a row that does not read is
+    /// corrupt (report): the two never read as each other.
+    #[tokio::test]
+    async fn a_down_database_is_unavailable_and_a_bad_row_corrupt() {
+        let down = super::postgres("postgres://u:p@127.0.0.1:1/db")
+            .await
+            .unwrap_err();
+        assert!(matches!(StoreError::from(down), StoreError::Unavailable(_)));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        let pool = super::sqlite("sqlite::memory:").await.unwrap();
+        let row = sqlx::query("SELECT 'text' AS n")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let bad = StoreError::from(sqlx::Row::try_get::<i64, _>(&row, "n").unwrap_err());
+        assert!(matches!(bad, StoreError::Corrupt(_)), "{bad:?}");
+        let missing = sqlx::Row::try_get::<i64, _>(&row, "m").unwrap_err();
+        assert!(matches!(StoreError::from(missing), StoreError::Corrupt(_)));
     }
 }

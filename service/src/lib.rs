@@ -28,6 +28,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub mod db;
 pub mod limit;
 pub mod openapi;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 pub use openapi::{Api, Route};
 

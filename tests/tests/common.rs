@@ -4,12 +4,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ticketing_cli::demo::{Databases, LocalCluster};
 use ticketing_client::Client;
 use ticketing_config::Settings;
 use ticketing_coordinator::TokenRole;
 use ticketing_crypto::ticket::{HolderSecret, Ticket};
+use ticketing_local::{Databases, LocalCluster};
 use ticketing_protocol::receipt::PaymentMethod;
+use ticketing_service::db::Backend;
+use ticketing_service::test_support::TestDatabases;
 
 /// The PWA origin the test clusters allow (CORS).
 pub(crate) const WALLET_ORIGIN: &str = "http://wallet.test:8080";
@@ -157,32 +159,16 @@ pub(crate) fn capture_logs() {
     });
 }
 
-/// One `#[tokio::test]` per case and database: `sqlite::<case>` always, `postgres::<case>` when
-/// `TICKETING_TEST_POSTGRES_URL` is set (required under `TICKETING_REQUIRE_POSTGRES=1`). Each
-/// case is an `async fn(TestCluster)` given a fresh n-node threshold-t cluster.
-macro_rules! on_both_databases {
-    (nodes = $n:expr, threshold = $t:expr; $($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let c = crate::common::start(crate::common::Db::Sqlite, $n, $t).await.unwrap();
-                    super::$case(c).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(c) = crate::common::start(crate::common::Db::Postgres, $n, $t).await
-                    else {
-                        return;
-                    };
-                    super::$case(c).await;
-                }
-            )*
-        }
+/// The fixture of `on_both_databases!`: an n-node threshold-t cluster on the case's backend
+/// (`None`: the Postgres run is not configured here).
+pub(crate) async fn cluster(
+    dbs: &TestDatabases,
+    nodes: u16,
+    threshold: u16,
+) -> Option<TestCluster> {
+    let db = match dbs.backend() {
+        Backend::Sqlite => Db::Sqlite,
+        Backend::Postgres => Db::Postgres,
     };
+    start(db, nodes, threshold).await
 }
-pub(crate) use on_both_databases;

@@ -582,8 +582,15 @@ pub(crate) async fn a_printed_ticket_rides_once(c: TestCluster) {
     assert_eq!(api.redeem(&gate_a, &printed(&pass)).await, "not_printable");
 }
 
-crate::common::on_both_databases!(
-    nodes = 3, threshold = 2;
+/// Each case's cluster: 3 nodes, threshold 2.
+async fn cluster(
+    dbs: &ticketing_service::test_support::TestDatabases,
+) -> Option<crate::common::TestCluster> {
+    crate::common::cluster(dbs, 3, 2).await
+}
+
+ticketing_service::on_both_databases!(
+    cluster;
     a_printed_ticket_rides_once,
     a_thousand_concurrent_redeems_accept_one,
     every_rejection_has_its_code,

@@ -60,7 +60,7 @@ async fn two_coordinators_share_one_ledger_and_publish_once() {
         return;
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let second = ticketing_cli::demo::spawn_coordinator(&c.cluster.settings, listener)
+    let second = ticketing_local::spawn_coordinator(&c.cluster.settings, listener)
         .await
         .unwrap();
     let urls = [

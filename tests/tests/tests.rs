@@ -30,6 +30,10 @@
 //!   is called (with real purchases, scans and every kind of token) and answers as its
 //!   documented schema says, none is the fallback's 404, every `$ref` resolves, and every
 //!   `/v1/` path the clients, CLI and auditor call is documented.
+//! - `partner_feed`: the partner feed, webhooks and auditor tokens against real issuer nodes on
+//!   loopback, on SQLite and on Postgres: the coordinator follows the nodes' public logs over
+//!   HTTP, a real axum receiver checks every webhook signature, backoff driven by an explicit
+//!   clock, and the served background loops deliver.
 //! - `redemption`: the coordinator over HTTP, on SQLite and on real Postgres: 1,000 concurrent
 //!   redeems of one ticket accept exactly one; every rejection code (stale screenshot, forged
 //!   and tampered payloads, unknown keyset, replayed epoch, revoked); 401 without a device or
@@ -77,6 +81,7 @@ mod cores;
 mod edges;
 mod issuance;
 mod openapi;
+mod partner_feed;
 mod redemption;
 mod scale_out;
 mod validator_pwa;

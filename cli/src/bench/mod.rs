@@ -13,7 +13,7 @@ use ticketing_crypto::keyset::ShareIndex;
 use ticketing_crypto::ticket::HolderSecret;
 use ticketing_protocol::receipt::PaymentMethod;
 
-use crate::demo::{Databases, LocalCluster};
+use ticketing_local::{Databases, LocalCluster};
 
 mod redeem;
 

@@ -19,7 +19,7 @@ use ticketing_protocol::Id16;
 use ticketing_protocol::redeem::{RedeemBatchResponse, Verdict};
 
 use super::{RedeemArgs, percentile};
-use crate::demo::{Databases, LocalCluster};
+use ticketing_local::{Databases, LocalCluster};
 
 /// A minted ticket with its holder secret.
 type Minted = (Ticket, HolderSecret);

@@ -691,13 +691,13 @@ macro_rules! sql_store {
                         Ok(Err(taken)) => self.stored_outcomes(mode, &taken, &mut repeats).await?,
                         // Deadlock or serialization failure between concurrent batches
                         // (Postgres): nothing was committed; try again.
-                        Err(StoreError::Database(e)) => last = Some(e),
+                        Err(StoreError::Unavailable(e)) => last = Some(e),
                         Err(other) => return Err(other),
                     }
                 }
                 Err(last.map_or_else(
                     || StoreError::Corrupt("scan ids kept changing under the batch".into()),
-                    StoreError::Database,
+                    StoreError::Unavailable,
                 ))
             }
 
@@ -1055,7 +1055,7 @@ macro_rules! sql_store {
                 .await?;
                 if live.is_some() {
                     if !replace {
-                        return Err(StoreError::NameTaken(name.to_owned()));
+                        return Err(StoreError::Taken(name.to_owned()));
                     }
                     sqlx::query(&Self::sql(
                         "UPDATE devices SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",

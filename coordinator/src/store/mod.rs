@@ -15,38 +15,19 @@
 use async_trait::async_trait;
 use ticketing_crypto::keyset::KeysetId;
 use ticketing_crypto::ticket::Serial;
+use ticketing_protocol::Id16;
 use ticketing_protocol::partner::{PartnerEvent, ProductTotals};
 use ticketing_protocol::redeem::{AdminAction, DenyEntry, DenyReason, SyncStatus, Verdict};
-use ticketing_protocol::{Id16, ProtocolError};
 
 mod backends;
 
 pub use backends::{PostgresStore, SqliteStore};
 
-/// Storage failures. None of them means "recorded": the caller answers `unavailable`.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database could not be reached or refused the operation.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A stored row does not decode (tampering or a bug): reported, never papered over.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// A live device token of this name exists (nothing was changed).
-    #[error(
-        "a device named `{0}` is registered; pass --replace to revoke its token and issue a new one"
-    )]
-    NameTaken(String),
-}
-
-impl From<ProtocolError> for StoreError {
-    fn from(e: ProtocolError) -> Self {
-        Self::Corrupt(e.to_string())
-    }
-}
+/// Storage failures (shared by every store). None of them means "recorded": the caller
+/// answers `unavailable`, except [`StoreError::Taken`]: a live device token of that name
+/// exists (nothing was changed), answered `name_taken`.
+pub use ticketing_service::db::StoreError;
+pub(crate) use ticketing_service::db::{to_i64, to_u64};
 
 /// What one published version changed in the filter's encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,7 +392,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// Flag counts over the whole ledger.
     async fn flags(&self) -> Result<FlagCounts, StoreError>;
     /// Register a token (by its hash) under `name`. A live token of that name is refused
-    /// ([`StoreError::NameTaken`]) unless `replace`, which revokes it in the same transaction.
+    /// ([`StoreError::Taken`]) unless `replace`, which revokes it in the same transaction.
     async fn add_device(
         &self,
         token_hash: &[u8; 32],
@@ -469,14 +450,6 @@ pub async fn open(url: &str) -> Result<Box<dyn LedgerStore>, StoreError> {
         }
         _ => Ok(Box::new(SqliteStore::open(url).await?)),
     }
-}
-
-pub(crate) fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit the database")))
-}
-
-pub(crate) fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
 }
 
 pub(crate) fn serial_of(bytes: &[u8]) -> Result<Serial, StoreError> {

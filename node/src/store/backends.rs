@@ -172,7 +172,7 @@ macro_rules! sql_store {
                     Ok(done) => done,
                     // Another writer took a seq (the constraint stopped a fork), or the database
                     // hiccuped: nothing of the group was kept. Resynchronize and try once more.
-                    Err(StoreError::Database(_)) => {
+                    Err(StoreError::Unavailable(_)) => {
                         match Self::last_entry(pool).await {
                             Ok(h) => *head = h,
                             Err(e) => return failed(e),
@@ -276,7 +276,7 @@ macro_rules! sql_store {
                 let mut results = Vec::with_capacity(group.len());
                 for append in group {
                     match Self::append_in(&mut tx, &mut head, &append.receipt, append.time).await {
-                        Err(StoreError::Database(e)) => return Err(StoreError::Database(e)),
+                        Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
                         other => results.push(other),
                     }
                 }

@@ -5,36 +5,16 @@
 use async_trait::async_trait;
 use ticketing_protocol::log::{Checkpoint, LogEntry};
 use ticketing_protocol::receipt::SignedReceipt;
-use ticketing_protocol::{Digest32, Id16, ProtocolError};
+use ticketing_protocol::{Digest32, Id16};
 
 mod backends;
 
 pub use backends::{PostgresStore, SqliteStore};
 
-/// Storage failures. None of them means "recorded": the caller answers `unavailable` and the
-/// wallet retries with the same receipt.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database could not be reached or refused the operation.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The log writer could not record a group of receipts, or has stopped (each request of
-    /// the group gets this; nothing of the group was kept).
-    #[error("database: {0}")]
-    Unavailable(String),
-    /// A stored row does not decode (tampering or a bug): reported, never papered over.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-}
-
-impl From<ProtocolError> for StoreError {
-    fn from(e: ProtocolError) -> Self {
-        Self::Corrupt(e.to_string())
-    }
-}
+/// Storage failures (shared by every store). None of them means "recorded": the caller
+/// answers `unavailable` and the wallet retries with the same receipt.
+pub use ticketing_service::db::StoreError;
+pub(crate) use ticketing_service::db::{to_i64, to_u64};
 
 /// What recording a receipt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,14 +61,6 @@ pub async fn open(url: &str) -> Result<Box<dyn NodeStore>, StoreError> {
         }
         _ => Ok(Box::new(SqliteStore::open(url).await?)),
     }
-}
-
-pub(crate) fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit the database")))
-}
-
-pub(crate) fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
 }
 
 pub(crate) fn digest(bytes: &[u8]) -> Result<Digest32, StoreError> {

@@ -1,7 +1,6 @@
-//! The partner feed, webhooks and auditor tokens against real issuer nodes on loopback (the
-//! `ticketing-node` crate, a dev-dependency only): receipts signed with the cluster's payments
-//! key are issued at some of the nodes, the coordinator follows their public logs over HTTP,
-//! and a real axum webhook receiver checks every signature. On SQLite and on Postgres
+//! The partner feed, webhooks and auditor tokens against real issuer nodes on loopback: receipts
+//! signed with the cluster's payments key are issued at some of the nodes, the coordinator
+//! follows their public logs over HTTP, and a real axum webhook receiver checks every signature. On SQLite and on Postgres
 //! (`TICKETING_TEST_POSTGRES_URL`).
 //!
 //! The follower and the delivery loop are driven directly (`follow_issuance`,
@@ -850,28 +849,16 @@ async fn the_served_coordinator_follows_and_delivers(db: Db) {
     rig.stop().await;
 }
 
-macro_rules! on_both {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
+/// Each case's backend.
+async fn backend(dbs: &ticketing_service::test_support::TestDatabases) -> Option<Db> {
+    Some(match dbs.backend() {
+        ticketing_service::db::Backend::Sqlite => Db::Sqlite,
+        ticketing_service::db::Backend::Postgres => Db::Postgres,
+    })
 }
 
-on_both!(
+ticketing_service::on_both_databases!(
+    backend;
     feed_webhooks_and_restart,
     auditor_tokens_are_read_only,
     the_served_coordinator_follows_and_delivers,

@@ -1,0 +1,18 @@
+//! The node's integration tests, one binary:
+//!
+//! - `issue`: `Node::issue` with an explicit clock: receipts expire for new sales, never for a
+//!   retry of a sale the node already recorded; a sale is judged at the time it was made.
+//! - `store`: One conformance suite for the node store, run against SQLite and against a real
+//!   Postgres (`TICKETING_TEST_POSTGRES_URL`; `.ci/run` starts one and sets
+//!   `TICKETING_REQUIRE_POSTGRES=1` so the Postgres half cannot be skipped there).
+
+// Test code: a panic is how a test fails, and fixtures index known-size data.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod issue;
+mod store;
