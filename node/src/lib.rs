@@ -20,6 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use ticketing_config::Settings;
 use ticketing_config::cluster::{self, NodeBundle};
+use ticketing_crypto::keyset::KeysetId;
 use ticketing_protocol::Digest32;
 use ticketing_protocol::issue::{IssueRequest, IssueResponse};
 use ticketing_protocol::log::{Checkpoint, LogPage, NodeKeyset, NodeStatus};
@@ -182,8 +183,38 @@ impl Node {
     }
 
     async fn issue_inner(&self, req: IssueRequest, now: u64) -> Result<IssueResponse, NodeError> {
-        let inner = &self.inner;
         let started = std::time::Instant::now();
+        let keyset_id = self.check(&req, now).await?;
+        let checked = started.elapsed();
+        // Record before signing: a crash in between leaves a recorded receipt that the
+        // wallet's retry (same receipt, same points) gets signed as a repeat.
+        match self.inner.store.record(&req.receipt, now).await? {
+            Recorded::Conflict => return Err(NodeError::ReceiptReused),
+            Recorded::Repeat { .. } => {}
+            Recorded::Fresh(entry) => {
+                if entry.seq % self.inner.checkpoint_every == 0 {
+                    self.checkpoint_at(entry.seq, entry.hash, now).await?;
+                }
+            }
+        }
+        let recorded = started.elapsed();
+        let response = self
+            .answer(&req.receipt.receipt, keyset_id, req.blinded)
+            .await?;
+        tracing::debug!(
+            check_us = checked.as_micros(),
+            record_us = (recorded - checked).as_micros(),
+            sign_us = (started.elapsed() - recorded).as_micros(),
+            "issue phases"
+        );
+        Ok(response)
+    }
+
+    /// Every check of the protocol before anything is recorded: the receipt's signature, its
+    /// keyset on sale when it was sold, its validity (or an earlier record of it), the points
+    /// against its count and digest. The keyset signed under, when all pass.
+    async fn check(&self, req: &IssueRequest, now: u64) -> Result<KeysetId, NodeError> {
+        let inner = &self.inner;
         let receipt = &req.receipt.receipt;
         req.receipt
             .verify(&inner.manifest.payments.key)
@@ -231,23 +262,18 @@ impl Node {
         if !inner.signatory.keysets().contains(&keyset.id) {
             return Err(NodeError::UnknownKeyset(keyset.id.to_string()));
         }
+        Ok(keyset.id)
+    }
 
-        let checked = started.elapsed();
-        // Record before signing: a crash in between leaves a recorded receipt that the
-        // wallet's retry (same receipt, same points) gets signed as a repeat.
-        match inner.store.record(&req.receipt, now).await? {
-            Recorded::Conflict => return Err(NodeError::ReceiptReused),
-            Recorded::Repeat { .. } => {}
-            Recorded::Fresh(entry) => {
-                if entry.seq % inner.checkpoint_every == 0 {
-                    self.checkpoint_at(entry.seq, entry.hash, now).await?;
-                }
-            }
-        }
-
-        let recorded = started.elapsed();
-        let keyset_id = keyset.id;
-        let points = req.blinded;
+    /// The partial signatures of `points` under this node's share of `keyset_id`, in an
+    /// answer signed with its identity key.
+    async fn answer(
+        &self,
+        receipt: &ticketing_protocol::receipt::Receipt,
+        keyset_id: KeysetId,
+        points: Vec<ticketing_crypto::issuance::BlindedPoint>,
+    ) -> Result<IssueResponse, NodeError> {
+        let inner = &self.inner;
         // ~90 µs of curve work per point: a few points are signed in place (cheaper than a
         // thread hand-off), larger batches on the blocking pool so the runtime stays responsive.
         let partials = if points.len() <= INLINE_SIGN_MAX {
@@ -262,7 +288,6 @@ impl Node {
         }
         .ok_or_else(|| NodeError::UnknownKeyset(keyset_id.to_string()))?;
         inner.tickets_signed.inc_by(partials.len() as u64);
-
         let mut response = IssueResponse {
             node: inner.signatory.index(),
             receipt_id: receipt.receipt_id,
@@ -275,12 +300,6 @@ impl Node {
             signature: ticketing_protocol::keys::Sig([0; 64]),
         };
         response.signature = inner.signatory.sign_message(&response.signing_bytes());
-        tracing::debug!(
-            check_us = checked.as_micros(),
-            record_us = (recorded - checked).as_micros(),
-            sign_us = (started.elapsed() - recorded).as_micros(),
-            "issue phases"
-        );
         Ok(response)
     }
 
