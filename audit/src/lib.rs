@@ -54,9 +54,9 @@ impl std::fmt::Debug for Options {
     }
 }
 
-/// The reason given when no coordinator token was passed (the redemption counts need one).
-pub const NO_TOKEN: &str = "no coordinator token (pass --coordinator-token or set \
-     TICKETING_AUDIT_TOKEN; `ticketing validator register --auditor` makes one)";
+/// The reason given when no coordinator token was passed (the redemption counts need one;
+/// how to get one is the caller's to say).
+pub const NO_TOKEN: &str = "no coordinator token was given";
 
 /// Read every source and check it against `previous` (verified first: a state file that is
 /// not signed by the nodes it names is refused). Returns the report and the state to keep.

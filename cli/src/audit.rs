@@ -93,6 +93,7 @@ async fn try_audit(settings: &Settings, args: &AuditArgs) -> Result<Verdict> {
         Some(t) => Some(t.trim().to_owned()),
         None => read_token(&auditor_token_path(settings))?,
     };
+    let no_token = coordinator_token.is_none();
     let options = Options {
         coordinator_token,
         timeout: Duration::from_millis(args.timeout_ms),
@@ -107,6 +108,13 @@ async fn try_audit(settings: &Settings, args: &AuditArgs) -> Result<Verdict> {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         out!("{}", report.render());
+    }
+    if no_token {
+        eprintln!(
+            "note: the redemption counts need the coordinator's auditor token: pass \
+             --coordinator-token or set TICKETING_AUDIT_TOKEN (`ticketing validator register \
+             --auditor` makes one)"
+        );
     }
     Ok(if report.nothing_read() {
         Verdict::NothingRead

@@ -575,6 +575,17 @@ async fn audit_reports_clean_and_exits_non_zero_on_violations() {
     .await
     .unwrap();
     assert!(o.status.success(), "{}", text(&o));
+    // Without a token the redemption counts cannot be read: a violation, and the command
+    // (not the auditor library) says where a token comes from.
+    let o = run(&["audit"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("TICKETING_AUDIT_TOKEN"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no coordinator token was given"),
+        "{}",
+        text(&o)
+    );
     // An auditor token where `ticketing demo` puts it.
     let (token, _) = ticketing_coordinator::register(
         &cluster.settings,
