@@ -70,6 +70,51 @@ pub enum Backend {
     Postgres,
 }
 
+/// What the stores' SQL differs in between the two databases, as data: each backend of a
+/// store is generated with one of these and asks it, never compares strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect {
+    /// Which database.
+    pub backend: Backend,
+    /// How a placeholder is written: `$` (`$1`, Postgres) or `?` (`?1`, SQLite).
+    pub sigil: &'static str,
+    /// What opens a transaction that will write. SQLite's `BEGIN IMMEDIATE` takes the write
+    /// lock up front, so concurrent writers queue on the busy timeout instead of failing to
+    /// upgrade a read snapshot; Postgres' plain `BEGIN` (read committed) relies on row locks.
+    pub begin_write: &'static str,
+    /// The database runs one write transaction at a time (SQLite): a store serializes its own
+    /// writers in memory rather than have them wait on the file lock.
+    pub one_writer: bool,
+}
+
+impl Dialect {
+    /// SQLite.
+    pub const SQLITE: Self = Self {
+        backend: Backend::Sqlite,
+        sigil: "?",
+        begin_write: "BEGIN IMMEDIATE",
+        one_writer: true,
+    };
+
+    /// Postgres.
+    pub const POSTGRES: Self = Self {
+        backend: Backend::Postgres,
+        sigil: "$",
+        begin_write: "BEGIN",
+        one_writer: false,
+    };
+
+    /// SQL written with `$n` placeholders, in this dialect's form.
+    pub fn sql<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        placeholders(text, self.sigil)
+    }
+
+    /// Whether this is Postgres (for the few statements only it has).
+    pub fn is_postgres(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+}
+
 /// The backend a database URL names, if any.
 pub fn backend_of(url: &str) -> Option<Backend> {
     if url.starts_with("sqlite:") {

@@ -57,9 +57,18 @@ struct Applied {
     flag: Option<&'static str>,
 }
 
+/// The statement that serializes event appends across connections (see `insert_events`):
+/// a transaction-scoped advisory lock on Postgres (any constant key, used for nothing else);
+/// none on SQLite, whose writers are one at a time already.
+fn events_lock(dialect: ticketing_service::db::Dialect) -> Option<&'static str> {
+    dialect
+        .is_postgres()
+        .then_some("SELECT pg_advisory_xact_lock(7460150)")
+}
+
 macro_rules! sql_store {
-    ($name:ident, $db:ty, $pool:ty, $connect:path, $migrations:literal, $sigil:literal,
-     $begin:literal, $events_lock:literal, $doc:literal) => {
+    ($name:ident, $db:ty, $pool:ty, $connect:path, $migrations:literal, $dialect:expr,
+     $doc:literal) => {
         #[doc = $doc]
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -79,9 +88,12 @@ macro_rules! sql_store {
                 })
             }
 
+            /// What this backend's SQL differs in.
+            const DIALECT: ticketing_service::db::Dialect = $dialect;
+
             /// The SQL below is written with `$n` placeholders; this backend's form.
             fn sql(text: &'static str) -> std::borrow::Cow<'static, str> {
-                ticketing_service::db::placeholders(text, $sigil)
+                Self::DIALECT.sql(text)
             }
 
             /// The pool, for tests that inspect rows.
@@ -90,10 +102,10 @@ macro_rules! sql_store {
             }
 
             async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-                if $sigil == "$" {
-                    None
-                } else {
+                if Self::DIALECT.one_writer {
                     Some(self.writer.lock().await)
+                } else {
+                    None
                 }
             }
 
@@ -105,7 +117,7 @@ macro_rules! sql_store {
                 scans: &[ScanRecord],
                 repeats: &HashMap<RepeatKey, Outcome>,
             ) -> Result<Result<Vec<Outcome>, Vec<Retry>>, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
                 let mut events = Vec::new();
                 let mut outcomes: Vec<Outcome> = Vec::with_capacity(scans.len());
                 let mut in_batch: HashMap<ScanKey, usize> = HashMap::new();
@@ -184,8 +196,8 @@ macro_rules! sql_store {
                 if events.is_empty() {
                     return Ok(0);
                 }
-                if !$events_lock.is_empty() {
-                    sqlx::query($events_lock).execute(&mut **tx).await?;
+                if let Some(lock) = events_lock(Self::DIALECT) {
+                    sqlx::query(lock).execute(&mut **tx).await?;
                 }
                 let mut inserted = 0;
                 for e in events {
@@ -626,7 +638,7 @@ macro_rules! sql_store {
                     Some(a) => to_i64(a)?,
                     None => i64::MIN,
                 };
-                let concat = if $sigil == "$" {
+                let concat = if Self::DIALECT.is_postgres() {
                     "string_agg(serial, ''::bytea)"
                 } else {
                     // Bytes kept as they are (the database is UTF-8: no conversion).
@@ -637,9 +649,9 @@ macro_rules! sql_store {
                      WHERE keyset_id = $1 AND listed_at > $2 AND listed_at <= $3 \
                      GROUP BY listed_at"
                 );
-                let sql = ticketing_service::db::placeholders(&sql, $sigil);
+                let sql = Self::DIALECT.sql(&sql);
                 let mut tx = self.pool.begin().await?;
-                if $sigil == "$" {
+                if Self::DIALECT.is_postgres() {
                     // Postgres hashes the groups and holds every serial of the answer (32 bytes
                     // each) until it is done; with the default 4 MB of work_mem that spills to
                     // disk (1M serials: ~950 ms instead of ~640 ms). The coordinator holds them
@@ -731,7 +743,7 @@ macro_rules! sql_store {
                 now: u64,
             ) -> Result<bool, StoreError> {
                 let _guard = self.write_guard().await;
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
                 let mut events = Vec::new();
                 let new =
                     Self::deny_in(&mut tx, keyset_id, serial, reason, fare, now, &mut events).await?;
@@ -745,7 +757,7 @@ macro_rules! sql_store {
                     return Ok(0);
                 }
                 let _guard = self.write_guard().await;
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
                 let events: Vec<NewEvent> = issuances.iter().map(NewEvent::issued).collect();
                 let inserted = Self::insert_events(&mut tx, &events).await?;
                 tx.commit().await?;
@@ -765,7 +777,7 @@ macro_rules! sql_store {
 
             async fn add_partner(&self, partner: &Partner, token_hash: &[u8; 32]) -> Result<(), StoreError> {
                 let _guard = self.write_guard().await;
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
                 sqlx::query(&Self::sql(
                     "INSERT INTO partners (id, name, token_hash, webhook_url, created_at) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -987,7 +999,7 @@ macro_rules! sql_store {
                 let _guard = self.write_guard().await;
                 let mut deleted = 0;
                 for k in Self::keyset_list(keysets) {
-                    let mut tx = self.pool.begin_with($begin).await?;
+                    let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
                     for table in [
                         "DELETE FROM tickets WHERE keyset_id = $1",
                         "DELETE FROM uses WHERE keyset_id = $1",
@@ -1046,7 +1058,7 @@ macro_rules! sql_store {
                 replace: bool,
             ) -> Result<Device, StoreError> {
                 let _guard = self.write_guard().await;
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
                 let live = sqlx::query(&Self::sql(
                     "SELECT id FROM devices WHERE name = $1 AND revoked_at IS NULL",
                 ))
@@ -1186,7 +1198,7 @@ macro_rules! sql_store {
                 keep_from: u64,
             ) -> Result<bool, StoreError> {
                 let _guard = self.write_guard().await;
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
                 let stored = sqlx::query(&Self::sql(
                     "INSERT INTO publications (version, body) VALUES ($1, $2) \
                      ON CONFLICT (version) DO NOTHING",
@@ -1286,9 +1298,7 @@ sql_store!(
     sqlx::SqlitePool,
     ticketing_service::db::sqlite,
     "./migrations/sqlite",
-    "?",
-    "BEGIN IMMEDIATE",
-    "",
+    ticketing_service::db::Dialect::SQLITE,
     "SQLite ledger (the embedded default)."
 );
 sql_store!(
@@ -1297,9 +1307,6 @@ sql_store!(
     sqlx::PgPool,
     ticketing_service::db::postgres,
     "./migrations/postgres",
-    "$",
-    "BEGIN",
-    // The events lock (any constant key, used for nothing else): see `insert_events`.
-    "SELECT pg_advisory_xact_lock(7460150)",
+    ticketing_service::db::Dialect::POSTGRES,
     "Postgres ledger."
 );

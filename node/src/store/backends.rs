@@ -29,7 +29,7 @@ struct Append {
 }
 
 macro_rules! sql_store {
-    ($name:ident, $pool:ty, $connect:path, $migrations:literal, $sigil:literal, $doc:literal) => {
+    ($name:ident, $pool:ty, $connect:path, $migrations:literal, $dialect:expr, $doc:literal) => {
         #[doc = $doc]
         ///
         /// Appends go through one writer task that records every receipt waiting for it in one
@@ -80,9 +80,12 @@ macro_rules! sql_store {
                 }
             }
 
+            /// What this backend's SQL differs in.
+            const DIALECT: ticketing_service::db::Dialect = $dialect;
+
             /// The SQL below is written with `$n` placeholders; this backend's form.
             fn sql(text: &'static str) -> std::borrow::Cow<'static, str> {
-                ticketing_service::db::placeholders(text, $sigil)
+                Self::DIALECT.sql(text)
             }
 
             /// The pool, for tests that tamper with rows on purpose.
@@ -259,7 +262,7 @@ macro_rules! sql_store {
                                 "INSERT INTO log_entries (seq, receipt_id, digest, time, receipt, prev_hash, hash) VALUES {}",
                                 values.join(", ")
                             );
-                            ticketing_service::db::placeholders(&text, $sigil).into_owned()
+                            Self::DIALECT.sql(&text).into_owned()
                         })
                         .collect()
                 });
@@ -426,7 +429,7 @@ sql_store!(
     sqlx::SqlitePool,
     ticketing_service::db::sqlite,
     "./migrations/sqlite",
-    "?",
+    ticketing_service::db::Dialect::SQLITE,
     "SQLite store (the embedded default)."
 );
 sql_store!(
@@ -434,6 +437,6 @@ sql_store!(
     sqlx::PgPool,
     ticketing_service::db::postgres,
     "./migrations/postgres",
-    "$",
+    ticketing_service::db::Dialect::POSTGRES,
     "Postgres store."
 );

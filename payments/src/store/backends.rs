@@ -42,8 +42,7 @@ macro_rules! sql_store {
             database: $db:ty,
             connect: $connect:path,
             migrations: $migrations:literal,
-            placeholder: $sigil:literal,
-            begin: $begin:literal,
+            dialect: $dialect:expr,
             open_doc: $open_doc:literal $(,)?
         }
     ) => {
@@ -61,14 +60,17 @@ macro_rules! sql_store {
                 Ok(Self { pool })
             }
 
+            /// What this backend's SQL differs in.
+            const DIALECT: ticketing_service::db::Dialect = $dialect;
+
             /// The SQL below is written with `$n` placeholders; this backend's form.
             fn sql(text: &str) -> Cow<'_, str> {
-                ticketing_service::db::placeholders(text, $sigil)
+                Self::DIALECT.sql(text)
             }
 
-            /// A transaction, opened with this backend's `BEGIN` statement.
+            /// A transaction that will write, opened with this backend's statement for it.
             async fn begin(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
-                self.pool.begin_with($begin).await
+                self.pool.begin_with(Self::DIALECT.begin_write).await
             }
 
             async fn voucher_in<'e, E>(
@@ -374,11 +376,7 @@ sql_store! {
         database: sqlx::Sqlite,
         connect: ticketing_service::db::sqlite,
         migrations: "./migrations/sqlite",
-        placeholder: "?",
-        // IMMEDIATE: take the write lock up front, so concurrent transactions queue on the busy
-        // timeout instead of failing to upgrade a read snapshot (SQLite's default `BEGIN` is
-        // DEFERRED).
-        begin: "BEGIN IMMEDIATE",
+        dialect: ticketing_service::db::Dialect::SQLITE,
         open_doc: "Open (creating if needed) the database at `url` and apply the migrations.",
     }
 }
@@ -390,10 +388,9 @@ sql_store! {
         database: sqlx::Postgres,
         connect: ticketing_service::db::postgres,
         migrations: "./migrations/postgres",
-        placeholder: "$",
-        // The plain default (read committed), exactly what `Pool::begin` sends: row locks
-        // taken by the upsert and the voucher UPDATE serialize the writers that matter.
-        begin: "BEGIN",
+        // Postgres' plain `BEGIN` (read committed): row locks taken by the upsert and the
+        // voucher UPDATE serialize the writers that matter.
+        dialect: ticketing_service::db::Dialect::POSTGRES,
         open_doc: "Connect to `url` and apply the migrations.",
     }
 }
