@@ -1,14 +1,6 @@
 //! The `ticketing` binary as a user runs it: setup refusals and files, config example, and the
 //! wallet against a real cluster on loopback.
 
-// Test code: a panic is how a test fails.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -3,14 +3,6 @@
 //! was answered `accepted` before the kill is in the ledger afterwards, a retry of it gets the
 //! same answer, and the ticket cannot be used again under a new scan id.
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,15 +1,6 @@
 //! `ticketing partner add|list` and `ticketing validator register --auditor` as an operator
 //! runs them where the coordinator runs (its SQLite database and cluster in `data_dir`).
 
-// Test code: a panic is how a test fails.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    reason = "integration tests fail by panicking"
-)]
-
 use std::path::Path;
 use std::process::{Command, Output};
 

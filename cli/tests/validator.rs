@@ -2,14 +2,6 @@
 //! cluster on loopback (payments, nodes and coordinator in this process; the cluster dealt by
 //! `ticketing setup` with a `single` that has no transfer window, so a second scan is `spent`).
 
-// Test code: a panic is how a test fails.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,16 +1,6 @@
 //! Batch verification of ticket signatures: it must say exactly what one `Ticket::verify` per
 //! item says, across keysets, for every kind and position of bad item.
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-
 use crate::common;
 
 use std::collections::BTreeMap;

@@ -1,15 +1,5 @@
 //! Every decoder fed arbitrary bytes returns a typed error or a value; it never panics.
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-
 use proptest::prelude::*;
 use ticketing_crypto::issuance::{BlindedPoint, BlindingFactor, PartialSignature, Signature};
 use ticketing_crypto::keyset::{

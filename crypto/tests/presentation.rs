@@ -1,15 +1,5 @@
 //! The rotating QR payload: encoding, freshness, tampering, and that it really fits a QR code.
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-
 use crate::common;
 
 use qrcode::{EcLevel, QrCode, Version};

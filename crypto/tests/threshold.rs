@@ -1,15 +1,5 @@
 //! The threshold properties: any t combine to the same ticket, t-1 never, bad partials blamed.
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-
 use crate::common;
 
 use common::{setup, subsets};

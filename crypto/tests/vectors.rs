@@ -3,16 +3,6 @@
 //! numbering) fails here. After an intended change, regenerate with
 //! `TICKETING_BLESS=1 cargo test -p ticketing-crypto --test vectors` and review the diff.
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-
 use crate::common;
 
 use serde_json::{Value, json};

@@ -1,14 +1,6 @@
 //! `Node::issue` with an explicit clock: receipts expire for new sales, never for a retry of a
 //! sale the node already recorded; a sale is judged at the time it was made.
 
-// Test code: a panic is how a test fails.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
 use ticketing_config::Settings;

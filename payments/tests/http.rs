@@ -3,14 +3,6 @@
 //! and renewal, every refusal with its stable code, body limits, and no card number in the
 //! database. The cases that touch storage run on SQLite and on Postgres.
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use std::sync::Arc;

@@ -1,14 +1,6 @@
 //! What the payments service logs, captured at TRACE for every target: outcomes, never a card
 //! number, a voucher code or a digest (not even the one in a lookup's URL). (The capturing subscriber is global: the other modules of this binary log into it too, and none of them may log those either.)
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use crate::common;
 
 use std::io::Write;

@@ -2,14 +2,6 @@
 //! fresh database on `TICKETING_TEST_POSTGRES_URL`; skipped with a note when unset, an error
 //! when `TICKETING_REQUIRE_POSTGRES=1`).
 
-// Test code: a panic is how a test fails, and fixtures index known-size data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::sync::Arc;
 
 use rand::SeedableRng;

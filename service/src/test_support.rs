@@ -65,9 +65,10 @@ impl TestDatabases {
 /// a Postgres server is configured (required under `TICKETING_REQUIRE_POSTGRES=1`).
 ///
 /// `on_both_databases!(fixture; case_a, case_b(arg, ...), ...)` calls, in the module it is
-/// invoked in, `fixture(&TestDatabases, args...) -> Option<T>` (an `async fn`; `None` skips
-/// the case), then `case(T)` (an `async fn`), while the databases are kept alive. The caller
-/// needs `tokio` with its `macros` feature.
+/// invoked in, `fixture(&TestDatabases, args...) -> Option<T>` (an `async fn`, named in or
+/// imported into that module; `None` skips the case), then `case(T)` (an `async fn`), while
+/// the databases are kept alive. `on_both_databases!(fixture(args...); case_a, case_b)` gives
+/// every case the same arguments. The caller needs `tokio` with its `macros` feature.
 #[macro_export]
 macro_rules! on_both_databases {
     ($fixture:ident; $($case:ident $(($($arg:expr),* $(,)?))?),* $(,)?) => {
@@ -99,5 +100,9 @@ macro_rules! on_both_databases {
                 }
             )*
         }
+    };
+    // The same arguments for every case: given to each.
+    ($fixture:ident $args:tt; $($case:ident),* $(,)?) => {
+        $crate::on_both_databases!($fixture; $($case $args),*);
     };
 }

@@ -449,15 +449,10 @@ pub(crate) async fn blame_evidence_names_the_node(mut c: TestCluster) {
     c.cluster.stop().await.unwrap();
 }
 
-/// Each case's cluster: 3 nodes, threshold 2.
-async fn cluster(
-    dbs: &ticketing_service::test_support::TestDatabases,
-) -> Option<crate::common::TestCluster> {
-    crate::common::cluster(dbs, 3, 2).await
-}
+use crate::common::cluster;
 
 ticketing_service::on_both_databases!(
-    cluster;
+    cluster(3, 2);
     a_clean_cluster_audits_clean,
     an_edited_log_row_is_named,
     a_dropped_log_row_is_named,

@@ -457,15 +457,10 @@ pub(crate) async fn cors_allows_the_pwa_origin_only_and_metrics_are_served(c: Te
     c.cluster.stop().await.unwrap();
 }
 
-/// Each case's cluster: 5 nodes, threshold 3.
-async fn cluster(
-    dbs: &ticketing_service::test_support::TestDatabases,
-) -> Option<crate::common::TestCluster> {
-    crate::common::cluster(dbs, 5, 3).await
-}
+use crate::common::cluster;
 
 ticketing_service::on_both_databases!(
-    cluster;
+    cluster(5, 3);
     purchase_end_to_end,
     two_nodes_down_still_buys_100_of_100,
     three_down_names_them_and_the_receipt_works_later,

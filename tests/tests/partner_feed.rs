@@ -7,15 +7,6 @@
 //! `deliver_webhooks`) with an explicit clock, so backoff is tested without waiting; one test
 //! runs the served background loops and polls its receiver with a timeout.
 
-// Test code: a panic is how a test fails.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    reason = "integration tests fail by panicking"
-)]
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -582,15 +582,10 @@ pub(crate) async fn a_printed_ticket_rides_once(c: TestCluster) {
     assert_eq!(api.redeem(&gate_a, &printed(&pass)).await, "not_printable");
 }
 
-/// Each case's cluster: 3 nodes, threshold 2.
-async fn cluster(
-    dbs: &ticketing_service::test_support::TestDatabases,
-) -> Option<crate::common::TestCluster> {
-    crate::common::cluster(dbs, 3, 2).await
-}
+use crate::common::cluster;
 
 ticketing_service::on_both_databases!(
-    cluster;
+    cluster(3, 2);
     a_printed_ticket_rides_once,
     a_thousand_concurrent_redeems_accept_one,
     every_rejection_has_its_code,
