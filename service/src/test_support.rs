@@ -72,37 +72,28 @@ impl TestDatabases {
 #[macro_export]
 macro_rules! on_both_databases {
     ($fixture:ident; $($case:ident $(($($arg:expr),* $(,)?))?),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let dbs = $crate::test_support::TestDatabases::new(
-                        $crate::db::Backend::Sqlite,
-                        stringify!($case),
-                    );
-                    if let Some(fixture) = super::$fixture(&dbs $($(, $arg)*)?).await {
-                        super::$case(fixture).await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let dbs = $crate::test_support::TestDatabases::new(
-                        $crate::db::Backend::Postgres,
-                        stringify!($case),
-                    );
-                    if let Some(fixture) = super::$fixture(&dbs $($(, $arg)*)?).await {
-                        super::$case(fixture).await;
-                    }
-                }
-            )*
-        }
+        $crate::on_both_databases!(@on sqlite Sqlite $fixture; $($case $(($($arg),*))?),*);
+        $crate::on_both_databases!(@on postgres Postgres $fixture; $($case $(($($arg),*))?),*);
     };
     // The same arguments for every case: given to each.
     ($fixture:ident $args:tt; $($case:ident),* $(,)?) => {
         $crate::on_both_databases!($fixture; $($case $args),*);
+    };
+    // One backend's module of cases.
+    (@on $module:ident $backend:ident $fixture:ident; $($case:ident $(($($arg:expr),*))?),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let dbs = $crate::test_support::TestDatabases::new(
+                        $crate::db::Backend::$backend,
+                        stringify!($case),
+                    );
+                    if let Some(fixture) = super::$fixture(&dbs $($(, $arg)*)?).await {
+                        super::$case(fixture).await;
+                    }
+                }
+            )*
+        }
     };
 }
