@@ -28,6 +28,28 @@ struct Append {
     reply: oneshot::Sender<Result<Recorded, StoreError>>,
 }
 
+/// Under load (more than one append was waiting), let the requests already on the
+/// runtime reach the writer before it commits: yield while each turn brings more,
+/// at most a few turns. No timer, so an idle node commits a lone append at once.
+async fn gather(waiting: &mut mpsc::Receiver<Append>, group: &mut Vec<Append>) {
+    if group.len() < 2 {
+        return;
+    }
+    for _ in 0..GATHER_TURNS {
+        let before = group.len();
+        tokio::task::yield_now().await;
+        while group.len() < MAX_GROUP {
+            match waiting.try_recv() {
+                Ok(append) => group.push(append),
+                Err(_) => break,
+            }
+        }
+        if group.len() == before || group.len() >= MAX_GROUP {
+            return;
+        }
+    }
+}
+
 macro_rules! sql_store {
     ($name:ident, $pool:ty, $connect:path, $migrations:literal, $dialect:expr, $doc:literal) => {
         #[doc = $doc]
@@ -109,7 +131,7 @@ macro_rules! sql_store {
                 let mut group = Vec::with_capacity(MAX_GROUP);
                 let mut conn = None;
                 while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
-                    Self::gather(&mut waiting, &mut group).await;
+                    gather(&mut waiting, &mut group).await;
                     let results = Self::append_group(&pool, &mut conn, &head, &group).await;
                     if results.iter().any(Result::is_ok) {
                         commits.fetch_add(1, Ordering::Relaxed);
@@ -117,28 +139,6 @@ macro_rules! sql_store {
                     tracing::trace!(receipts = group.len(), "log group committed");
                     for (append, result) in group.drain(..).zip(results) {
                         let _ = append.reply.send(result);
-                    }
-                }
-            }
-
-            /// Under load (more than one append was waiting), let the requests already on the
-            /// runtime reach the writer before it commits: yield while each turn brings more,
-            /// at most a few turns. No timer, so an idle node commits a lone append at once.
-            async fn gather(waiting: &mut mpsc::Receiver<Append>, group: &mut Vec<Append>) {
-                if group.len() < 2 {
-                    return;
-                }
-                for _ in 0..GATHER_TURNS {
-                    let before = group.len();
-                    tokio::task::yield_now().await;
-                    while group.len() < MAX_GROUP {
-                        match waiting.try_recv() {
-                            Ok(append) => group.push(append),
-                            Err(_) => break,
-                        }
-                    }
-                    if group.len() == before || group.len() >= MAX_GROUP {
-                        return;
                     }
                 }
             }
