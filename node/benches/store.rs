@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use ticketing_crypto::keyset::KeysetId;
-use ticketing_node::store::{NodeStore, PostgresStore, SqliteStore};
+use ticketing_node::store::{NodeStore, SqlStore};
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::receipt::{Receipt, SignedReceipt};
 use ticketing_protocol::{Digest32, Id16};
@@ -43,7 +43,7 @@ fn record(c: &mut Criterion) {
     let url = format!("sqlite://{}/node.db", dir.path().display());
     let mut stores: Vec<(&str, Arc<dyn NodeStore>)> = vec![(
         "sqlite",
-        Arc::new(rt.block_on(SqliteStore::open(&url)).unwrap()),
+        Arc::new(rt.block_on(SqlStore::open(&url)).unwrap()),
     )];
     if let Some(url) = rt
         .block_on(ticketing_service::db::fresh_test_postgres(
@@ -53,7 +53,7 @@ fn record(c: &mut Criterion) {
     {
         stores.push((
             "postgres",
-            Arc::new(rt.block_on(PostgresStore::open(&url)).unwrap()),
+            Arc::new(rt.block_on(SqlStore::open(&url)).unwrap()),
         ));
     }
     let key = Arc::new(SignKey::generate(

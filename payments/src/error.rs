@@ -5,6 +5,7 @@ use ticketing_crypto::keyset::KeysetId;
 use ticketing_protocol::ErrorCode;
 use ticketing_protocol::voucher::VoucherError;
 use ticketing_service::ApiError;
+use ticketing_service::db::StoreError;
 
 use crate::card::{CardError, Decline};
 
@@ -94,12 +95,9 @@ pub enum PaymentsError {
     /// A stored row does not decode (wrong length, out of range).
     #[error("corrupt stored {0}")]
     Corrupt(&'static str),
-    /// The database failed.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Applying the migrations failed.
-    #[error("database migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database failed (nothing of the operation was kept).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Reading the manifest or the key bundle failed.
     #[error(transparent)]
     Config(#[from] ticketing_config::ConfigError),
@@ -123,17 +121,14 @@ impl PaymentsError {
             Self::VoucherUsed => ErrorCode::VoucherUsed,
             Self::DigestConflict => ErrorCode::ReceiptReused,
             Self::PaymentInProgress => ErrorCode::Unavailable,
-            Self::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
-            ) => ErrorCode::Unavailable,
+            Self::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             Self::DuplicateVoucher
             | Self::ReservationLost
             | Self::TaskFailed(_)
             | Self::KeyMismatch
             | Self::UnsupportedDatabase
             | Self::Corrupt(_)
-            | Self::Database(_)
-            | Self::Migrate(_)
+            | Self::Store(_)
             | Self::Config(_) => ErrorCode::Internal,
         }
     }

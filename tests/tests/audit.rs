@@ -12,12 +12,11 @@ use ticketing_crypto::keyset::ShareIndex;
 use ticketing_crypto::ticket::Serial;
 use ticketing_node::Node;
 use ticketing_node::signatory::LocalSignatory;
-use ticketing_node::store::{NodeStore, PostgresStore, SqliteStore};
+use ticketing_node::store::{NodeStore, SqlStore};
 use ticketing_protocol::Id16;
 use ticketing_protocol::keys::SignKey;
 use ticketing_protocol::log::{LogEntry, LogPage};
 use ticketing_protocol::receipt::SignedReceipt;
-use ticketing_service::db::{Backend, backend_of};
 
 use crate::common::{TestCluster, buy, token};
 
@@ -108,10 +107,7 @@ async fn two_sales(c: &TestCluster) {
 }
 
 /// A node's database, opened directly, as someone with access to it would.
-enum Db {
-    Sqlite(SqliteStore),
-    Postgres(PostgresStore),
-}
+struct Db(SqlStore);
 
 /// A value bound into tampering SQL.
 enum Bind {
@@ -120,47 +116,29 @@ enum Bind {
     Bytes(Vec<u8>),
 }
 
-macro_rules! run_sql {
-    ($pool:expr, $sql:expr, $binds:expr) => {{
-        let mut q = sqlx::query($sql);
-        for b in $binds {
-            q = match b {
-                Bind::Int(v) => q.bind(*v),
-                Bind::Text(v) => q.bind(v.clone()),
-                Bind::Bytes(v) => q.bind(v.clone()),
-            };
-        }
-        q.execute($pool).await.unwrap();
-    }};
-}
-
 impl Db {
     /// Stop node `index` and open its database.
     async fn open(c: &mut TestCluster, index: u16) -> Self {
         c.stop_node(index).await.unwrap();
         let url = c.node_settings[usize::from(index) - 1].node_database_url(index);
-        match backend_of(&url) {
-            Some(Backend::Postgres) => Self::Postgres(PostgresStore::open(&url).await.unwrap()),
-            _ => Self::Sqlite(SqliteStore::open(&url).await.unwrap()),
-        }
+        Self(SqlStore::open(&url).await.unwrap())
     }
 
     fn store(&self) -> &dyn NodeStore {
-        match self {
-            Self::Sqlite(s) => s,
-            Self::Postgres(s) => s,
-        }
+        &self.0
     }
 
     /// Run one statement written with `$n` placeholders.
     async fn exec(&self, sql: &str, binds: &[Bind]) {
-        match self {
-            Self::Sqlite(s) => {
-                let sql = ticketing_service::db::placeholders(sql, "?");
-                run_sql!(s.pool(), &sql, binds);
-            }
-            Self::Postgres(s) => run_sql!(s.pool(), sql, binds),
+        let mut q = ticketing_service::db::query(sql.to_owned());
+        for b in binds {
+            q = match b {
+                Bind::Int(v) => q.bind(*v),
+                Bind::Text(v) => q.bind(v.as_str()),
+                Bind::Bytes(v) => q.bind(v.as_slice()),
+            };
         }
+        q.execute(self.0.database()).await.unwrap();
     }
 
     async fn insert(&self, e: &LogEntry) {

@@ -1,6 +1,8 @@
-//! The two sqlx backends of the ledger, generated from one definition: the SQL is the same;
-//! the pool type, the connect function, the placeholder sigil (`$1` for Postgres, `?1` for
-//! SQLite), the transaction start and the migrations (column types) differ.
+//! The two sqlx backends of the ledger, generated from one definition: the SQL is the same
+//! (`$n` placeholders, which both drivers read); the pool type, the connect function, the
+//! transaction start and the migrations (column types) differ. Still a macro: moving the
+//! ledger onto `ticketing_service::db` as the node and payments stores are is ADR-0020's
+//! next step.
 //!
 //! SQLite has one writer at a time: its transactions start `IMMEDIATE` (the write lock is
 //! taken up front, so a transaction never fails half-way on a lock upgrade) and writers queue
@@ -91,11 +93,6 @@ macro_rules! sql_store {
             /// What this backend's SQL differs in.
             const DIALECT: ticketing_service::db::Dialect = $dialect;
 
-            /// The SQL below is written with `$n` placeholders; this backend's form.
-            fn sql(text: &'static str) -> std::borrow::Cow<'static, str> {
-                Self::DIALECT.sql(text)
-            }
-
             /// The pool, for tests that inspect rows.
             pub fn pool(&self) -> &$pool {
                 &self.pool
@@ -146,12 +143,10 @@ macro_rules! sql_store {
                         continue;
                     }
                     let applied = Self::apply(&mut tx, mode, scan, &mut events).await?;
-                    let inserted = sqlx::query(&Self::sql(
-                        "INSERT INTO scans (scan_id, keyset_id, serial, epoch, scanned_at, \
+                    let inserted = sqlx::query("INSERT INTO scans (scan_id, keyset_id, serial, epoch, scanned_at, \
                          device_id, offline, accepted, flag, outcome) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                         ON CONFLICT (device_id, scan_id) DO NOTHING",
-                    ))
+                         ON CONFLICT (device_id, scan_id) DO NOTHING")
                     .bind(scan.scan_id.0.as_slice())
                     .bind(scan.keyset_id.0.as_slice())
                     .bind(scan.serial.0.as_slice())
@@ -201,11 +196,9 @@ macro_rules! sql_store {
                 }
                 let mut inserted = 0;
                 for e in events {
-                    inserted += sqlx::query(&Self::sql(
-                        "INSERT INTO events (kind, reason, event_time, keyset_id, product, tickets, \
+                    inserted += sqlx::query("INSERT INTO events (kind, reason, event_time, keyset_id, product, tickets, \
                          amount, currency, receipt_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                         ON CONFLICT (receipt_id) DO NOTHING",
-                    ))
+                         ON CONFLICT (receipt_id) DO NOTHING")
                     .bind(e.kind)
                     .bind(e.reason)
                     .bind(to_i64(e.at)?)
@@ -223,9 +216,7 @@ macro_rules! sql_store {
             }
 
             async fn products_of(&self, partner: &[u8]) -> Result<Vec<String>, StoreError> {
-                let rows = sqlx::query(&Self::sql(
-                    "SELECT product FROM partner_products WHERE partner_id = $1 ORDER BY product",
-                ))
+                let rows = sqlx::query("SELECT product FROM partner_products WHERE partner_id = $1 ORDER BY product")
                 .bind(partner)
                 .fetch_all(&self.pool)
                 .await?;
@@ -274,7 +265,7 @@ macro_rules! sql_store {
                     accepted: false,
                     flag: None,
                 };
-                let denied = sqlx::query(&Self::sql("SELECT reason FROM deny WHERE serial = $1"))
+                let denied = sqlx::query("SELECT reason FROM deny WHERE serial = $1")
                     .bind(serial)
                     .fetch_optional(&mut **tx)
                     .await?;
@@ -304,10 +295,8 @@ macro_rules! sql_store {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 scan: &ScanRecord,
             ) -> Result<bool, StoreError> {
-                let n = sqlx::query(&Self::sql(
-                    "INSERT INTO uses (serial, epoch, keyset_id) VALUES ($1, $2, $3) \
-                     ON CONFLICT (serial, epoch) DO NOTHING",
-                ))
+                let n = sqlx::query("INSERT INTO uses (serial, epoch, keyset_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (serial, epoch) DO NOTHING")
                 .bind(scan.serial.0.as_slice())
                 .bind(i64::from(scan.epoch))
                 .bind(scan.keyset_id.0.as_slice())
@@ -327,10 +316,8 @@ macro_rules! sql_store {
                 at: u64,
                 events: &mut Vec<NewEvent>,
             ) -> Result<bool, StoreError> {
-                let new = sqlx::query(&Self::sql(
-                    "INSERT INTO deny (serial, keyset_id, reason, denied_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (serial) DO NOTHING",
-                ))
+                let new = sqlx::query("INSERT INTO deny (serial, keyset_id, reason, denied_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (serial) DO NOTHING")
                 .bind(serial.0.as_slice())
                 .bind(keyset_id.0.as_slice())
                 .bind(reason_str(reason))
@@ -361,7 +348,7 @@ macro_rules! sql_store {
                 if scan.at >= window_end {
                     // After the window only a transfer of a first use inside it is valid
                     // (`verify::single_valid_until`): without one, nothing is recorded.
-                    let known = sqlx::query(&Self::sql("SELECT 1 FROM tickets WHERE serial = $1"))
+                    let known = sqlx::query("SELECT 1 FROM tickets WHERE serial = $1")
                         .bind(scan.serial.0.as_slice())
                         .fetch_optional(&mut **tx)
                         .await?;
@@ -383,10 +370,8 @@ macro_rules! sql_store {
                 let until = scan.at.saturating_add(transfer);
                 // It enters the filter when its transfer window ends, or now if that is past.
                 let listed = until.max(scan.received);
-                let first = sqlx::query(&Self::sql(
-                    "INSERT INTO tickets (serial, keyset_id, first_scan_id, first_at, until_at, listed_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (serial) DO NOTHING",
-                ))
+                let first = sqlx::query("INSERT INTO tickets (serial, keyset_id, first_scan_id, first_at, until_at, listed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (serial) DO NOTHING")
                 .bind(scan.serial.0.as_slice())
                 .bind(scan.keyset_id.0.as_slice())
                 .bind(scan.scan_id.0.as_slice())
@@ -404,9 +389,7 @@ macro_rules! sql_store {
                         Mode::Offline { .. } => Outcome::Offline(SyncStatus::Recorded),
                     }));
                 }
-                let row = sqlx::query(&Self::sql(
-                    "SELECT first_at, until_at FROM tickets WHERE serial = $1",
-                ))
+                let row = sqlx::query("SELECT first_at, until_at FROM tickets WHERE serial = $1")
                 .bind(scan.serial.0.as_slice())
                 .fetch_one(&mut **tx)
                 .await?;
@@ -444,10 +427,8 @@ macro_rules! sql_store {
                         // Earliest scan wins: an offline scan older than the recorded first
                         // use becomes the first use.
                         let (winner_at, later_at) = if scan.at < first_at {
-                            sqlx::query(&Self::sql(
-                                "UPDATE tickets SET first_scan_id = $1, first_at = $2, until_at = $3, \
-                                 listed_at = $5 WHERE serial = $4 AND first_at > $2",
-                            ))
+                            sqlx::query("UPDATE tickets SET first_scan_id = $1, first_at = $2, until_at = $3, \
+                                 listed_at = $5 WHERE serial = $4 AND first_at > $2")
                             .bind(scan.scan_id.0.as_slice())
                             .bind(to_i64(scan.at)?)
                             .bind(to_i64(until)?)
@@ -475,9 +456,7 @@ macro_rules! sql_store {
                         .await?;
                         if scan.at < first_at {
                             // This scan is the winner; the one recorded before is the copy.
-                            sqlx::query(&Self::sql(
-                                "UPDATE scans SET flag = 'duplicate' WHERE serial = $1 AND scanned_at = $2",
-                            ))
+                            sqlx::query("UPDATE scans SET flag = 'duplicate' WHERE serial = $1 AND scanned_at = $2")
                             .bind(scan.serial.0.as_slice())
                             .bind(to_i64(first_at)?)
                             .execute(&mut **tx)
@@ -527,10 +506,8 @@ macro_rules! sql_store {
                     }),
                     Mode::Offline { sharing_window } => {
                         if !fresh {
-                            let row = sqlx::query(&Self::sql(
-                                "SELECT MIN(scanned_at) AS first FROM scans \
-                                 WHERE serial = $1 AND epoch = $2 AND accepted = $3",
-                            ))
+                            let row = sqlx::query("SELECT MIN(scanned_at) AS first FROM scans \
+                                 WHERE serial = $1 AND epoch = $2 AND accepted = $3")
                             .bind(scan.serial.0.as_slice())
                             .bind(i64::from(scan.epoch))
                             .bind(true)
@@ -556,10 +533,8 @@ macro_rules! sql_store {
                                 flag: Some("duplicate"),
                             });
                         }
-                        let near = sqlx::query(&Self::sql(
-                            "SELECT 1 FROM scans WHERE serial = $1 AND device_id <> $2 \
-                             AND accepted = $3 AND scanned_at >= $4 AND scanned_at <= $5 LIMIT 1",
-                        ))
+                        let near = sqlx::query("SELECT 1 FROM scans WHERE serial = $1 AND device_id <> $2 \
+                             AND accepted = $3 AND scanned_at >= $4 AND scanned_at <= $5 LIMIT 1")
                         .bind(scan.serial.0.as_slice())
                         .bind(scan.device)
                         .bind(true)
@@ -586,9 +561,7 @@ macro_rules! sql_store {
 
             /// The stored answer of one retry, checked against what it scanned.
             async fn stored_outcome(&self, mode: Mode, retry: &Retry) -> Result<Option<Outcome>, StoreError> {
-                let row = sqlx::query(&Self::sql(
-                    "SELECT outcome, serial, epoch FROM scans WHERE device_id = $1 AND scan_id = $2",
-                ))
+                let row = sqlx::query("SELECT outcome, serial, epoch FROM scans WHERE device_id = $1 AND scan_id = $2")
                 .bind(retry.device)
                 .bind(retry.scan_id.0.as_slice())
                 .fetch_optional(&self.pool)
@@ -649,7 +622,6 @@ macro_rules! sql_store {
                      WHERE keyset_id = $1 AND listed_at > $2 AND listed_at <= $3 \
                      GROUP BY listed_at"
                 );
-                let sql = Self::DIALECT.sql(&sql);
                 let mut tx = self.pool.begin().await?;
                 if Self::DIALECT.is_postgres() {
                     // Postgres hashes the groups and holds every serial of the answer (32 bytes
@@ -726,7 +698,7 @@ macro_rules! sql_store {
             }
 
             async fn scan_accepted(&self, scan_id: &Id16) -> Result<Option<bool>, StoreError> {
-                let row = sqlx::query(&Self::sql("SELECT accepted FROM scans WHERE scan_id = $1 LIMIT 1"))
+                let row = sqlx::query("SELECT accepted FROM scans WHERE scan_id = $1 LIMIT 1")
                     .bind(scan_id.0.as_slice())
                     .fetch_optional(&self.pool)
                     .await?;
@@ -765,10 +737,8 @@ macro_rules! sql_store {
             }
 
             async fn issued(&self, keyset_id: &KeysetId) -> Result<u64, StoreError> {
-                let row = sqlx::query(&Self::sql(
-                    "SELECT CAST(COALESCE(SUM(tickets), 0) AS BIGINT) AS issued FROM events \
-                     WHERE keyset_id = $1 AND kind = 'issued'",
-                ))
+                let row = sqlx::query("SELECT CAST(COALESCE(SUM(tickets), 0) AS BIGINT) AS issued FROM events \
+                     WHERE keyset_id = $1 AND kind = 'issued'")
                 .bind(keyset_id.0.as_slice())
                 .fetch_one(&self.pool)
                 .await?;
@@ -778,10 +748,8 @@ macro_rules! sql_store {
             async fn add_partner(&self, partner: &Partner, token_hash: &[u8; 32]) -> Result<(), StoreError> {
                 let _guard = self.write_guard().await;
                 let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
-                sqlx::query(&Self::sql(
-                    "INSERT INTO partners (id, name, token_hash, webhook_url, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                ))
+                sqlx::query("INSERT INTO partners (id, name, token_hash, webhook_url, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)")
                 .bind(partner.id.0.as_slice())
                 .bind(&partner.name)
                 .bind(token_hash.as_slice())
@@ -790,10 +758,8 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 for product in &partner.products {
-                    sqlx::query(&Self::sql(
-                        "INSERT INTO partner_products (partner_id, product) VALUES ($1, $2) \
-                         ON CONFLICT (partner_id, product) DO NOTHING",
-                    ))
+                    sqlx::query("INSERT INTO partner_products (partner_id, product) VALUES ($1, $2) \
+                         ON CONFLICT (partner_id, product) DO NOTHING")
                     .bind(partner.id.0.as_slice())
                     .bind(product)
                     .execute(&mut *tx)
@@ -804,7 +770,7 @@ macro_rules! sql_store {
             }
 
             async fn partner(&self, token_hash: &[u8; 32]) -> Result<Option<Partner>, StoreError> {
-                let row = sqlx::query(&Self::sql(select_partner!("WHERE token_hash = $1")))
+                let row = sqlx::query(select_partner!("WHERE token_hash = $1"))
                     .bind(token_hash.as_slice())
                     .fetch_optional(&self.pool)
                     .await?;
@@ -831,12 +797,10 @@ macro_rules! sql_store {
                 after: u64,
                 limit: u32,
             ) -> Result<Vec<PartnerEvent>, StoreError> {
-                let rows = sqlx::query(&Self::sql(
-                    "SELECT e.id, e.kind, e.reason, e.event_time, e.keyset_id, e.product, e.tickets, \
+                let rows = sqlx::query("SELECT e.id, e.kind, e.reason, e.event_time, e.keyset_id, e.product, e.tickets, \
                      e.amount, e.currency, e.receipt_id FROM events e \
                      JOIN partner_products p ON p.product = e.product \
-                     WHERE p.partner_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
-                ))
+                     WHERE p.partner_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3")
                 .bind(partner.0.as_slice())
                 .bind(to_i64(after)?)
                 .bind(i64::from(limit))
@@ -878,13 +842,11 @@ macro_rules! sql_store {
             }
 
             async fn partner_totals(&self, partner: &Id16) -> Result<Vec<ProductTotals>, StoreError> {
-                let rows = sqlx::query(&Self::sql(
-                    "SELECT e.product, e.currency, e.kind, \
+                let rows = sqlx::query("SELECT e.product, e.currency, e.kind, \
                      CAST(SUM(e.tickets) AS BIGINT) AS tickets, CAST(SUM(e.amount) AS BIGINT) AS amount \
                      FROM events e JOIN partner_products p ON p.product = e.product \
                      WHERE p.partner_id = $1 GROUP BY e.product, e.currency, e.kind \
-                     ORDER BY e.product, e.currency",
-                ))
+                     ORDER BY e.product, e.currency")
                 .bind(partner.0.as_slice())
                 .fetch_all(&self.pool)
                 .await?;
@@ -940,7 +902,7 @@ macro_rules! sql_store {
                     "UPDATE partners SET webhook_cursor = $2, webhook_attempts = 0, webhook_next_at = 0, \
                      webhook_skipped = webhook_skipped + 1 WHERE id = $1 AND webhook_cursor < $2"
                 };
-                sqlx::query(&Self::sql(column))
+                sqlx::query(column)
                     .bind(partner.0.as_slice())
                     .bind(to_i64(event_id)?)
                     .execute(&self.pool)
@@ -955,9 +917,7 @@ macro_rules! sql_store {
                 next_at: u64,
             ) -> Result<(), StoreError> {
                 let _guard = self.write_guard().await;
-                sqlx::query(&Self::sql(
-                    "UPDATE partners SET webhook_attempts = $2, webhook_next_at = $3 WHERE id = $1",
-                ))
+                sqlx::query("UPDATE partners SET webhook_attempts = $2, webhook_next_at = $3 WHERE id = $1")
                 .bind(partner.0.as_slice())
                 .bind(i64::from(attempts))
                 .bind(to_i64(next_at)?)
@@ -1006,7 +966,7 @@ macro_rules! sql_store {
                         "DELETE FROM scans WHERE keyset_id = $1",
                         "DELETE FROM deny WHERE keyset_id = $1",
                     ] {
-                        deleted += sqlx::query(&Self::sql(table))
+                        deleted += sqlx::query(table)
                             .bind(k.as_slice())
                             .execute(&mut *tx)
                             .await?
@@ -1018,12 +978,10 @@ macro_rules! sql_store {
             }
 
             async fn counts(&self, keyset_id: &KeysetId) -> Result<LedgerCounts, StoreError> {
-                let row = sqlx::query(&Self::sql(
-                    "SELECT \
+                let row = sqlx::query("SELECT \
                        (SELECT COUNT(DISTINCT serial) FROM scans WHERE keyset_id = $1 AND accepted = $2) AS redeemed, \
                        (SELECT COUNT(*) FROM scans WHERE keyset_id = $1 AND accepted = $2) AS scans, \
-                       (SELECT COUNT(*) FROM deny WHERE keyset_id = $1) AS denied",
-                ))
+                       (SELECT COUNT(*) FROM deny WHERE keyset_id = $1) AS denied")
                 .bind(keyset_id.0.as_slice())
                 .bind(true)
                 .fetch_one(&self.pool)
@@ -1059,9 +1017,7 @@ macro_rules! sql_store {
             ) -> Result<Device, StoreError> {
                 let _guard = self.write_guard().await;
                 let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
-                let live = sqlx::query(&Self::sql(
-                    "SELECT id FROM devices WHERE name = $1 AND revoked_at IS NULL",
-                ))
+                let live = sqlx::query("SELECT id FROM devices WHERE name = $1 AND revoked_at IS NULL")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -1069,18 +1025,14 @@ macro_rules! sql_store {
                     if !replace {
                         return Err(StoreError::Taken(name.to_owned()));
                     }
-                    sqlx::query(&Self::sql(
-                        "UPDATE devices SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
-                    ))
+                    sqlx::query("UPDATE devices SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
                     .bind(to_i64(now)?)
                     .bind(name)
                     .execute(&mut *tx)
                     .await?;
                 }
-                let row = sqlx::query(&Self::sql(
-                    "INSERT INTO devices (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4) \
-                     RETURNING id",
-                ))
+                let row = sqlx::query("INSERT INTO devices (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4) \
+                     RETURNING id")
                 .bind(token_hash.as_slice())
                 .bind(name)
                 .bind(role.as_str())
@@ -1096,9 +1048,7 @@ macro_rules! sql_store {
             }
 
             async fn device(&self, token_hash: &[u8; 32]) -> Result<Option<Device>, StoreError> {
-                let row = sqlx::query(&Self::sql(
-                    "SELECT id, name, role FROM devices WHERE token_hash = $1 AND revoked_at IS NULL",
-                ))
+                let row = sqlx::query("SELECT id, name, role FROM devices WHERE token_hash = $1 AND revoked_at IS NULL")
                 .bind(token_hash.as_slice())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -1138,9 +1088,7 @@ macro_rules! sql_store {
 
             async fn revoke_device(&self, name: &str, now: u64) -> Result<u64, StoreError> {
                 let _guard = self.write_guard().await;
-                Ok(sqlx::query(&Self::sql(
-                    "UPDATE devices SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
-                ))
+                Ok(sqlx::query("UPDATE devices SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
                 .bind(to_i64(now)?)
                 .bind(name)
                 .execute(&self.pool)
@@ -1156,9 +1104,7 @@ macro_rules! sql_store {
                 detail: &str,
             ) -> Result<(), StoreError> {
                 let _guard = self.write_guard().await;
-                sqlx::query(&Self::sql(
-                    "INSERT INTO admin_actions (at, actor, action, detail) VALUES ($1, $2, $3, $4)",
-                ))
+                sqlx::query("INSERT INTO admin_actions (at, actor, action, detail) VALUES ($1, $2, $3, $4)")
                 .bind(to_i64(at)?)
                 .bind(actor)
                 .bind(action)
@@ -1169,10 +1115,8 @@ macro_rules! sql_store {
             }
 
             async fn actions(&self, after: u64, limit: u32) -> Result<Vec<AdminAction>, StoreError> {
-                let rows = sqlx::query(&Self::sql(
-                    "SELECT id, at, actor, action, detail FROM admin_actions WHERE id > $1 \
-                     ORDER BY id LIMIT $2",
-                ))
+                let rows = sqlx::query("SELECT id, at, actor, action, detail FROM admin_actions WHERE id > $1 \
+                     ORDER BY id LIMIT $2")
                 .bind(to_i64(after)?)
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
@@ -1199,10 +1143,8 @@ macro_rules! sql_store {
             ) -> Result<bool, StoreError> {
                 let _guard = self.write_guard().await;
                 let mut tx = self.pool.begin_with(Self::DIALECT.begin_write).await?;
-                let stored = sqlx::query(&Self::sql(
-                    "INSERT INTO publications (version, body) VALUES ($1, $2) \
-                     ON CONFLICT (version) DO NOTHING",
-                ))
+                let stored = sqlx::query("INSERT INTO publications (version, body) VALUES ($1, $2) \
+                     ON CONFLICT (version) DO NOTHING")
                 .bind(to_i64(version)?)
                 .bind(body)
                 .execute(&mut *tx)
@@ -1212,10 +1154,8 @@ macro_rules! sql_store {
                 if !stored {
                     return Ok(false);
                 }
-                sqlx::query(&Self::sql(
-                    "INSERT INTO publication_steps (version, fresh, digest, changes) \
-                     VALUES ($1, $2, $3, $4)",
-                ))
+                sqlx::query("INSERT INTO publication_steps (version, fresh, digest, changes) \
+                     VALUES ($1, $2, $3, $4)")
                 .bind(to_i64(step.version)?)
                 .bind(i64::from(step.fresh))
                 .bind(step.digest.as_slice())
@@ -1223,11 +1163,11 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 // Only the newest is served; older ones are history nobody reads.
-                sqlx::query(&Self::sql("DELETE FROM publications WHERE version < $1"))
+                sqlx::query("DELETE FROM publications WHERE version < $1")
                     .bind(to_i64(version)?)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(&Self::sql("DELETE FROM publication_steps WHERE version < $1"))
+                sqlx::query("DELETE FROM publication_steps WHERE version < $1")
                     .bind(to_i64(keep_from)?)
                     .execute(&mut *tx)
                     .await?;
@@ -1264,12 +1204,10 @@ macro_rules! sql_store {
                 until: u64,
             ) -> Result<bool, StoreError> {
                 let _guard = self.write_guard().await;
-                let held = sqlx::query(&Self::sql(
-                    "INSERT INTO leases (name, holder, until_at) VALUES ($1, $2, $3) \
+                let held = sqlx::query("INSERT INTO leases (name, holder, until_at) VALUES ($1, $2, $3) \
                      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
                      until_at = excluded.until_at \
-                     WHERE leases.until_at <= $4 OR leases.holder = excluded.holder",
-                ))
+                     WHERE leases.until_at <= $4 OR leases.holder = excluded.holder")
                 .bind(name)
                 .bind(holder.0.as_slice())
                 .bind(to_i64(until)?)

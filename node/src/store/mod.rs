@@ -1,15 +1,15 @@
 //! The node's storage: the issuance log (which doubles as the set of honoured receipts) and
-//! its checkpoints. One trait, a SQLite and a Postgres backend, one conformance suite
-//! (`tests/store.rs`) run against both.
+//! its checkpoints. One trait, one implementation over either database ([`SqlStore`]), one
+//! conformance suite (`tests/store.rs`) run on both.
 
 use async_trait::async_trait;
 use ticketing_protocol::log::{Checkpoint, LogEntry};
 use ticketing_protocol::receipt::SignedReceipt;
 use ticketing_protocol::{Digest32, Id16};
 
-mod backends;
+mod sql;
 
-pub use backends::{PostgresStore, SqliteStore};
+pub use sql::SqlStore;
 
 /// Storage failures (shared by every store). None of them means "recorded": the caller
 /// answers `unavailable` and the wallet retries with the same receipt.
@@ -55,12 +55,7 @@ pub trait NodeStore: Send + Sync + 'static {
 
 /// Open the store a database URL names, running its migrations.
 pub async fn open(url: &str) -> Result<Box<dyn NodeStore>, StoreError> {
-    match ticketing_service::db::backend_of(url) {
-        Some(ticketing_service::db::Backend::Postgres) => {
-            Ok(Box::new(PostgresStore::open(url).await?))
-        }
-        _ => Ok(Box::new(SqliteStore::open(url).await?)),
-    }
+    Ok(Box::new(SqlStore::open(url).await?))
 }
 
 pub(crate) fn digest(bytes: &[u8]) -> Result<Digest32, StoreError> {

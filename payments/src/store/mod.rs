@@ -1,6 +1,6 @@
-//! Storage: voucher hashes and receipts, behind [`PaymentsStore`] with a SQLite and a
-//! Postgres backend (sqlx, migrations under `payments/migrations/<backend>/`). One conformance
-//! suite (`payments/tests/store.rs`) runs against both.
+//! Storage: voucher hashes and receipts, behind [`PaymentsStore`], implemented once over
+//! either database ([`SqlStore`]; migrations under `payments/migrations/<backend>/`). One
+//! conformance suite (`payments/tests/store.rs`) runs on both.
 //!
 //! Every digest has at most one row in `receipts` (`UNIQUE (digest)`), and every write that
 //! claims a digest is a single upsert (`INSERT .. ON CONFLICT (digest) DO UPDATE SET digest =
@@ -26,13 +26,13 @@ use ticketing_crypto::keyset::KeysetId;
 use ticketing_protocol::keys::Sig;
 use ticketing_protocol::receipt::{Receipt, SignedReceipt};
 use ticketing_protocol::{Digest32, Id16};
-use ticketing_service::db::{Backend, backend_of};
+use ticketing_service::db::backend_of;
 
 use crate::PaymentsError;
 
-mod backends;
+mod sql;
 
-pub use backends::{PostgresStore, SqliteStore};
+pub use sql::SqlStore;
 
 /// A voucher to store: the hash of its code and the product it pays for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,8 +258,7 @@ pub trait PaymentsStore: Send + Sync + std::fmt::Debug {
 /// migrations.
 pub async fn open_store(url: &str) -> Result<Arc<dyn PaymentsStore>, PaymentsError> {
     match backend_of(url) {
-        Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::open(url).await?)),
-        Some(Backend::Postgres) => Ok(Arc::new(PostgresStore::open(url).await?)),
+        Some(_) => Ok(Arc::new(SqlStore::open(url).await?)),
         None => Err(PaymentsError::UnsupportedDatabase),
     }
 }
@@ -453,9 +452,4 @@ fn voucher_refusal(found: Option<VoucherInfo>, product: &str) -> PaymentsError {
         Some(v) if v.voided => PaymentsError::VoucherVoided,
         Some(_) => PaymentsError::VoucherUsed,
     }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
 }

@@ -1,65 +1,22 @@
-//! Database connections shared by the services' stores, and real-Postgres test databases.
+//! The stores' one way to their database (ADR-0020). A store's rules are plain Rust over
+//! [`Database`], [`Tx`] and [`Conn`], which all run a [`Query`] through the [`Executor`] trait:
+//! SQL written once with `$n` placeholders (both sqlx drivers read them), arguments as
+//! [`Value`]s, rows read by column name. What the two databases differ in beyond their
+//! migrations is [`Dialect`], data the rules ask. Also: the one [`StoreError`], the pools'
+//! settings, and fresh Postgres databases for tests.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, Executor, PgPool, SqlitePool};
+use sqlx::{Connection, Executor as _, PgPool, SqlitePool};
 
-/// The one error of every store (node log, ledger): either the database did not do what was
-/// asked, and a retry may succeed, or what it holds cannot be read, which no retry mends. A
-/// caller answers the first with `unavailable`; the second is reported as what it is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The database could not be reached, timed out, refused the operation, or lost a conflict
-    /// with a concurrent transaction: nothing of the operation was kept.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// A stored row does not decode (tampering or a bug): reported, never papered over.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// A unique name is in use (nothing was changed).
-    #[error("`{0}` is taken")]
-    Taken(String),
-}
+mod error;
+mod sql;
 
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            // What the database answered does not fit what the code reads: the data, not the
-            // connection, is wrong.
-            sqlx::Error::ColumnDecode { .. }
-            | sqlx::Error::Decode(_)
-            | sqlx::Error::ColumnNotFound(_)
-            | sqlx::Error::ColumnIndexOutOfBounds { .. }
-            | sqlx::Error::TypeNotFound { .. } => Self::Corrupt(e.to_string()),
-            other => Self::Unavailable(other.to_string()),
-        }
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        Self::Unavailable(format!("migrations: {e}"))
-    }
-}
-
-impl From<ticketing_protocol::ProtocolError> for StoreError {
-    fn from(e: ticketing_protocol::ProtocolError) -> Self {
-        Self::Corrupt(e.to_string())
-    }
-}
-
-/// A count or time for a signed 64-bit column.
-pub fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit the database")))
-}
-
-/// A signed 64-bit column read back as the count or time it holds.
-pub fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
-}
+pub use error::{StoreError, to_i64, to_u64};
+pub use sql::{Conn, Database, Executor, Migrations, Query, Row, Tx, Value, query};
 
 /// Which backend a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,14 +27,12 @@ pub enum Backend {
     Postgres,
 }
 
-/// What the stores' SQL differs in between the two databases, as data: each backend of a
-/// store is generated with one of these and asks it, never compares strings.
+/// What the stores' SQL differs in between the two databases, as data: a store asks its
+/// database's dialect, never compares strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dialect {
     /// Which database.
     pub backend: Backend,
-    /// How a placeholder is written: `$` (`$1`, Postgres) or `?` (`?1`, SQLite).
-    pub sigil: &'static str,
     /// What opens a transaction that will write. SQLite's `BEGIN IMMEDIATE` takes the write
     /// lock up front, so concurrent writers queue on the busy timeout instead of failing to
     /// upgrade a read snapshot; Postgres' plain `BEGIN` (read committed) relies on row locks.
@@ -91,7 +46,6 @@ impl Dialect {
     /// SQLite.
     pub const SQLITE: Self = Self {
         backend: Backend::Sqlite,
-        sigil: "?",
         begin_write: "BEGIN IMMEDIATE",
         one_writer: true,
     };
@@ -99,15 +53,9 @@ impl Dialect {
     /// Postgres.
     pub const POSTGRES: Self = Self {
         backend: Backend::Postgres,
-        sigil: "$",
         begin_write: "BEGIN",
         one_writer: false,
     };
-
-    /// SQL written with `$n` placeholders, in this dialect's form.
-    pub fn sql<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        placeholders(text, self.sigil)
-    }
 
     /// Whether this is Postgres (for the few statements only it has).
     pub fn is_postgres(&self) -> bool {
@@ -243,32 +191,6 @@ mod tests {
     }
 }
 
-/// SQL written once with Postgres placeholders (`$1`) in the form a backend takes: unchanged
-/// for Postgres (`sigil = "$"`), `?1` for SQLite (`sigil = "?"`; sqlx's SQLite driver refuses
-/// `$1`). The stores' SQL contains no other `$`.
-pub fn placeholders<'a>(text: &'a str, sigil: &str) -> std::borrow::Cow<'a, str> {
-    if sigil == "$" {
-        std::borrow::Cow::Borrowed(text)
-    } else {
-        std::borrow::Cow::Owned(text.replace('$', sigil))
-    }
-}
-
-#[cfg(test)]
-mod placeholder_tests {
-    #[test]
-    fn placeholders_follow_the_backend() {
-        assert_eq!(
-            super::placeholders("a = $1 AND b = $2", "$"),
-            "a = $1 AND b = $2"
-        );
-        assert_eq!(
-            super::placeholders("a = $1 AND b = $2", "?"),
-            "a = ?1 AND b = ?2"
-        );
-    }
-}
-
 #[cfg(test)]
 mod reach_tests {
     /// A Postgres that is not there is named, host and port, within seconds.
@@ -282,33 +204,5 @@ mod reach_tests {
             .unwrap_or_default();
         assert!(e.contains("127.0.0.1:1"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(6));
-    }
-}
-
-#[cfg(test)]
-mod error_tests {
-    use super::StoreError;
-
-    /// A database that does not answer is unavailable (retry), a row that does not read is
-    /// corrupt (report): the two never read as each other.
-    #[tokio::test]
-    async fn a_down_database_is_unavailable_and_a_bad_row_corrupt() {
-        let down = super::postgres("postgres://u:p@127.0.0.1:1/db")
-            .await
-            .unwrap_err();
-        assert!(matches!(StoreError::from(down), StoreError::Unavailable(_)));
-        assert!(matches!(
-            StoreError::from(sqlx::Error::PoolTimedOut),
-            StoreError::Unavailable(_)
-        ));
-        let pool = super::sqlite("sqlite::memory:").await.unwrap();
-        let row = sqlx::query("SELECT 'text' AS n")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        let bad = StoreError::from(sqlx::Row::try_get::<i64, _>(&row, "n").unwrap_err());
-        assert!(matches!(bad, StoreError::Corrupt(_)), "{bad:?}");
-        let missing = sqlx::Row::try_get::<i64, _>(&row, "m").unwrap_err();
-        assert!(matches!(StoreError::from(missing), StoreError::Corrupt(_)));
     }
 }
