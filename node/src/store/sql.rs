@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use ticketing_protocol::log::{Checkpoint, GENESIS, LogEntry};
 use ticketing_protocol::receipt::SignedReceipt;
 use ticketing_protocol::{Digest32, Id16};
-use ticketing_service::db::{Conn, Database, Migrations, Row, query};
+use ticketing_service::db::{Conn, Database, Migrations, Query, Row, Tx, query};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{NodeStore, Recorded, StoreError, digest, entry_from_row, to_i64};
@@ -220,11 +220,7 @@ async fn try_all_fresh(
 }
 
 /// The seven columns of one log entry, in `INSERT` order.
-fn bind_entry(
-    insert: ticketing_service::db::Query,
-    entry: &LogEntry,
-    body: String,
-) -> Result<ticketing_service::db::Query, StoreError> {
+fn bind_entry(insert: Query, entry: &LogEntry, body: String) -> Result<Query, StoreError> {
     let r = &entry.receipt.receipt;
     Ok(insert
         .bind(to_i64(entry.seq)?)
@@ -279,7 +275,7 @@ async fn try_one_by_one(
 }
 
 async fn append_in(
-    tx: &mut ticketing_service::db::Tx<'_>,
+    tx: &mut Tx<'_>,
     head: &mut (u64, Digest32),
     receipt: &SignedReceipt,
     time: u64,

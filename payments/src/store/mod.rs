@@ -263,22 +263,12 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn PaymentsStore>, PaymentsErr
     }
 }
 
-/// An issued receipt's values as both backends bind them: receipt_id, keyset_id, count,
-/// digest, amount, currency, issued_at, expires_at, signature.
-type ReceiptRow = (
-    Vec<u8>,
-    Vec<u8>,
-    i64,
-    Vec<u8>,
-    i64,
-    String,
-    i64,
-    i64,
-    Vec<u8>,
-);
-
-/// A pending receipt's values: receipt_id, keyset_id, count, digest, amount, currency.
+/// A receipt's values as both backends bind them: receipt_id, keyset_id, count, digest,
+/// amount, currency (the columns a pending and an issued receipt share, in `INSERT` order).
 type PendingRow = (Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, String);
+
+/// An issued receipt's values: the [`PendingRow`], then issued_at, expires_at, signature.
+type ReceiptRow = (PendingRow, i64, i64, Vec<u8>);
 
 /// A stored row as both backends read it, in [`STORED_COLUMNS`] order.
 type StoredRow = (
@@ -316,12 +306,14 @@ fn array<const N: usize>(v: &[u8], what: &'static str) -> Result<[u8; N], Paymen
 fn receipt_row(r: &SignedReceipt) -> Result<ReceiptRow, PaymentsError> {
     let b = &r.receipt;
     Ok((
-        b.receipt_id.0.to_vec(),
-        b.keyset_id.0.to_vec(),
-        i64::from(b.count),
-        b.digest.0.to_vec(),
-        to_i64(b.amount, "amount")?,
-        b.currency.clone(),
+        (
+            b.receipt_id.0.to_vec(),
+            b.keyset_id.0.to_vec(),
+            i64::from(b.count),
+            b.digest.0.to_vec(),
+            to_i64(b.amount, "amount")?,
+            b.currency.clone(),
+        ),
         to_i64(b.issued_at, "issued_at")?,
         to_i64(b.expires_at, "expires_at")?,
         r.signature.0.to_vec(),

@@ -22,7 +22,7 @@
 use async_trait::async_trait;
 use ticketing_protocol::receipt::SignedReceipt;
 use ticketing_protocol::{Digest32, Id16};
-use ticketing_service::db::{Database, Executor, Migrations, query};
+use ticketing_service::db::{Database, Executor, Migrations, Query, query};
 
 use super::{
     CheckoutOutcome, KeysetTotals, NewVoucher, PaymentsStore, PendingReceipt, Reservation,
@@ -87,6 +87,21 @@ fn voucher_row(
             .transpose()
             .map_err(|_| PaymentsError::Corrupt("voucher time"))?,
     })
+}
+
+/// `query` with the six values every receipt row has ([`PendingRow`](super::PendingRow)),
+/// as `$1` to `$6` in `INSERT` order.
+fn with_pending(
+    query: Query,
+    (id, keyset, count, digest, amount, currency): super::PendingRow,
+) -> Query {
+    query
+        .bind(id)
+        .bind(keyset)
+        .bind(count)
+        .bind(digest)
+        .bind(amount)
+        .bind(currency)
 }
 
 #[async_trait]
@@ -161,25 +176,20 @@ impl PaymentsStore for SqlStore {
         // SQLite takes the write lock up front; on Postgres the upsert locks the digest's row
         // (new or existing) until the transaction ends.
         let mut tx = self.db.begin_write().await?;
-        let back: StoredRow = query(format!(
+        let upsert = query(format!(
             "INSERT INTO receipts (receipt_id, keyset_id, count, digest, amount, currency, \
              state, issued_at, expires_at, signature) \
              VALUES ($1, $2, $3, $4, $5, $6, 'issued', $7, $8, $9) \
              ON CONFLICT (digest) DO UPDATE SET digest = EXCLUDED.digest \
              RETURNING {STORED_COLUMNS}"
-        ))
-        .bind(row.0)
-        .bind(row.1)
-        .bind(row.2)
-        .bind(row.3)
-        .bind(row.4)
-        .bind(row.5)
-        .bind(row.6)
-        .bind(row.7)
-        .bind(row.8)
-        .fetch_one(&mut tx)
-        .await?
-        .decode()?;
+        ));
+        let back: StoredRow = with_pending(upsert, row.0)
+            .bind(row.1)
+            .bind(row.2)
+            .bind(row.3)
+            .fetch_one(&mut tx)
+            .await?
+            .decode()?;
         if let Some(existing) = claimed(back, &receipt.receipt.receipt_id)? {
             // Dropped: rolled back.
             drop(tx);
@@ -213,24 +223,19 @@ impl PaymentsStore for SqlStore {
         now: u64,
     ) -> Result<Reservation, PaymentsError> {
         let row = pending_row(pending)?;
-        let back: StoredRow = query(format!(
+        let upsert = query(format!(
             "INSERT INTO receipts (receipt_id, keyset_id, count, digest, amount, currency, \
              state, lease, reserved_at) \
              VALUES ($1, $2, $3, $4, $5, $6, 'paying', $7, $8) \
              ON CONFLICT (digest) DO UPDATE SET digest = EXCLUDED.digest \
              RETURNING {STORED_COLUMNS}"
-        ))
-        .bind(row.0)
-        .bind(row.1)
-        .bind(row.2)
-        .bind(row.3)
-        .bind(row.4)
-        .bind(row.5)
-        .bind(lease.0.as_slice())
-        .bind(to_i64(now, "time")?)
-        .fetch_one(&self.db)
-        .await?
-        .decode()?;
+        ));
+        let back: StoredRow = with_pending(upsert, row)
+            .bind(lease.0.as_slice())
+            .bind(to_i64(now, "time")?)
+            .fetch_one(&self.db)
+            .await?
+            .decode()?;
         Ok(match claimed(back, &pending.receipt_id)? {
             None => Reservation::Reserved,
             Some(existing) => Reservation::Existing(existing),
@@ -268,22 +273,23 @@ impl PaymentsStore for SqlStore {
     }
 
     async fn issue(&self, receipt: &SignedReceipt) -> Result<CheckoutOutcome, PaymentsError> {
-        let row = receipt_row(receipt)?;
+        let ((id, keyset, count, digest, amount, currency), issued_at, expires_at, sig) =
+            receipt_row(receipt)?;
         let changed = query(
             "UPDATE receipts SET state = 'issued', lease = NULL, reserved_at = NULL, \
              issued_at = $1, expires_at = $2, signature = $3 \
              WHERE digest = $4 AND receipt_id = $5 AND state = 'paying' \
              AND keyset_id = $6 AND count = $7 AND amount = $8 AND currency = $9",
         )
-        .bind(row.6)
-        .bind(row.7)
-        .bind(row.8)
-        .bind(row.3)
-        .bind(row.0)
-        .bind(row.1)
-        .bind(row.2)
-        .bind(row.4)
-        .bind(row.5)
+        .bind(issued_at)
+        .bind(expires_at)
+        .bind(sig)
+        .bind(digest)
+        .bind(id)
+        .bind(keyset)
+        .bind(count)
+        .bind(amount)
+        .bind(currency)
         .execute(&self.db)
         .await?;
         if changed == 1 {
@@ -297,23 +303,24 @@ impl PaymentsStore for SqlStore {
         renewed: &SignedReceipt,
         previous_expires_at: u64,
     ) -> Result<SignedReceipt, PaymentsError> {
-        let row = receipt_row(renewed)?;
+        let ((id, keyset, count, digest, amount, currency), issued_at, expires_at, sig) =
+            receipt_row(renewed)?;
         let changed = query(
             "UPDATE receipts SET expires_at = $1, signature = $2 \
              WHERE digest = $3 AND receipt_id = $4 AND state = 'issued' \
              AND expires_at = $5 AND keyset_id = $6 AND count = $7 AND amount = $8 \
              AND currency = $9 AND issued_at = $10",
         )
-        .bind(row.7)
-        .bind(row.8)
-        .bind(row.3)
-        .bind(row.0)
+        .bind(expires_at)
+        .bind(sig)
+        .bind(digest)
+        .bind(id)
         .bind(to_i64(previous_expires_at, "expires_at")?)
-        .bind(row.1)
-        .bind(row.2)
-        .bind(row.4)
-        .bind(row.5)
-        .bind(row.6)
+        .bind(keyset)
+        .bind(count)
+        .bind(amount)
+        .bind(currency)
+        .bind(issued_at)
         .execute(&self.db)
         .await?;
         if changed == 1 {
