@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ticketing_config::Settings;
 use ticketing_config::cluster::Cluster;
 use ticketing_coordinator::TokenRole;
-use ticketing_coordinator::store::{LedgerStore, SqliteStore};
+use ticketing_coordinator::store::{Ledger, SqlStore};
 use ticketing_crypto::issuance;
 use ticketing_crypto::presentation::{Presentation, epoch_at};
 use ticketing_crypto::ticket::{HolderSecret, Ticket};
@@ -461,7 +461,7 @@ async fn every_accepted_redemption_survives_a_sigkill_of_the_coordinator() {
     eprintln!("restarted in {:.1?}", restart.elapsed());
 
     // The ledger, read directly (WAL: a reader next to the running coordinator).
-    let store = SqliteStore::open(&settings.coordinator_database_url())
+    let store = SqlStore::open(&settings.coordinator_database_url())
         .await
         .unwrap();
     for (scan_id, _, _) in &accepted {

@@ -20,7 +20,7 @@ use ticketing_protocol::manifest::Manifest;
 use ticketing_protocol::receipt::Receipt;
 use tokio::sync::Mutex;
 
-use crate::store::{Issuance, LedgerStore, StoreError};
+use crate::store::{Issuance, Partners, StoreError};
 
 /// Entries asked for per page.
 const PAGE: u32 = 5000;
@@ -175,7 +175,7 @@ impl IssuanceFollower {
     /// for the next pass.
     pub(crate) async fn follow(
         &self,
-        store: &dyn LedgerStore,
+        store: &dyn Partners,
         now: u64,
     ) -> Result<FollowReport, StoreError> {
         let mut state = self.state.lock().await;

@@ -59,7 +59,7 @@ pub mod webhook;
 pub use error::CoordinatorError;
 pub use issued::FollowReport;
 pub use publication::{Build, Published};
-use store::{Device, Fare, LedgerStore, Role};
+use store::{Device, Fare, Role, Store};
 pub use webhook::{DeliveryReport, WebhookSecret};
 
 /// A running coordinator's shared state.
@@ -71,7 +71,7 @@ pub struct Coordinator {
 struct Inner {
     manifest: Arc<Manifest>,
     key: SignKey,
-    store: Arc<dyn LedgerStore>,
+    store: Arc<dyn Store>,
     settings: CoordinatorSettings,
     http: HttpSettings,
     metrics: Metrics,
@@ -115,7 +115,7 @@ impl Coordinator {
     pub async fn new(
         manifest: Manifest,
         key: SignKey,
-        store: Box<dyn LedgerStore>,
+        store: Box<dyn Store>,
         settings: &Settings,
     ) -> Result<Self, CoordinatorError> {
         let metrics = Metrics::new("ticketing_coordinator");
@@ -151,7 +151,7 @@ impl Coordinator {
             ),
         );
         let manifest = Arc::new(manifest);
-        let store: Arc<dyn LedgerStore> = Arc::from(store);
+        let store: Arc<dyn Store> = Arc::from(store);
         let writers = if settings.coordinator_database_url().starts_with("postgres") {
             4
         } else {
@@ -208,7 +208,7 @@ impl Coordinator {
     }
 
     /// The store (tests and admin commands).
-    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 

@@ -12,7 +12,7 @@ use ticketing_protocol::partner::{
 use ticketing_protocol::{ErrorCode, Id16};
 
 use crate::auth::{self, Token};
-use crate::store::{self, LedgerStore, Partner, Webhook};
+use crate::store::{self, Partner, Store, Webhook};
 use crate::webhook::WebhookSecret;
 use crate::{Coordinator, CoordinatorError};
 
@@ -160,7 +160,7 @@ pub(crate) async fn feed(
         .limit
         .unwrap_or(FEED_DEFAULT_LIMIT)
         .clamp(1, FEED_MAX_LIMIT);
-    let store: &dyn LedgerStore = c.store().as_ref();
+    let store: &dyn Store = c.store().as_ref();
     let events = store.partner_events(&partner.id, after, limit).await?;
     let mut totals = store.partner_totals(&partner.id).await?;
     // Products without any event yet show up with zeros, in the manifest's currency.

@@ -4,14 +4,14 @@
 //! 1. **check**: parse, keyset, window, epoch, holder signature (`protocol::verify::screen`),
 //!    then one batched BLS verification of every surviving ticket (`crypto::batch`), spread
 //!    over the machine's cores on the blocking pool;
-//! 2. **ledger**: one transaction for all scans waiting (`LedgerStore::record`): one fsync for
+//! 2. **ledger**: one transaction for all scans waiting (`Ledger::record`): one fsync for
 //!    many redemptions. SQLite has one writer task, Postgres several.
 //!
 //! Each request waits on a oneshot answered after its commit. A request that hangs up does not
 //! cancel its scans: they complete, and a retry with the same scan ids gets the same answers.
 //! A scan the check stage refuses for a reason that depends on the clock (stale epoch, window
 //! ended, timestamp in the future) is looked up first: a retry of a scan answered before gets
-//! that answer whenever it arrives (`LedgerStore::answered`).
+//! that answer whenever it arrives (`Ledger::answered`).
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use ticketing_protocol::verify;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::CoordinatorError;
-use crate::store::{Fare, LedgerStore, Mode, Outcome, Retry, ScanRecord, Usage};
+use crate::store::{Fare, Mode, Outcome, Retry, ScanRecord, Store, Usage};
 
 /// Scans checked together at most (bounds the latency a large batch adds to others).
 const MAX_CHECK: usize = 2048;
@@ -169,11 +169,7 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     /// Start the check task and `writers` ledger tasks.
-    pub(crate) fn start(
-        manifest: Arc<Manifest>,
-        store: &Arc<dyn LedgerStore>,
-        writers: usize,
-    ) -> Self {
+    pub(crate) fn start(manifest: Arc<Manifest>, store: &Arc<dyn Store>, writers: usize) -> Self {
         let (jobs, job_rx) = mpsc::channel(QUEUE);
         let (checked_tx, checked_rx) = mpsc::channel(QUEUE);
         tokio::spawn(check_stage(manifest, job_rx, checked_tx));
@@ -407,7 +403,7 @@ fn verify_parallel(
     })
 }
 
-async fn ledger_stage(store: Arc<dyn LedgerStore>, input: Arc<Mutex<mpsc::Receiver<Checked>>>) {
+async fn ledger_stage(store: Arc<dyn Store>, input: Arc<Mutex<mpsc::Receiver<Checked>>>) {
     loop {
         let batch = {
             let mut rx = input.lock().await;
@@ -437,7 +433,7 @@ async fn ledger_stage(store: Arc<dyn LedgerStore>, input: Arc<Mutex<mpsc::Receiv
     }
 }
 
-async fn commit(store: &dyn LedgerStore, mode: Mode, jobs: Vec<Checked>) {
+async fn commit(store: &dyn Store, mode: Mode, jobs: Vec<Checked>) {
     if jobs.is_empty() {
         return;
     }

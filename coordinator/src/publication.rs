@@ -26,7 +26,7 @@ use ticketing_protocol::keys::{Sig, SignKey};
 use ticketing_protocol::publication::{BloomDelta, BloomSnapshot, SerialFilter};
 
 use crate::CoordinatorError;
-use crate::store::{LedgerStore, PublicationStep};
+use crate::store::{PublicationStep, Store};
 
 /// How far back each update reads before the last one: longer than any ledger transaction
 /// stays open (a scan is listed at the coordinator's clock when it arrived, and becomes
@@ -241,7 +241,7 @@ pub(crate) struct Next {
 
 /// What a publication reads and signs with.
 pub(crate) struct Sources<'a> {
-    pub(crate) store: &'a dyn LedgerStore,
+    pub(crate) store: &'a dyn Store,
     pub(crate) settings: &'a CoordinatorSettings,
     pub(crate) key: &'a SignKey,
 }
@@ -445,14 +445,14 @@ mod tests {
     use ticketing_protocol::Id16;
 
     use super::*;
-    use crate::store::{Fare, Mode, ScanRecord, SqliteStore, Usage};
+    use crate::store::{Fare, Ledger, Mode, ScanRecord, SqlStore, Usage};
 
     const K1: KeysetId = KeysetId([1; 8]);
     const K2: KeysetId = KeysetId([2; 8]);
 
     struct Rig {
         _dir: tempfile::TempDir,
-        store: SqliteStore,
+        store: SqlStore,
         settings: CoordinatorSettings,
         key: SignKey,
         current: Option<Published>,
@@ -466,7 +466,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}/c.db", dir.path().display());
             Self {
-                store: SqliteStore::open(&url).await.unwrap(),
+                store: SqlStore::open(&url).await.unwrap(),
                 _dir: dir,
                 settings: CoordinatorSettings {
                     bloom_capacity: capacity,

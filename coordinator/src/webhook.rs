@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::CoordinatorError;
-use crate::store::{LedgerStore, Partner};
+use crate::store::{Partner, Partners};
 
 /// First retry delay, in seconds; it doubles with every failed attempt.
 const BACKOFF_START: u64 = 1;
@@ -138,7 +138,7 @@ impl Deliverer {
     /// its events after the cursor in order until one fails (or [`PER_PASS`] went out).
     pub(crate) async fn run(
         &self,
-        store: &dyn LedgerStore,
+        store: &dyn Partners,
         key: &SignKey,
         now: u64,
     ) -> Result<DeliveryReport, CoordinatorError> {
@@ -158,7 +158,7 @@ impl Deliverer {
 
     async fn partner(
         &self,
-        store: &dyn LedgerStore,
+        store: &dyn Partners,
         key: &SignKey,
         partner: &Partner,
         now: u64,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ticketing_coordinator::store::{
-    Fare, Issuance, LedgerStore, Mode, Outcome, Partner, PublicationStep, Retry, Role, ScanRecord,
+    Fare, Issuance, Mode, Outcome, Partner, PublicationStep, Retry, Role, ScanRecord, Store,
     StoreError, Usage, Webhook,
 };
 use ticketing_crypto::keyset::KeysetId;
@@ -84,11 +84,11 @@ fn partner(id: u8, name: &str, products: &[&str], webhook: bool) -> Partner {
     }
 }
 
-async fn all_events(s: &dyn LedgerStore, partner: &Id16) -> Vec<PartnerEvent> {
+async fn all_events(s: &dyn Store, partner: &Id16) -> Vec<PartnerEvent> {
     s.partner_events(partner, 0, 10_000).await.unwrap()
 }
 
-async fn one(store: &dyn LedgerStore, mode: Mode, s: ScanRecord) -> Outcome {
+async fn one(store: &dyn Store, mode: Mode, s: ScanRecord) -> Outcome {
     let mut out = store.record(mode, &[s]).await.unwrap();
     assert_eq!(out.len(), 1);
     out.pop().unwrap()
@@ -105,7 +105,7 @@ fn rejected(code: ErrorCode) -> Outcome {
 mod cases {
     use super::*;
 
-    pub(crate) async fn single_is_spent_at_first_scan(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn single_is_spent_at_first_scan(store: Arc<dyn Store>) {
         let s = store.as_ref();
         assert_eq!(
             one(s, Mode::Online, scan(1, 1, 10, 300, 1, SINGLE)).await,
@@ -122,7 +122,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn transfer_window_and_epochs(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn transfer_window_and_epochs(store: Arc<dyn Store>) {
         let s = store.as_ref();
         assert_eq!(
             one(s, Mode::Online, scan(1, 1, 10, 300, 1, TRANSFER)).await,
@@ -145,7 +145,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn pass_counts_each_epoch_once(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn pass_counts_each_epoch_once(store: Arc<dyn Store>) {
         let s = store.as_ref();
         assert_eq!(
             one(s, Mode::Online, scan(1, 5, 10, 300, 1, PASS)).await,
@@ -161,7 +161,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn retried_scan_ids_get_the_same_answer(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn retried_scan_ids_get_the_same_answer(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let first = scan(1, 1, 10, 300, 1, SINGLE);
         assert_eq!(one(s, Mode::Online, first.clone()).await, accepted(300));
@@ -191,7 +191,7 @@ mod cases {
         assert_eq!(s.scan_accepted(&Id16([9; 16])).await.unwrap(), None);
     }
 
-    pub(crate) async fn the_same_sync_twice_records_once(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn the_same_sync_twice_records_once(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let batch: Vec<_> = (0..20u16)
             .map(|i| scan(i, u8::try_from(i).unwrap(), 10, 300, 1, SINGLE))
@@ -212,7 +212,7 @@ mod cases {
         assert_eq!((c.redeemed, c.scans, c.denied), (20, 20, 0));
     }
 
-    pub(crate) async fn concurrent_redeems_accept_once(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn concurrent_redeems_accept_once(store: Arc<dyn Store>) {
         let tasks: Vec<_> = (0..200u16)
             .map(|i| {
                 let store = store.clone();
@@ -231,7 +231,7 @@ mod cases {
         assert_eq!(accepted_count, 1);
     }
 
-    pub(crate) async fn offline_conflicts_are_flagged_and_denied(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn offline_conflicts_are_flagged_and_denied(store: Arc<dyn Store>) {
         let s = store.as_ref();
         // Device 1 scanned at 300, device 2 at 400 (both offline). Device 2 syncs first.
         assert_eq!(
@@ -264,7 +264,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn pass_sharing_is_flagged(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn pass_sharing_is_flagged(store: Arc<dyn Store>) {
         let s = store.as_ref();
         assert_eq!(
             one(s, OFFLINE, scan(1, 5, 10, 300, 1, PASS)).await,
@@ -293,7 +293,7 @@ mod cases {
         assert_eq!(s.flags().await.unwrap().suspected_sharing, 1);
     }
 
-    pub(crate) async fn revoked_serials_are_refused(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn revoked_serials_are_refused(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let single = fare("single", 250);
         assert!(
@@ -324,7 +324,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn spent_after_transfer_and_prune(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn spent_after_transfer_and_prune(store: Arc<dyn Store>) {
         let s = store.as_ref();
         one(s, Mode::Online, scan(1, 1, 10, 300, 1, TRANSFER)).await;
         one(s, Mode::Online, scan(2, 2, 10, 300, 1, SINGLE)).await;
@@ -350,7 +350,7 @@ mod cases {
         assert_eq!(s.counts(&KS).await.unwrap().scans, 0);
     }
 
-    pub(crate) async fn listed_follows_transfers_and_late_syncs(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn listed_follows_transfers_and_late_syncs(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let listed = |after, until| async move {
             let mut l = s.listed(&[KS], after, until).await.unwrap();
@@ -393,7 +393,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn devices_and_publications(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn devices_and_publications(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let d = s
             .add_device(&[1; 32], "laptop-01", Role::Validator, 5, false)
@@ -483,7 +483,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn device_names_are_unique_and_tokens_revocable(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn device_names_are_unique_and_tokens_revocable(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let first = s
             .add_device(&[1; 32], "gate-1", Role::Validator, 5, false)
@@ -538,9 +538,7 @@ mod cases {
     /// A scan id is scoped to its device and bound to its (serial, epoch): another ticket or
     /// epoch under a used id is `scan_id_reused` and records nothing; the same id on another
     /// device is another scan.
-    pub(crate) async fn scan_ids_are_per_device_and_bound_to_their_ticket(
-        store: Arc<dyn LedgerStore>,
-    ) {
+    pub(crate) async fn scan_ids_are_per_device_and_bound_to_their_ticket(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let first = scan(1, 1, 10, 300, 1, SINGLE);
         assert_eq!(one(s, Mode::Online, first.clone()).await, accepted(300));
@@ -638,7 +636,7 @@ mod cases {
 
     /// The one rule for singles at the window's end: first use inside the window, transfers
     /// run on past the end; no first use after the end.
-    pub(crate) async fn singles_transfer_past_the_window_end(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn singles_transfer_past_the_window_end(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let usage = Usage::Single {
             transfer_seconds: 5400,
@@ -681,7 +679,7 @@ mod cases {
         assert_eq!(s.counts(&KS).await.unwrap().redeemed, 1);
     }
 
-    pub(crate) async fn the_admin_trail_is_appended_and_paged(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn the_admin_trail_is_appended_and_paged(store: Arc<dyn Store>) {
         let s = store.as_ref();
         assert!(s.actions(0, 10).await.unwrap().is_empty());
         for i in 0..5u64 {
@@ -700,7 +698,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn issuances_are_recorded_once(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn issuances_are_recorded_once(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let batch = [issuance(1, "single", 2, 500), issuance(2, "day", 1, 700)];
         assert_eq!(s.record_issuances(&batch).await.unwrap(), 2);
@@ -733,7 +731,7 @@ mod cases {
         );
     }
 
-    pub(crate) async fn denials_write_events_without_serials(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn denials_write_events_without_serials(store: Arc<dyn Store>) {
         let s = store.as_ref();
         s.add_partner(&partner(1, "metro", &["single"], false), &[1; 32])
             .await
@@ -799,7 +797,7 @@ mod cases {
         assert_eq!(totals[0].issued_tickets, 0);
     }
 
-    pub(crate) async fn partners_see_their_products_only(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn partners_see_their_products_only(store: Arc<dyn Store>) {
         let s = store.as_ref();
         let metro = partner(1, "metro", &["day", "single"], true);
         let bus = partner(2, "bus", &["week"], false);
@@ -864,7 +862,7 @@ mod cases {
 
     /// Event ids are the feed cursor: a reader following concurrent writers must never step
     /// over an id that commits after a larger one (Postgres: the events lock).
-    pub(crate) async fn a_feed_reader_misses_nothing(store: Arc<dyn LedgerStore>) {
+    pub(crate) async fn a_feed_reader_misses_nothing(store: Arc<dyn Store>) {
         let reader = Id16([1; 16]);
         store
             .add_partner(&partner(1, "metro", &["single"], false), &[1; 32])
@@ -931,7 +929,7 @@ mod cases {
 }
 
 /// A fresh ledger on the case's database.
-async fn store(dbs: &TestDatabases) -> Option<Arc<dyn LedgerStore>> {
+async fn store(dbs: &TestDatabases) -> Option<Arc<dyn Store>> {
     let url = dbs.url("coordinator").await?;
     Some(Arc::from(
         ticketing_coordinator::store::open(&url).await.unwrap(),

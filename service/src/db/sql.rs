@@ -23,6 +23,14 @@ pub enum Value {
     Text(Option<String>),
     /// Bytes (`BLOB` / `BYTEA`).
     Bytes(Option<Vec<u8>>),
+    /// A boolean (`BOOLEAN` on Postgres; SQLite stores 0 or 1).
+    Bool(Option<bool>),
+}
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Self::Bool(Some(v))
+    }
 }
 
 impl From<i64> for Value {
@@ -174,6 +182,7 @@ impl Query {
         for<'q> Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'q> Option<&'q [u8]>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> Option<bool>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
         self.args
             .iter()
@@ -181,6 +190,7 @@ impl Query {
                 Value::Int(v) => query.bind(*v),
                 Value::Text(v) => query.bind(v.as_deref()),
                 Value::Bytes(v) => query.bind(v.as_deref()),
+                Value::Bool(v) => query.bind(*v),
             })
     }
 }
@@ -313,8 +323,8 @@ impl Database {
         }))
     }
 
-    /// A transaction that only reads (one snapshot on Postgres' repeatable reads, or settings
-    /// of its own with `SET LOCAL`).
+    /// A transaction opened with a plain `BEGIN`: for reads that want settings of their own
+    /// (`SET LOCAL` on Postgres) or several statements on one connection.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
         Ok(Tx(match &self.pool {
             PoolOf::Sqlite(pool) => TxOf::Sqlite(pool.begin().await?),
