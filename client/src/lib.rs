@@ -449,16 +449,7 @@ impl Client {
         progress: &mut F,
     ) -> Result<Purchase, ClientError> {
         let t = usize::from(self.manifest.threshold);
-        let keyset = self
-            .manifest
-            .keyset(&pending.receipt.receipt.keyset_id)
-            .ok_or_else(|| ClientError::BadReceipt("keyset not in the manifest".into()))?;
-        let factors = pending
-            .factors
-            .iter()
-            .map(|f| BlindingFactor::from_bytes(&f.0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::BadReceipt(format!("stored blinding factor: {e}")))?;
+        let (keyset, factors) = self.unblinding(pending)?;
         let request = IssueRequest {
             receipt: pending.receipt.clone(),
             blinded: pending.blinded.clone(),
@@ -473,7 +464,7 @@ impl Client {
         progress(NodeEvent::Asked {
             nodes: self.manifest.nodes.iter().map(|n| n.index.get()).collect(),
         });
-        let mut good: Vec<(ShareIndex, IssueResponse, Vec<PartialSignature>)> = Vec::new();
+        let mut good: Vec<Answer> = Vec::new();
         let mut failures = Vec::new();
         let mut blamed = Vec::new();
 
@@ -508,15 +499,8 @@ impl Client {
                 }
                 Err(()) => {
                     // Optimism failed: check each partial of the nodes used, drop the bad ones.
-                    let (bad, kept): (Vec<_>, Vec<_>) = good.into_iter().partition(|(i, _, p)| {
-                        let Some(pk) = keyset.public_key_share(*i) else {
-                            return true;
-                        };
-                        p.iter()
-                            .zip(&pending.blinded)
-                            .any(|(p, b)| issuance::verify_partial(pk, b, p).is_err())
-                    });
-                    good = kept;
+                    let bad;
+                    (bad, good) = Self::split_bad(keyset, pending, good);
                     for (node, response, _) in bad {
                         tracing::warn!(node = node.get(), "node signed wrong partials; blamed");
                         let failure = NodeFailure {
@@ -541,6 +525,41 @@ impl Client {
             good: good.len(),
             failures,
             pending: Box::new(pending.clone()),
+        })
+    }
+
+    /// What unblinding `pending` needs: its keyset (from the manifest) and its stored factors.
+    fn unblinding(
+        &self,
+        pending: &PendingPurchase,
+    ) -> Result<(&KeysetInfo, Vec<BlindingFactor>), ClientError> {
+        let keyset = self
+            .manifest
+            .keyset(&pending.receipt.receipt.keyset_id)
+            .ok_or_else(|| ClientError::BadReceipt("keyset not in the manifest".into()))?;
+        let factors = pending
+            .factors
+            .iter()
+            .map(|f| BlindingFactor::from_bytes(&f.0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::BadReceipt(format!("stored blinding factor: {e}")))?;
+        Ok((keyset, factors))
+    }
+
+    /// The answers whose partials do not all verify against their node's key share (or whose
+    /// node has none), apart from the others: `(bad, kept)`.
+    fn split_bad(
+        keyset: &KeysetInfo,
+        pending: &PendingPurchase,
+        good: Vec<Answer>,
+    ) -> (Vec<Answer>, Vec<Answer>) {
+        good.into_iter().partition(|(i, _, p)| {
+            let Some(pk) = keyset.public_key_share(*i) else {
+                return true;
+            };
+            p.iter()
+                .zip(&pending.blinded)
+                .any(|(p, b)| issuance::verify_partial(pk, b, p).is_err())
         })
     }
 
@@ -606,12 +625,15 @@ fn check_response(
 }
 
 /// Combine the first t good answers for every ticket; `Err` if any ticket fails to verify.
+/// A node's good answer: its index, its response, and the partials it carried.
+type Answer = (ShareIndex, IssueResponse, Vec<PartialSignature>);
+
 fn combine_all(
     t: usize,
     keyset: &KeysetInfo,
     pending: &PendingPurchase,
     factors: &[BlindingFactor],
-    good: &[(ShareIndex, IssueResponse, Vec<PartialSignature>)],
+    good: &[Answer],
 ) -> Result<Vec<Ticket>, ()> {
     let used = good.get(..t).ok_or(())?;
     pending

@@ -218,6 +218,7 @@ impl Coordinator {
     }
 
     /// The HTTP routes, with the shared layers.
+    // Long because it is the route table: one entry per endpoint with its OpenAPI description.
     pub fn router(&self) -> Router {
         let scan_limit = 4096 + 400 * self.inner.settings.max_scans_per_request as usize;
         let body_limit = || axum::extract::DefaultBodyLimit::max(scan_limit);

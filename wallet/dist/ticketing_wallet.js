@@ -501,7 +501,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6492(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6497(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -531,7 +531,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6492(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6497(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -803,37 +803,37 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 927, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4443);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4448);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 990, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6474);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6479);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 633, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2587);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 632, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2585);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 927, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4443_15);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4448_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 5, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_639);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_632);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 708, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2772);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2777);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 928, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4442);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4447);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0) {
@@ -861,38 +861,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_2772(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_2772(arg0, arg1);
+function __wasm_bindgen_func_elem_2777(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_2777(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4442(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4442(arg0, arg1);
+function __wasm_bindgen_func_elem_4447(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4447(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4443(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4443(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4448(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4448(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_2587(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_2587(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_2585(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_2585(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4443_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4443_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4448_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4448_15(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_639(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_639(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_632(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_632(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_6492(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_6492(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_6497(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_6497(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_6474(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_6479(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_6474(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_6479(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

@@ -636,6 +636,8 @@ enum Pay {
     Voucher,
 }
 
+// Long because most of it is one `view!` tree (product list, payment choice, the card and
+// voucher fields, per-node progress); the purchase itself is the wallet core's.
 #[component]
 fn BuyForm(state: State) -> impl IntoView {
     let at = now();
