@@ -3,16 +3,17 @@
 //! started by `ticketing-local`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ticketing_config::Settings;
-use ticketing_config::cluster::{self, Cluster};
+use ticketing_config::cluster::{self, Cluster, SetupSpec};
 use ticketing_config::products::ProductsFile;
 use ticketing_coordinator::TokenRole;
 use ticketing_local::{
-    bind, socket_addr, spawn_apps, spawn_coordinator, spawn_node, spawn_payments,
+    Running, bind, socket_addr, spawn_apps, spawn_coordinator, spawn_node, spawn_payments,
 };
+use ticketing_protocol::manifest::Manifest;
 use tokio::net::TcpListener;
 
 /// The apps' origin for a cluster whose payments service is at `payments_url`: the same host,
@@ -121,66 +122,17 @@ pub async fn run(settings: &Settings) -> Result<()> {
     );
     let existing = cluster::manifest_path(dir).exists();
     if existing {
-        // A cluster made for other ports would silently answer on the old ones.
-        let manifest = cluster::read_manifest(&cluster::manifest_path(dir))?;
-        let made: Vec<&str> = std::iter::once(manifest.payments.url.as_str())
-            .chain([manifest.coordinator.url.as_str()])
-            .chain(manifest.nodes.iter().map(|n| n.url.as_str()))
-            .collect();
-        let asked: Vec<&str> = std::iter::once(spec.payments_url.as_str())
-            .chain([spec.coordinator_url.as_str()])
-            .chain(spec.node_urls.iter().map(String::as_str))
-            .collect();
-        if made != asked || manifest.threshold != settings.demo.threshold {
-            anyhow::bail!(
-                "the cluster in {} was set up for payments at {} and {}-of-{} nodes, but the \
-                 settings ask for payments at {} and {}-of-{} (demo.base_port = {}); start it \
-                 with the settings it was made with (--base-port {} --nodes {} --threshold {}), \
-                 or use another --data-dir for a new cluster",
-                dir.display(),
-                manifest.payments.url,
-                manifest.threshold,
-                manifest.nodes.len(),
-                spec.payments_url,
-                settings.demo.threshold,
-                spec.node_urls.len(),
-                settings.demo.base_port,
-                port_of(&manifest.payments.url).unwrap_or(settings.demo.base_port),
-                manifest.nodes.len(),
-                manifest.threshold,
-            );
-        }
+        check_made_for(settings, &spec)?;
     }
     // Every port is bound before anything is written: a busy port leaves no half-made cluster.
-    let apps_url = apps_origin(
-        &spec.payments_url,
-        settings.demo.base_port.saturating_add(2),
-    )?;
-    let apps_listener = bind(&apps_url).await?;
-    let payments_listener = bind(&spec.payments_url).await?;
-    let coordinator_listener = bind(&spec.coordinator_url).await?;
-    let mut node_listeners = Vec::new();
-    for url in &spec.node_urls {
-        node_listeners.push(bind(url).await?);
-    }
+    let listeners = Listeners::bind(settings, &spec).await?;
     if !existing {
-        outln!(
-            "setting up a {}-of-{} cluster in {} ...",
-            settings.demo.threshold,
-            settings.demo.nodes,
-            dir.display()
-        );
-        let bar = crate::setup::progress("dealing");
-        let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })?;
-        bar.finish_and_clear();
-        cluster.write(dir, false)?;
+        deal(settings, &spec)?;
     }
     let cluster =
         Cluster::read(dir).with_context(|| format!("reading the cluster in {}", dir.display()))?;
     let manifest = &cluster.manifest;
+    let apps_url = &listeners.apps_url;
 
     // The apps' origin, allowed by CORS on every service (the wallet calls payments and nodes).
     let mut settings = settings.clone();
@@ -189,19 +141,138 @@ pub async fn run(settings: &Settings) -> Result<()> {
             "http.metrics_listen is for one service per process; the demo serves /metrics on each service"
         );
     }
-    if !settings.http.cors_origins.contains(&apps_url) {
+    if !settings.http.cors_origins.contains(apps_url) {
         settings.http.cors_origins.push(apps_url.clone());
     }
     let settings = &settings;
-    let apps = spawn_apps(manifest, apps_listener)?;
+    let apps = spawn_apps(manifest, listeners.apps)?;
+    let mut running = spawn_services(
+        settings,
+        manifest,
+        listeners.payments,
+        listeners.coordinator,
+        listeners.nodes,
+    )
+    .await?;
+    let token_file = register_demo_tokens(settings).await?;
+    print_where(manifest, dir, &running, apps_url, &token_file);
 
-    let mut running = vec![spawn_payments(settings, payments_listener).await?];
-    running.push(spawn_coordinator(settings, coordinator_listener).await?);
-    for (node, listener) in manifest.nodes.iter().zip(node_listeners) {
+    shutdown_signal().await;
+    outln!("stopping ...");
+    running.push(apps);
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+/// Refuse to start the cluster already in `data_dir` when it was made for other ports or
+/// another threshold than the settings ask for: it would silently answer on the old ones.
+fn check_made_for(settings: &Settings, spec: &SetupSpec) -> Result<()> {
+    let dir = &settings.data_dir;
+    let manifest = cluster::read_manifest(&cluster::manifest_path(dir))?;
+    let made: Vec<&str> = std::iter::once(manifest.payments.url.as_str())
+        .chain([manifest.coordinator.url.as_str()])
+        .chain(manifest.nodes.iter().map(|n| n.url.as_str()))
+        .collect();
+    let asked: Vec<&str> = std::iter::once(spec.payments_url.as_str())
+        .chain([spec.coordinator_url.as_str()])
+        .chain(spec.node_urls.iter().map(String::as_str))
+        .collect();
+    if made != asked || manifest.threshold != settings.demo.threshold {
+        anyhow::bail!(
+            "the cluster in {} was set up for payments at {} and {}-of-{} nodes, but the \
+             settings ask for payments at {} and {}-of-{} (demo.base_port = {}); start it \
+             with the settings it was made with (--base-port {} --nodes {} --threshold {}), \
+             or use another --data-dir for a new cluster",
+            dir.display(),
+            manifest.payments.url,
+            manifest.threshold,
+            manifest.nodes.len(),
+            spec.payments_url,
+            settings.demo.threshold,
+            spec.node_urls.len(),
+            settings.demo.base_port,
+            port_of(&manifest.payments.url).unwrap_or(settings.demo.base_port),
+            manifest.nodes.len(),
+            manifest.threshold,
+        );
+    }
+    Ok(())
+}
+
+/// The demo's listeners, every one bound before the cluster is set up.
+struct Listeners {
+    /// The apps' origin (the payments host, port `demo.base_port + 2`).
+    apps_url: String,
+    apps: TcpListener,
+    payments: TcpListener,
+    coordinator: TcpListener,
+    nodes: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Bind the apps, payments, the coordinator and every node of `spec`, in that order.
+    async fn bind(settings: &Settings, spec: &SetupSpec) -> Result<Self> {
+        let apps_url = apps_origin(
+            &spec.payments_url,
+            settings.demo.base_port.saturating_add(2),
+        )?;
+        let apps = bind(&apps_url).await?;
+        let payments = bind(&spec.payments_url).await?;
+        let coordinator = bind(&spec.coordinator_url).await?;
+        let mut nodes = Vec::new();
+        for url in &spec.node_urls {
+            nodes.push(bind(url).await?);
+        }
+        Ok(Self {
+            apps_url,
+            apps,
+            payments,
+            coordinator,
+            nodes,
+        })
+    }
+}
+
+/// Deal a new cluster from `spec` and write it to `data_dir`, with a progress bar.
+fn deal(settings: &Settings, spec: &SetupSpec) -> Result<()> {
+    let dir = &settings.data_dir;
+    outln!(
+        "setting up a {}-of-{} cluster in {} ...",
+        settings.demo.threshold,
+        settings.demo.nodes,
+        dir.display()
+    );
+    let bar = crate::setup::progress("dealing");
+    let cluster = cluster::generate(spec, &mut rand::rng(), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    cluster.write(dir, false)?;
+    Ok(())
+}
+
+/// Start payments, the coordinator and every node of `manifest`, in that order.
+async fn spawn_services(
+    settings: &Settings,
+    manifest: &Manifest,
+    payments: TcpListener,
+    coordinator: TcpListener,
+    nodes: Vec<TcpListener>,
+) -> Result<Vec<Running>> {
+    let mut running = vec![spawn_payments(settings, payments).await?];
+    running.push(spawn_coordinator(settings, coordinator).await?);
+    for (node, listener) in manifest.nodes.iter().zip(nodes) {
         running.push(spawn_node(settings, node.index.get(), listener).await?);
     }
-    // Tokens for this machine's CLI validator and auditor, so `ticketing validate` and
-    // `ticketing audit` work at once.
+    Ok(running)
+}
+
+/// Tokens for this machine's CLI validator and auditor, so `ticketing validate` and
+/// `ticketing audit` work at once; the validator's token file.
+async fn register_demo_tokens(settings: &Settings) -> Result<PathBuf> {
     let token_file = validator_dir(settings).join("token");
     let audit_token_file = crate::audit::auditor_token_path(settings);
     for (file, name, role) in [
@@ -216,7 +287,17 @@ pub async fn run(settings: &Settings) -> Result<()> {
             write_token(file, token.expose())?;
         }
     }
+    Ok(token_file)
+}
 
+/// Print where everything of the running demo is, and how to use it.
+fn print_where(
+    manifest: &Manifest,
+    dir: &Path,
+    running: &[Running],
+    apps_url: &str,
+    token_file: &Path,
+) {
     outln!();
     outln!(
         "ticketing demo: {} of {} nodes, data in {}",
@@ -224,7 +305,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         manifest.nodes_total,
         dir.display()
     );
-    for r in &running {
+    for r in running {
         outln!("  {:<11} {}", r.name, r.url);
     }
     outln!(
@@ -251,14 +332,6 @@ pub async fn run(settings: &Settings) -> Result<()> {
     outln!("  vouchers:  ticketing voucher create --product single --count 3");
     outln!("  auditors:  ticketing audit --state audit-state.json");
     outln!("Ctrl-C (or SIGTERM) stops everything.");
-
-    shutdown_signal().await;
-    outln!("stopping ...");
-    running.push(apps);
-    for r in running {
-        r.stop().await?;
-    }
-    Ok(())
 }
 
 /// `ticketing node`: one node on `node.listen`.

@@ -295,138 +295,160 @@ async fn dispatch(cli: Cli, settings: &dyn Fn() -> Result<Settings>) -> Result<E
         }
         Command::Setup(args) => setup::setup(&settings()?, &args)?,
         Command::Keys(KeysCommand::Extend(args)) => setup::extend(&settings()?, &args)?,
-        Command::Demo(args) => {
-            let mut s = settings()?;
-            if let Some(port) = args.base_port {
-                s.demo.base_port = port;
-            }
-            if let Some(dir) = args.data_dir {
-                s.data_dir = dir;
-            }
-            if let Some(n) = args.nodes {
-                s.demo.nodes = n;
-            }
-            if let Some(t) = args.threshold {
-                s.demo.threshold = t;
-            }
-            s.validate().context("checking the demo's settings")?;
-            ticketing_service::init_tracing(&s.log);
-            demo::run(&s).await?;
-        }
-        Command::Node(args) => {
-            let mut s = settings()?;
-            ticketing_service::init_tracing(&s.log);
-            if let Some(i) = args.index {
-                s.node.index = i;
-            }
-            demo::run_node(&s).await?;
-        }
-        Command::Payments => {
-            let s = settings()?;
-            ticketing_service::init_tracing(&s.log);
-            demo::run_payments(&s).await?;
-        }
-        Command::Coordinator => {
-            let s = settings()?;
-            ticketing_service::init_tracing(&s.log);
-            demo::run_coordinator(&s).await?;
-        }
+        Command::Demo(args) => run_demo(settings()?, args).await?,
+        Command::Node(args) => run_node(settings()?, &args).await?,
+        Command::Payments => demo::run_payments(&traced(settings()?)).await?,
+        Command::Coordinator => demo::run_coordinator(&traced(settings()?)).await?,
         Command::Validate(args) => return Ok(validator::validate(&settings()?, &args).await),
         Command::Validator(cmd) => return validator::run(&settings()?, cmd).await,
         Command::Partner(cmd) => return partner::run(&settings()?, cmd).await,
-        Command::Voucher(VoucherCommand::List { json }) => {
-            let rows = ticketing_payments::list_vouchers_with(&settings()?)
-                .await
-                .context("listing vouchers")?;
-            let state = |v: &ticketing_payments::store::VoucherRow| match (v.voided_at, v.used) {
-                (Some(_), _) => "voided",
-                (None, true) => "used",
-                (None, false) => "unused",
-            };
-            if json {
-                let rows: Vec<_> = rows
-                    .iter()
-                    .map(|v| {
-                        serde_json::json!({
-                            "id": ticketing_payments::voucher_id(&v.hash),
-                            "product": v.product,
-                            "created_at": v.created_at,
-                            "state": state(v),
-                            "voided_at": v.voided_at,
-                        })
-                    })
-                    .collect();
-                outln!("{}", serde_json::Value::Array(rows));
-            } else if rows.is_empty() {
-                outln!("no vouchers (ticketing voucher create --product single --count 10)");
-            } else {
-                outln!("{:<13} {:<10} {:<21} state", "id", "product", "created");
-                for v in &rows {
-                    outln!(
-                        "{:<13} {:<10} {:<21} {}",
-                        ticketing_payments::voucher_id(&v.hash),
-                        v.product,
-                        ticketing_protocol::when::utc(v.created_at),
-                        state(v)
-                    );
-                }
-            }
-        }
-        Command::Voucher(VoucherCommand::Void { vouchers }) => {
-            let done = ticketing_payments::void_vouchers_with(
-                &settings()?,
-                &vouchers,
-                ticketing_service::now(),
-            )
-            .await
-            .context("voiding vouchers")?;
-            for d in done {
-                match d {
-                    ticketing_payments::Voided::Voided(id) => outln!("{id} voided"),
-                    ticketing_payments::Voided::AlreadyUsed(id) => {
-                        outln!("{id} was already used or voided: unchanged");
-                    }
-                }
-            }
-        }
-        Command::Voucher(VoucherCommand::Create { product, count }) => {
-            let codes =
-                ticketing_payments::vouchers::create_vouchers_with(&settings()?, &product, count)
-                    .await
-                    .context("creating vouchers")?;
-            // The codes exist only here (the store keeps hashes): if the reader goes away,
-            // say which vouchers were not printed, so they can be voided.
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            for (i, code) in codes.iter().enumerate() {
-                if let Err(e) = writeln!(out, "{code}").and_then(|()| out.flush()) {
-                    let lost: Vec<String> = codes
-                        .get(i..)
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|c| ticketing_payments::voucher_id(&c.hash()))
-                        .collect();
-                    eprintln!(
-                        "error: writing the codes: {e}; {} voucher(s) were stored but not \
-                         printed: void them with `ticketing voucher void {}`",
-                        lost.len(),
-                        lost.join(" ")
-                    );
-                    return Ok(ExitCode::from(2));
-                }
-            }
-        }
+        Command::Voucher(cmd) => return voucher(&settings()?, cmd).await,
         Command::Wallet(cmd) => return wallet::run(&settings()?, cmd).await,
         Command::Bench(cmd) => bench::run(&settings()?, cmd).await?,
         Command::Audit(args) => return Ok(audit::audit(&settings()?, &args).await),
         Command::Revoke(args) => return revoke::revoke(&settings()?, &args).await,
         Command::Health { url } => return Ok(health(&url).await),
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, "ticketing", &mut script);
-            out!("{}", String::from_utf8_lossy(&script));
+        Command::Completions { shell } => completions(shell),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `settings` after starting tracing with its `log` settings.
+fn traced(settings: Settings) -> Settings {
+    ticketing_service::init_tracing(&settings.log);
+    settings
+}
+
+/// `ticketing demo`: the flags over the configuration, checked, then the demo.
+async fn run_demo(mut s: Settings, args: DemoArgs) -> Result<()> {
+    if let Some(port) = args.base_port {
+        s.demo.base_port = port;
+    }
+    if let Some(dir) = args.data_dir {
+        s.data_dir = dir;
+    }
+    if let Some(n) = args.nodes {
+        s.demo.nodes = n;
+    }
+    if let Some(t) = args.threshold {
+        s.demo.threshold = t;
+    }
+    s.validate().context("checking the demo's settings")?;
+    ticketing_service::init_tracing(&s.log);
+    demo::run(&s).await
+}
+
+/// `ticketing node`: tracing started, then the node `--index` names (or `node.index`).
+async fn run_node(s: Settings, args: &NodeArgs) -> Result<()> {
+    let mut s = traced(s);
+    if let Some(i) = args.index {
+        s.node.index = i;
+    }
+    demo::run_node(&s).await
+}
+
+/// `ticketing voucher …`.
+async fn voucher(settings: &Settings, cmd: VoucherCommand) -> Result<ExitCode> {
+    match cmd {
+        VoucherCommand::List { json } => list_vouchers(settings, json).await?,
+        VoucherCommand::Void { vouchers } => void_vouchers(settings, &vouchers).await?,
+        VoucherCommand::Create { product, count } => {
+            return create_vouchers(settings, &product, count).await;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ticketing voucher list`: a table, or one JSON array with `--json`.
+async fn list_vouchers(settings: &Settings, json: bool) -> Result<()> {
+    let rows = ticketing_payments::list_vouchers_with(settings)
+        .await
+        .context("listing vouchers")?;
+    let state = |v: &ticketing_payments::store::VoucherRow| match (v.voided_at, v.used) {
+        (Some(_), _) => "voided",
+        (None, true) => "used",
+        (None, false) => "unused",
+    };
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "id": ticketing_payments::voucher_id(&v.hash),
+                    "product": v.product,
+                    "created_at": v.created_at,
+                    "state": state(v),
+                    "voided_at": v.voided_at,
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(rows));
+    } else if rows.is_empty() {
+        outln!("no vouchers (ticketing voucher create --product single --count 10)");
+    } else {
+        outln!("{:<13} {:<10} {:<21} state", "id", "product", "created");
+        for v in &rows {
+            outln!(
+                "{:<13} {:<10} {:<21} {}",
+                ticketing_payments::voucher_id(&v.hash),
+                v.product,
+                ticketing_protocol::when::utc(v.created_at),
+                state(v)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ticketing voucher void`: one line per voucher, voided or left as it was.
+async fn void_vouchers(settings: &Settings, vouchers: &[String]) -> Result<()> {
+    let done = ticketing_payments::void_vouchers_with(settings, vouchers, ticketing_service::now())
+        .await
+        .context("voiding vouchers")?;
+    for d in done {
+        match d {
+            ticketing_payments::Voided::Voided(id) => outln!("{id} voided"),
+            ticketing_payments::Voided::AlreadyUsed(id) => {
+                outln!("{id} was already used or voided: unchanged");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ticketing voucher create`: one code per line; exit 2 when they cannot all be written.
+async fn create_vouchers(settings: &Settings, product: &str, count: u32) -> Result<ExitCode> {
+    let codes = ticketing_payments::vouchers::create_vouchers_with(settings, product, count)
+        .await
+        .context("creating vouchers")?;
+    // The codes exist only here (the store keeps hashes): if the reader goes away,
+    // say which vouchers were not printed, so they can be voided.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (i, code) in codes.iter().enumerate() {
+        if let Err(e) = writeln!(out, "{code}").and_then(|()| out.flush()) {
+            let lost: Vec<String> = codes
+                .get(i..)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| ticketing_payments::voucher_id(&c.hash()))
+                .collect();
+            eprintln!(
+                "error: writing the codes: {e}; {} voucher(s) were stored but not \
+                 printed: void them with `ticketing voucher void {}`",
+                lost.len(),
+                lost.join(" ")
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ticketing completions SHELL`: the completion script on standard output.
+fn completions(shell: clap_complete::Shell) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "ticketing", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
 }

@@ -78,13 +78,7 @@ pub(crate) fn progress(total_hint: &str) -> ProgressBar {
 }
 
 pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
-    let products = match &args.products {
-        Some(path) => ProductsFile::parse(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
-        )?,
-        None => ProductsFile::builtin(),
-    };
+    let products = read_products(args)?;
     if args.threshold < 1 || args.threshold > args.nodes {
         anyhow::bail!(
             "--threshold must be between 1 and --nodes ({}), got {}",
@@ -103,6 +97,60 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
     if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) && !args.force {
         return Err(ticketing_config::ConfigError::AlreadyExists(out).into());
     }
+    let spec = setup_spec(settings, args, products)?;
+    let bar = progress("dealing");
+    let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish();
+    match (&args.compose, &args.public_url) {
+        (Some(dir), Some(public)) => {
+            compose::write(
+                dir,
+                &cluster,
+                public,
+                args.force,
+                spec.now,
+                &mut rand::rng(),
+            )?;
+            print_summary(&cluster, &out);
+            outln!(
+                "tls:      {} (this deployment's CA: install it on phones and validators)",
+                out.join("tls").join("ca.pem").display()
+            );
+            outln!(
+                "compose:  {} and cluster/secrets/*-db (a database role per service)",
+                dir.join(".env").display()
+            );
+            outln!("next:     docker compose up -d   (in {})", dir.display());
+        }
+        _ => {
+            cluster.write(&out, args.force)?;
+            print_summary(&cluster, &out);
+        }
+    }
+    Ok(())
+}
+
+/// The products of `--products`, or the built-in ones.
+fn read_products(args: &SetupArgs) -> Result<ProductsFile> {
+    Ok(match &args.products {
+        Some(path) => ProductsFile::parse(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        None => ProductsFile::builtin(),
+    })
+}
+
+/// What to deal: the demo's URLs unless --node-urls, --payments-url, --coordinator-url or
+/// --compose's --public-url say otherwise, and the clock skew.
+fn setup_spec(
+    settings: &Settings,
+    args: &SetupArgs,
+    products: ProductsFile,
+) -> Result<cluster::SetupSpec> {
     let mut spec = ticketing_local::spec(
         settings,
         args.nodes,
@@ -141,39 +189,7 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
         spec.coordinator_url = urls.coordinator;
     }
     spec.clock_skew_seconds = args.clock_skew_seconds;
-    let bar = progress("dealing");
-    let cluster = cluster::generate(&spec, &mut rand::rng(), &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish();
-    match (&args.compose, &args.public_url) {
-        (Some(dir), Some(public)) => {
-            compose::write(
-                dir,
-                &cluster,
-                public,
-                args.force,
-                spec.now,
-                &mut rand::rng(),
-            )?;
-            print_summary(&cluster, &out);
-            outln!(
-                "tls:      {} (this deployment's CA: install it on phones and validators)",
-                out.join("tls").join("ca.pem").display()
-            );
-            outln!(
-                "compose:  {} and cluster/secrets/*-db (a database role per service)",
-                dir.join(".env").display()
-            );
-            outln!("next:     docker compose up -d   (in {})", dir.display());
-        }
-        _ => {
-            cluster.write(&out, args.force)?;
-            print_summary(&cluster, &out);
-        }
-    }
-    Ok(())
+    Ok(spec)
 }
 
 fn print_summary(cluster: &Cluster, out: &std::path::Path) {

@@ -178,6 +178,33 @@ pub fn generate(
     rng: &mut impl rand_core::CryptoRng,
     progress: Progress<'_>,
 ) -> Result<Cluster, ConfigError> {
+    check_spec(spec)?;
+    let n = spec.node_urls.len();
+    let identities: Vec<SignKey> = (0..n).map(|_| SignKey::generate(rng)).collect();
+    let payments = SignKey::generate(rng);
+    let coordinator = SignKey::generate(rng);
+    let nodes_total = u16::try_from(n).map_err(|_| ConfigError::Invalid {
+        key: "--nodes",
+        reason: "too many nodes".into(),
+    })?;
+    let mut cluster = Cluster {
+        manifest: first_manifest(spec, nodes_total, &identities, &payments, &coordinator)?,
+        products: spec.products.clone(),
+        nodes: node_bundles(&identities)?,
+        payments: ServiceBundle {
+            key: (&payments).into(),
+        },
+        coordinator: ServiceBundle {
+            key: (&coordinator).into(),
+        },
+    };
+    extend(&mut cluster, spec.horizon_days, spec.now, rng, progress)?;
+    Ok(cluster)
+}
+
+/// Refuse a spec with a URL that is not http(s), no or too many nodes, or a threshold out of
+/// range.
+fn check_spec(spec: &SetupSpec) -> Result<(), ConfigError> {
     for url in spec
         .node_urls
         .iter()
@@ -206,70 +233,66 @@ pub fn generate(
             ),
         });
     }
-    let identities: Vec<SignKey> = (0..n).map(|_| SignKey::generate(rng)).collect();
-    let payments = SignKey::generate(rng);
-    let coordinator = SignKey::generate(rng);
-    let nodes_total = u16::try_from(n).map_err(|_| ConfigError::Invalid {
-        key: "--nodes",
-        reason: "too many nodes".into(),
-    })?;
-    let mut cluster = Cluster {
-        manifest: Manifest {
-            // extend() below makes it 1.
-            version: 0,
-            nodes_total,
-            threshold: spec.threshold,
-            rotation_seconds: spec.rotation_seconds,
-            clock_skew_seconds: spec.clock_skew_seconds,
-            nodes: identities
-                .iter()
-                .zip(&spec.node_urls)
-                .zip(1u16..)
-                .map(|((k, url), i)| {
-                    Ok(NodeInfo {
-                        index: ShareIndex::new(i)?,
-                        url: url.trim_end_matches('/').to_owned(),
-                        identity_key: k.verify_key(),
-                    })
-                })
-                .collect::<Result<_, ConfigError>>()?,
-            keysets: Vec::new(),
-            products: spec
-                .products
-                .product
-                .iter()
-                .map(crate::products::ProductSpec::to_manifest)
-                .collect(),
-            coordinator: ServiceInfo {
-                url: spec.coordinator_url.trim_end_matches('/').to_owned(),
-                key: coordinator.verify_key(),
-            },
-            payments: ServiceInfo {
-                url: spec.payments_url.trim_end_matches('/').to_owned(),
-                key: payments.verify_key(),
-            },
-        },
-        products: spec.products.clone(),
+    Ok(())
+}
+
+/// The manifest before any keyset is dealt (version 0; [`extend`] makes it 1).
+fn first_manifest(
+    spec: &SetupSpec,
+    nodes_total: u16,
+    identities: &[SignKey],
+    payments: &SignKey,
+    coordinator: &SignKey,
+) -> Result<Manifest, ConfigError> {
+    Ok(Manifest {
+        version: 0,
+        nodes_total,
+        threshold: spec.threshold,
+        rotation_seconds: spec.rotation_seconds,
+        clock_skew_seconds: spec.clock_skew_seconds,
         nodes: identities
             .iter()
+            .zip(&spec.node_urls)
             .zip(1u16..)
-            .map(|(k, i)| {
-                Ok(NodeBundle {
+            .map(|((k, url), i)| {
+                Ok(NodeInfo {
                     index: ShareIndex::new(i)?,
-                    identity_key: k.into(),
-                    shares: Vec::new(),
+                    url: url.trim_end_matches('/').to_owned(),
+                    identity_key: k.verify_key(),
                 })
             })
             .collect::<Result<_, ConfigError>>()?,
-        payments: ServiceBundle {
-            key: (&payments).into(),
+        keysets: Vec::new(),
+        products: spec
+            .products
+            .product
+            .iter()
+            .map(crate::products::ProductSpec::to_manifest)
+            .collect(),
+        coordinator: ServiceInfo {
+            url: spec.coordinator_url.trim_end_matches('/').to_owned(),
+            key: coordinator.verify_key(),
         },
-        coordinator: ServiceBundle {
-            key: (&coordinator).into(),
+        payments: ServiceInfo {
+            url: spec.payments_url.trim_end_matches('/').to_owned(),
+            key: payments.verify_key(),
         },
-    };
-    extend(&mut cluster, spec.horizon_days, spec.now, rng, progress)?;
-    Ok(cluster)
+    })
+}
+
+/// One bundle per node identity, index order, with no shares yet.
+fn node_bundles(identities: &[SignKey]) -> Result<Vec<NodeBundle>, ConfigError> {
+    identities
+        .iter()
+        .zip(1u16..)
+        .map(|(k, i)| {
+            Ok(NodeBundle {
+                index: ShareIndex::new(i)?,
+                identity_key: k.into(),
+                shares: Vec::new(),
+            })
+        })
+        .collect()
 }
 
 /// Add keysets for every product window overlapping `[now, now + horizon_days)` that the

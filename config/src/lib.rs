@@ -399,12 +399,17 @@ impl Settings {
 
     /// Check ranges and formats; errors name the key and say what would be accepted.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_owned(),
-            })
-        };
+        self.validate_http()?;
+        check_database_url("node.database_url", &self.node.database_url)?;
+        check_database_url("payments.database_url", &self.payments.database_url)?;
+        self.validate_node()?;
+        self.validate_payments()?;
+        self.validate_coordinator()?;
+        self.validate_demo()
+    }
+
+    /// The `http` section: body limit, request timeout, CORS origins.
+    fn validate_http(&self) -> Result<(), ConfigError> {
         if !(1024..=16 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
             return invalid("http.body_limit_bytes", "must be between 1024 and 16777216");
         }
@@ -422,8 +427,11 @@ impl Settings {
                 });
             }
         }
-        check_database_url("node.database_url", &self.node.database_url)?;
-        check_database_url("payments.database_url", &self.payments.database_url)?;
+        Ok(())
+    }
+
+    /// The `node` section (its database URL is checked by [`Settings::validate`]).
+    fn validate_node(&self) -> Result<(), ConfigError> {
         if self.node.index == 0 {
             return invalid("node.index", "node indices start at 1");
         }
@@ -433,6 +441,11 @@ impl Settings {
         if self.node.checkpoint_every == 0 {
             return invalid("node.checkpoint_every", "must be positive");
         }
+        Ok(())
+    }
+
+    /// The `payments` section (its database URL is checked by [`Settings::validate`]).
+    fn validate_payments(&self) -> Result<(), ConfigError> {
         if self.payments.receipt_ttl_seconds < 10 {
             return invalid("payments.receipt_ttl_seconds", "must be at least 10");
         }
@@ -448,6 +461,11 @@ impl Settings {
                 "must not exceed node.max_tickets_per_request (nodes would refuse paid receipts)",
             );
         }
+        Ok(())
+    }
+
+    /// The `coordinator` section, its database URL first.
+    fn validate_coordinator(&self) -> Result<(), ConfigError> {
         check_database_url("coordinator.database_url", &self.coordinator.database_url)?;
         let c = &self.coordinator;
         if !(1..=10_000).contains(&c.max_scans_per_request) {
@@ -491,6 +509,11 @@ impl Settings {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The `demo` section: threshold within the node count, node ports within range.
+    fn validate_demo(&self) -> Result<(), ConfigError> {
         if self.demo.threshold < 1 || self.demo.threshold > self.demo.nodes {
             return invalid("demo.threshold", "must be between 1 and demo.nodes");
         }
@@ -570,6 +593,14 @@ fn or_sqlite(configured: &str, dir: &Path, file: &str) -> String {
     } else {
         configured.to_owned()
     }
+}
+
+/// A validation error for `key`.
+fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        reason: reason.to_owned(),
+    })
 }
 
 fn check_database_url(key: &'static str, url: &str) -> Result<(), ConfigError> {

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use ticketing_client::Client;
 use ticketing_config::Settings;
 use ticketing_crypto::issuance::{self, BlindedPoint};
-use ticketing_crypto::keyset::ShareIndex;
+use ticketing_crypto::keyset::{SecretKeyShare, ShareIndex};
 use ticketing_crypto::ticket::HolderSecret;
 use ticketing_protocol::receipt::PaymentMethod;
 
@@ -125,6 +125,17 @@ pub async fn run(settings: &Settings, cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// Tracing for a bench: quiet by default (per-request info lines would drown the figures); a
+/// configured filter other than the default wins, e.g.
+/// TICKETING_LOG__FILTER=warn,ticketing_node=debug.
+fn init_quiet_tracing(settings: &Settings) {
+    let mut log = settings.log.clone();
+    if log.filter == ticketing_config::LogSettings::default().filter {
+        log.filter = "warn".into();
+    }
+    ticketing_service::init_tracing(&log);
+}
+
 fn card() -> PaymentMethod {
     PaymentMethod::Card {
         number: "4242424242424242".into(),
@@ -212,20 +223,10 @@ fn publish(args: &PublishArgs) -> Result<()> {
 /// encodings and saving the publication), then the update after `args.delta_spends` more and
 /// the delta from the version before.
 async fn publish_from_ledger(settings: &Settings, args: &PublishArgs) -> Result<()> {
-    use ticketing_coordinator::store::{Fare, Mode, ScanRecord, Usage};
-    use ticketing_crypto::presentation::epoch_at;
-    use ticketing_crypto::ticket::Serial;
-    use ticketing_protocol::Id16;
-    use ticketing_protocol::publication::{BloomDelta, BloomSnapshot};
-
     let mut settings = settings.clone();
     settings.coordinator.bloom_capacity = u32::try_from(args.serials).unwrap_or(u32::MAX);
     settings.coordinator.bloom_fp_rate = args.fp_rate;
-    let mut log = settings.log.clone();
-    if log.filter == ticketing_config::LogSettings::default().filter {
-        log.filter = "warn".into();
-    }
-    ticketing_service::init_tracing(&log);
+    init_quiet_tracing(&settings);
     let mut runs = vec![("SQLite", Databases::default())];
     if let Some(url) = &args.postgres {
         runs.push((
@@ -239,146 +240,211 @@ async fn publish_from_ledger(settings: &Settings, args: &PublishArgs) -> Result<
     for (name, databases) in runs {
         let dir = tempfile::tempdir().context("temporary directory")?;
         let cluster = LocalCluster::start(dir.path(), 3, 2, settings.clone(), databases).await?;
-        let manifest = cluster.cluster.manifest.clone();
-        let now = ticketing_service::now();
-        let single = manifest
-            .keysets
-            .iter()
-            .find(|k| {
-                k.params.product == "single"
-                    && k.params.valid_from <= now
-                    && now < k.params.valid_until
-            })
-            .context("no single keyset valid now")?;
-        let transfer = 90 * 60;
-        // First used long enough ago that every one is past its transfer window: all are in
-        // the filter.
-        let at = now
-            .saturating_sub(transfer + 60)
-            .max(single.params.valid_from);
-        let (_, device) = ticketing_coordinator::register(
-            &cluster.settings,
-            "bench",
-            ticketing_coordinator::TokenRole::Validator,
-            true,
-        )
-        .await?;
-        let (admin, _) = ticketing_coordinator::register(
-            &cluster.settings,
-            "bench-admin",
-            ticketing_coordinator::TokenRole::Admin,
-            true,
-        )
-        .await?;
-        let store =
-            ticketing_coordinator::store::open(&cluster.settings.coordinator_database_url())
-                .await?;
-        // Listed as the ledger would list them: at their window's end, or now if later.
-        let spend = |n: usize, label: String| {
-            let store = &store;
-            let manifest = &manifest;
-            async move {
-                let filling = bar(n as u64, &label);
-                let mut left = n;
-                while left > 0 {
-                    let batch = left.min(2000);
-                    let received = ticketing_service::now();
-                    let scans: Vec<ScanRecord> = (0..batch)
-                        .map(|_| ScanRecord {
-                            scan_id: Id16::random(&mut rand::rng()),
-                            keyset_id: single.id,
-                            serial: Serial(rand::random()),
-                            epoch: epoch_at(at, manifest.rotation_seconds),
-                            at,
-                            received,
-                            device: device.id,
-                            usage: Usage::Single {
-                                transfer_seconds: transfer,
-                                window_end: single.params.valid_until,
-                            },
-                            fare: Fare::default(),
-                        })
-                        .collect();
-                    store.record(Mode::Online, &scans).await?;
-                    left -= batch;
-                    filling.inc(batch as u64);
-                }
-                filling.finish_and_clear();
-                anyhow::Ok(())
-            }
-        };
-        let t0 = Instant::now();
-        spend(
-            args.serials,
-            format!("spending {} singles ({name})", args.serials),
-        )
-        .await?;
-        let filled = t0.elapsed();
-        let url = &cluster.coordinator.as_ref().context("no coordinator")?.url;
-        let http = reqwest::Client::builder().no_gzip().build()?;
-        let publish = |full: bool| {
-            let http = &http;
-            let admin = &admin;
-            async move {
-                let t = Instant::now();
-                let answer = http
-                    .post(format!("{url}/v1/admin/bloom/rebuild?full={full}"))
-                    .bearer_auth(admin.expose())
-                    .send()
-                    .await?;
-                anyhow::ensure!(answer.status().is_success(), "rebuild: {}", answer.status());
-                anyhow::Ok(t.elapsed())
-            }
-        };
-        let fetch = |query: String, gzip: bool| {
-            let http = &http;
-            async move {
-                let mut target = format!("{url}/v1/bloom");
-                target.push_str(&query);
-                let answer = http
-                    .get(target)
-                    .header("accept", "application/octet-stream")
-                    .header("accept-encoding", if gzip { "gzip" } else { "identity" })
-                    .send()
-                    .await?;
-                anyhow::ensure!(answer.status().is_success(), "bloom: {}", answer.status());
-                anyhow::Ok(answer.bytes().await?)
-            }
-        };
-        let mut full = Vec::new();
-        for _ in 0..3 {
-            full.push(publish(true).await?);
-        }
-        let held = BloomSnapshot::from_bytes(&fetch(String::new(), false).await?)?;
-        spend(
-            args.delta_spends,
-            format!("spending {} more", args.delta_spends),
-        )
-        .await?;
-        let update = publish(false).await?;
-        let since = format!("?since={}", held.version);
-        let delta = fetch(since.clone(), false).await?;
-        let delta_gz = fetch(since, true).await?;
-        let next = BloomDelta::from_bytes(&delta)?.apply(&held)?;
-        next.verify(&manifest.coordinator.key)?;
-        let ms = |t: &std::time::Duration| format!("{:.0}", t.as_secs_f64() * 1e3);
-        outln!(
-            "\n{name}: {} singles spent in {:.1} s; full rebuild + publish: {} ms; snapshot \
-             {:.2} MB on the wire\n{name}: {} more: update + publish {} ms; delta from the \
-             version held {:.3} MB ({:.3} MB gzip), {} filter bytes changed",
-            args.serials,
-            filled.as_secs_f64(),
-            full.iter().map(ms).collect::<Vec<_>>().join(", "),
-            held.to_bytes().len() as f64 / 1e6,
-            args.delta_spends,
-            ms(&update),
-            delta.len() as f64 / 1e6,
-            delta_gz.len() as f64 / 1e6,
-            BloomDelta::from_bytes(&delta)?.changed_bytes(),
-        );
-        cluster.stop().await?;
+        ledger_run(name, cluster, args).await?;
     }
     Ok(())
+}
+
+/// One ledger run of `bench publish` on a started `cluster` (stopped at the end): fill the
+/// ledger, time three full rebuilds, spend more, time the update, fetch and check the delta,
+/// print the run's two lines.
+async fn ledger_run(name: &str, cluster: LocalCluster, args: &PublishArgs) -> Result<()> {
+    use ticketing_protocol::publication::{BloomDelta, BloomSnapshot};
+
+    let manifest = cluster.cluster.manifest.clone();
+    let now = ticketing_service::now();
+    let single = single_valid_at(&manifest, now)?;
+    let transfer = 90 * 60;
+    // First used long enough ago that every one is past its transfer window: all are in
+    // the filter.
+    let at = now
+        .saturating_sub(transfer + 60)
+        .max(single.params.valid_from);
+    let (device, admin) = bench_tokens(&cluster.settings).await?;
+    let store =
+        ticketing_coordinator::store::open(&cluster.settings.coordinator_database_url()).await?;
+    let spending = Spending {
+        store: &*store,
+        single,
+        at,
+        transfer,
+        rotation: manifest.rotation_seconds,
+        device,
+    };
+    let t0 = Instant::now();
+    spending
+        .spend(
+            args.serials,
+            &format!("spending {} singles ({name})", args.serials),
+        )
+        .await?;
+    let filled = t0.elapsed();
+    let bloom = BloomHttp {
+        url: &cluster.coordinator.as_ref().context("no coordinator")?.url,
+        http: reqwest::Client::builder().no_gzip().build()?,
+        admin: admin.expose(),
+    };
+    let mut full = Vec::new();
+    for _ in 0..3 {
+        full.push(bloom.publish(true).await?);
+    }
+    let held = BloomSnapshot::from_bytes(&bloom.fetch("", false).await?)?;
+    spending
+        .spend(
+            args.delta_spends,
+            &format!("spending {} more", args.delta_spends),
+        )
+        .await?;
+    let update = bloom.publish(false).await?;
+    let since = format!("?since={}", held.version);
+    let delta = bloom.fetch(&since, false).await?;
+    let delta_gz = bloom.fetch(&since, true).await?;
+    let next = BloomDelta::from_bytes(&delta)?.apply(&held)?;
+    next.verify(&manifest.coordinator.key)?;
+    let ms = |t: &std::time::Duration| format!("{:.0}", t.as_secs_f64() * 1e3);
+    outln!(
+        "\n{name}: {} singles spent in {:.1} s; full rebuild + publish: {} ms; snapshot \
+         {:.2} MB on the wire\n{name}: {} more: update + publish {} ms; delta from the \
+         version held {:.3} MB ({:.3} MB gzip), {} filter bytes changed",
+        args.serials,
+        filled.as_secs_f64(),
+        full.iter().map(ms).collect::<Vec<_>>().join(", "),
+        held.to_bytes().len() as f64 / 1e6,
+        args.delta_spends,
+        ms(&update),
+        delta.len() as f64 / 1e6,
+        delta_gz.len() as f64 / 1e6,
+        BloomDelta::from_bytes(&delta)?.changed_bytes(),
+    );
+    cluster.stop().await
+}
+
+/// The single keyset of `manifest` valid at `now`.
+fn single_valid_at(
+    manifest: &ticketing_protocol::manifest::Manifest,
+    now: u64,
+) -> Result<&ticketing_protocol::manifest::KeysetInfo> {
+    manifest
+        .keysets
+        .iter()
+        .find(|k| {
+            k.params.product == "single" && k.params.valid_from <= now && now < k.params.valid_until
+        })
+        .context("no single keyset valid now")
+}
+
+/// Register the ledger run's validator device (`bench`), then its admin token
+/// (`bench-admin`): the device's id and the admin token.
+async fn bench_tokens(settings: &Settings) -> Result<(i64, ticketing_coordinator::auth::Token)> {
+    let (_, device) = ticketing_coordinator::register(
+        settings,
+        "bench",
+        ticketing_coordinator::TokenRole::Validator,
+        true,
+    )
+    .await?;
+    let (admin, _) = ticketing_coordinator::register(
+        settings,
+        "bench-admin",
+        ticketing_coordinator::TokenRole::Admin,
+        true,
+    )
+    .await?;
+    Ok((device.id, admin))
+}
+
+/// Where a ledger run spends its singles: the coordinator's store, the single keyset, the
+/// first-use time and the validator device the scans are recorded under.
+struct Spending<'a> {
+    store: &'a dyn ticketing_coordinator::store::Store,
+    single: &'a ticketing_protocol::manifest::KeysetInfo,
+    at: u64,
+    transfer: u64,
+    rotation: u64,
+    device: i64,
+}
+
+impl Spending<'_> {
+    /// Record `n` fresh singles as redeemed scans, 2000 per transaction, under a progress bar
+    /// `label`. Listed as the ledger would list them: at their window's end, or now if later.
+    async fn spend(&self, n: usize, label: &str) -> Result<()> {
+        use ticketing_coordinator::store::{Fare, Mode, ScanRecord, Usage};
+        use ticketing_crypto::presentation::epoch_at;
+        use ticketing_crypto::ticket::Serial;
+        use ticketing_protocol::Id16;
+
+        let filling = bar(n as u64, label);
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(2000);
+            let received = ticketing_service::now();
+            let scans: Vec<ScanRecord> = (0..batch)
+                .map(|_| ScanRecord {
+                    scan_id: Id16::random(&mut rand::rng()),
+                    keyset_id: self.single.id,
+                    serial: Serial(rand::random()),
+                    epoch: epoch_at(self.at, self.rotation),
+                    at: self.at,
+                    received,
+                    device: self.device,
+                    usage: Usage::Single {
+                        transfer_seconds: self.transfer,
+                        window_end: self.single.params.valid_until,
+                    },
+                    fare: Fare::default(),
+                })
+                .collect();
+            self.store.record(Mode::Online, &scans).await?;
+            left -= batch;
+            filling.inc(batch as u64);
+        }
+        filling.finish_and_clear();
+        Ok(())
+    }
+}
+
+/// The coordinator's Bloom endpoints as a ledger run calls them: admin rebuilds and the
+/// filter a validator fetches.
+struct BloomHttp<'a> {
+    url: &'a str,
+    http: reqwest::Client,
+    admin: &'a str,
+}
+
+impl BloomHttp<'_> {
+    /// `POST /v1/admin/bloom/rebuild?full=…`: how long the rebuild and publication took.
+    async fn publish(&self, full: bool) -> Result<Duration> {
+        let url = self.url;
+        let t = Instant::now();
+        let answer = self
+            .http
+            .post(format!("{url}/v1/admin/bloom/rebuild?full={full}"))
+            .bearer_auth(self.admin)
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status().is_success(), "rebuild: {}", answer.status());
+        Ok(t.elapsed())
+    }
+
+    /// `GET /v1/bloom` with `query` in binary form, gzipped or not: the body as sent.
+    async fn fetch(
+        &self,
+        query: &str,
+        gzip: bool,
+    ) -> Result<impl std::ops::Deref<Target = [u8]> + use<>> {
+        let url = self.url;
+        let mut target = format!("{url}/v1/bloom");
+        target.push_str(query);
+        let answer = self
+            .http
+            .get(target)
+            .header("accept", "application/octet-stream")
+            .header("accept-encoding", if gzip { "gzip" } else { "identity" })
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status().is_success(), "bloom: {}", answer.status());
+        Ok(answer.bytes().await?)
+    }
 }
 
 /// Node 1 run as a process of its own, as a deployment runs it, so that its CPU time can be
@@ -580,13 +646,7 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     settings.node.max_tickets_per_request =
         u32::try_from(args.batches.iter().copied().max().unwrap_or(50).max(1)).unwrap_or(1000);
     settings.payments.max_tickets_per_checkout = settings.node.max_tickets_per_request;
-    // Quiet by default (per-request info lines would drown the figures); a configured filter
-    // other than the default wins, e.g. TICKETING_LOG__FILTER=warn,ticketing_node=debug.
-    let mut log = settings.log.clone();
-    if log.filter == ticketing_config::LogSettings::default().filter {
-        log.filter = "warn".into();
-    }
-    ticketing_service::init_tracing(&log);
+    init_quiet_tracing(&settings);
     outln!(
         "starting a 3-of-5 cluster (SQLite) in {} ...",
         dir.path().display()
@@ -605,6 +665,11 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     .await?;
     let client = Arc::new(Client::new(manifest.clone(), Duration::from_secs(30))?);
     let http = reqwest::Client::new();
+    let node = MeasuredNode {
+        url: &node1.url,
+        process: &process,
+        http: &http,
+    };
 
     // 1. Raw partial signing, as a node does it per point: decode (subgroup check), sign, encode.
     let share = cluster
@@ -621,20 +686,53 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
     let point = issuance::blind(&keyset_id, &holder, &mut rand::rng())
         .0
         .to_bytes();
+    let raw = raw_partial_sign(&share.1, &point)?;
+
+    // 2. Node-side cost per ticket at several batch sizes.
+    overhead_table(&client, &node, args, raw).await?;
+
+    // 3. One node's throughput with concurrent 1-ticket requests.
+    throughput_table(&client, &node, args, &share.1, &point).await?;
+
+    // 4. End to end: concurrent buyers, one ticket per purchase, all five nodes asked.
+    end_to_end(&client, args).await?;
+    drop(process);
+    cluster.stop().await
+}
+
+/// Node 1 as `bench issue` measures it: its URL, its process (CPU time) and the HTTP client
+/// that reads its metrics.
+struct MeasuredNode<'a> {
+    url: &'a str,
+    process: &'a NodeProcess,
+    http: &'a reqwest::Client,
+}
+
+/// Time decode + sign + encode of `point` on this thread and print it: the time per point.
+fn raw_partial_sign(share: &SecretKeyShare, point: &[u8; 48]) -> Result<Duration> {
     let rounds = 2000;
     let start = Instant::now();
     for _ in 0..rounds {
-        let b = BlindedPoint::from_bytes(std::hint::black_box(&point))?;
-        std::hint::black_box(issuance::partial_sign(&share.1, &b).to_bytes());
+        let b = BlindedPoint::from_bytes(std::hint::black_box(point))?;
+        std::hint::black_box(issuance::partial_sign(share, &b).to_bytes());
     }
     let raw = start.elapsed() / rounds;
     outln!(
         "\nraw partial sign (decode + sign + encode): {:.1} µs/point",
         raw.as_secs_f64() * 1e6
     );
+    Ok(raw)
+}
 
-    // 2. Node-side cost per ticket at several batch sizes, server-side time from the node's
-    //    own latency histogram (HTTP handler: JSON + point checks + DB + log + signing).
+/// The overhead table: node-side cost per ticket at each batch size, server-side time from
+/// the node's own latency histogram (HTTP handler: JSON + point checks + DB + log + signing),
+/// next to `raw`, the time to sign one point.
+async fn overhead_table(
+    client: &Client,
+    node: &MeasuredNode<'_>,
+    args: &IssueArgs,
+    raw: Duration,
+) -> Result<()> {
     outln!(
         "\n{:>6} {:>14} {:>16} {:>10} {:>13} {:>10}",
         "batch",
@@ -645,50 +743,72 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         "CPU over"
     );
     for &k in &args.batches {
-        let mut pendings = Vec::new();
-        let paying = bar(args.requests as u64, &format!("paying for batches of {k}"));
-        for _ in 0..args.requests {
-            paying.inc(1);
-            let holders: Vec<_> = (0..k)
-                .map(|_| HolderSecret::generate(&mut rand::rng()).public_key())
-                .collect();
-            let prepared =
-                client.prepare("day", &holders, ticketing_service::now(), &mut rand::rng())?;
-            pendings.push(client.checkout(&prepared, card()).await?);
-        }
-        paying.finish_and_clear();
-        let (sum0, n0) = server_time(&http, &node1.url).await?;
-        let cpu0 = process.cpu_seconds();
-        let start = Instant::now();
-        for p in &pendings {
-            client.issue_at(ShareIndex::new(1)?, p).await?;
-        }
-        let client_side = start.elapsed();
-        let cpu1 = process.cpu_seconds();
-        let (sum1, n1) = server_time(&http, &node1.url).await?;
-        let tickets = (args.requests * k) as f64;
-        let raw_us = raw.as_secs_f64() * 1e6;
-        let node_us = (sum1 - sum0) / tickets * 1e6;
-        let client_us = client_side.as_secs_f64() / tickets * 1e6;
-        let overhead = node_us / raw_us - 1.0;
-        debug_assert!((n1 - n0 - args.requests as f64).abs() < 0.5);
-        let cpu_us = cpu0.zip(cpu1).map(|(a, b)| (b - a) / tickets * 1e6);
-        outln!(
-            "{k:>6} {node_us:>14.1} {client_us:>16.1} {:>9.0}% {:>13} {:>10}",
-            overhead * 100.0,
-            cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
-            cpu_us.map_or("-".into(), |c| format!(
-                "{:.0}%",
-                (c / raw_us - 1.0) * 100.0
-            ))
-        );
+        overhead_row(client, node, k, args.requests, raw).await?;
     }
+    Ok(())
+}
 
-    // 3. One node's throughput with concurrent 1-ticket requests, next to the rate at which
-    //    this machine signs on all its cores: how much the HTTP, receipt, log and response
-    //    work around signing costs when purchases arrive together (they share log commits).
+/// One row of the overhead table: pay for `requests` requests of `k` tickets, then issue them
+/// at the measured node one after the other.
+async fn overhead_row(
+    client: &Client,
+    node: &MeasuredNode<'_>,
+    k: usize,
+    requests: usize,
+    raw: Duration,
+) -> Result<()> {
+    let mut pendings = Vec::new();
+    let paying = bar(requests as u64, &format!("paying for batches of {k}"));
+    for _ in 0..requests {
+        paying.inc(1);
+        let holders: Vec<_> = (0..k)
+            .map(|_| HolderSecret::generate(&mut rand::rng()).public_key())
+            .collect();
+        let prepared =
+            client.prepare("day", &holders, ticketing_service::now(), &mut rand::rng())?;
+        pendings.push(client.checkout(&prepared, card()).await?);
+    }
+    paying.finish_and_clear();
+    let (sum0, n0) = server_time(node.http, node.url).await?;
+    let cpu0 = node.process.cpu_seconds();
+    let start = Instant::now();
+    for p in &pendings {
+        client.issue_at(ShareIndex::new(1)?, p).await?;
+    }
+    let client_side = start.elapsed();
+    let cpu1 = node.process.cpu_seconds();
+    let (sum1, n1) = server_time(node.http, node.url).await?;
+    let tickets = (requests * k) as f64;
+    let raw_us = raw.as_secs_f64() * 1e6;
+    let node_us = (sum1 - sum0) / tickets * 1e6;
+    let client_us = client_side.as_secs_f64() / tickets * 1e6;
+    let overhead = node_us / raw_us - 1.0;
+    debug_assert!((n1 - n0 - requests as f64).abs() < 0.5);
+    let cpu_us = cpu0.zip(cpu1).map(|(a, b)| (b - a) / tickets * 1e6);
+    outln!(
+        "{k:>6} {node_us:>14.1} {client_us:>16.1} {:>9.0}% {:>13} {:>10}",
+        overhead * 100.0,
+        cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+        cpu_us.map_or("-".into(), |c| format!(
+            "{:.0}%",
+            (c / raw_us - 1.0) * 100.0
+        ))
+    );
+    Ok(())
+}
+
+/// The throughput table: one node's rate with concurrent 1-ticket requests, next to the rate
+/// at which this machine signs on all its cores: how much the HTTP, receipt, log and response
+/// work around signing costs when purchases arrive together (they share log commits).
+async fn throughput_table(
+    client: &Client,
+    node: &MeasuredNode<'_>,
+    args: &IssueArgs,
+    share: &SecretKeyShare,
+    point: &[u8; 48],
+) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let all_core = raw_all_cores(&share.1, &point, cores)?;
+    let all_core = raw_all_cores(share, point, cores)?;
     outln!(
         "\nraw partial sign on {cores} threads: {all_core:.0} points/s\n\
          (tickets/s: on this machine, shared with the wallets' load; node CPU: what the node \
@@ -702,10 +822,10 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         "of raw"
     );
     for &wallets in &args.wallets {
-        let cpu0 = process.cpu_seconds();
+        let cpu0 = node.process.cpu_seconds();
         let (rate, tickets) =
-            node_throughput(&client, &node1.url, wallets, args.throughput_requests).await?;
-        let cpu1 = process.cpu_seconds();
+            node_throughput(client, node.url, wallets, args.throughput_requests).await?;
+        let cpu1 = node.process.cpu_seconds();
         let cpu_us = cpu0.zip(cpu1).map(|(a, b)| (b - a) / tickets as f64 * 1e6);
         let capacity = cpu_us.map(|c| cores as f64 * 1e6 / c);
         outln!(
@@ -716,8 +836,12 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
             capacity.map_or("-".into(), |c| format!("{:.0}%", c / all_core * 100.0))
         );
     }
+    Ok(())
+}
 
-    // 4. End to end: concurrent buyers, one ticket per purchase, all five nodes asked.
+/// End to end: `args.concurrency` buyers, one ticket per purchase, all five nodes asked; the
+/// rate and latency percentiles.
+async fn end_to_end(client: &Arc<Client>, args: &IssueArgs) -> Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     let per_worker = args.tickets.div_ceil(args.concurrency.max(1));
@@ -765,6 +889,5 @@ async fn issue(settings: &Settings, args: &IssueArgs) -> Result<()> {
         percentile(&latencies, 500).as_secs_f64() * 1e3,
         percentile(&latencies, 990).as_secs_f64() * 1e3
     );
-    drop(process);
-    cluster.stop().await
+    Ok(())
 }

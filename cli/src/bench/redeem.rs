@@ -275,27 +275,7 @@ async fn load(
                 let next = queue.lock().ok().and_then(|mut q| q.pop());
                 let Some(chunk) = next else { break };
                 let t0 = Instant::now();
-                let verdicts: Vec<Verdict> = if chunk.len() == 1 {
-                    let resp = http
-                        .post(format!("{url}/v1/redeem"))
-                        .bearer_auth(&token)
-                        .json(&chunk.first())
-                        .send()
-                        .await?
-                        .error_for_status()?;
-                    let one: ticketing_protocol::redeem::RedeemResponse = resp.json().await?;
-                    vec![one.verdict]
-                } else {
-                    let resp = http
-                        .post(format!("{url}/v1/redeem/batch"))
-                        .bearer_auth(&token)
-                        .json(&json!({ "scans": chunk }))
-                        .send()
-                        .await?
-                        .error_for_status()?;
-                    let all: RedeemBatchResponse = resp.json().await?;
-                    all.results.into_iter().map(|r| r.verdict).collect()
-                };
+                let verdicts = redeem_chunk(&http, &url, &token, &chunk).await?;
                 latencies.push(t0.elapsed());
                 progress.inc(1);
                 if let Some(v) = verdicts
@@ -321,4 +301,35 @@ async fn load(
         p99: percentile(&latencies, 990),
         per_request: per_request.max(1),
     })
+}
+
+/// Redeem one chunk of scans: `/v1/redeem` for a single scan, `/v1/redeem/batch` otherwise;
+/// the verdicts in order.
+async fn redeem_chunk(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    chunk: &[serde_json::Value],
+) -> Result<Vec<Verdict>> {
+    if chunk.len() == 1 {
+        let resp = http
+            .post(format!("{url}/v1/redeem"))
+            .bearer_auth(token)
+            .json(&chunk.first())
+            .send()
+            .await?
+            .error_for_status()?;
+        let one: ticketing_protocol::redeem::RedeemResponse = resp.json().await?;
+        Ok(vec![one.verdict])
+    } else {
+        let resp = http
+            .post(format!("{url}/v1/redeem/batch"))
+            .bearer_auth(token)
+            .json(&json!({ "scans": chunk }))
+            .send()
+            .await?
+            .error_for_status()?;
+        let all: RedeemBatchResponse = resp.json().await?;
+        Ok(all.results.into_iter().map(|r| r.verdict).collect())
+    }
 }
