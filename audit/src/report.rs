@@ -252,6 +252,17 @@ impl Report {
     /// The report as text tables for a terminal.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_header(&mut out);
+        self.render_nodes(&mut out);
+        self.render_keysets(&mut out);
+        self.render_evidence(&mut out);
+        self.render_admin_actions(&mut out);
+        self.render_violations(&mut out);
+        out
+    }
+
+    /// Writes the title line: manifest, time, threshold.
+    fn render_header(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "audit of manifest {} at {} (threshold {})\n",
@@ -259,6 +270,10 @@ impl Report {
             ticketing_protocol::when::utc(self.time),
             self.threshold
         );
+    }
+
+    /// Writes the per-node table.
+    fn render_nodes(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "{:<5} {:>9} {:>9} {:>11} {:>9} {:>10}  url",
@@ -292,6 +307,10 @@ impl Report {
                 );
             }
         }
+    }
+
+    /// Writes the per-keyset table of the keysets with activity, and how many were left out.
+    fn render_keysets(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\n{:<16} {:<8} {:>8} {:>8} {:>12} {:>8} {:>8} {:>12} {:>9}",
@@ -333,63 +352,81 @@ impl Report {
                 "({quiet} keyset(s) with nothing issued, paid or redeemed not shown; --json lists all)"
             );
         }
-        if !self.evidence.is_empty() {
-            let _ = writeln!(out, "\nblame evidence");
-            for e in &self.evidence {
-                let verdict = if e.upheld {
-                    "UPHELD: signed wrong partials".to_owned()
-                } else {
-                    format!(
-                        "dismissed: {}",
-                        e.reason.as_deref().unwrap_or("does not hold")
-                    )
-                };
-                let _ = writeln!(out, "  node {} receipt {}: {verdict}", e.node, e.receipt_id);
-            }
+    }
+
+    /// Writes the verdict on each piece of blame evidence, if any was handed in.
+    fn render_evidence(&self, out: &mut String) {
+        if self.evidence.is_empty() {
+            return;
         }
-        if !self.admin_actions.is_empty() {
+        let _ = writeln!(out, "\nblame evidence");
+        for e in &self.evidence {
+            let verdict = if e.upheld {
+                "UPHELD: signed wrong partials".to_owned()
+            } else {
+                format!(
+                    "dismissed: {}",
+                    e.reason.as_deref().unwrap_or("does not hold")
+                )
+            };
+            let _ = writeln!(out, "  node {} receipt {}: {verdict}", e.node, e.receipt_id);
+        }
+    }
+
+    /// Writes the coordinator's admin actions since the last audit, if there are any.
+    fn render_admin_actions(&self, out: &mut String) {
+        if self.admin_actions.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\nadmin actions since the last audit ({}, oldest first):",
+            self.admin_actions.len()
+        );
+        for a in &self.admin_actions {
             let _ = writeln!(
                 out,
-                "\nadmin actions since the last audit ({}, oldest first):",
-                self.admin_actions.len()
+                "  {}  {:<16} {:<18} {}",
+                ticketing_protocol::when::utc(a.at),
+                a.actor,
+                a.action,
+                a.detail
             );
-            for a in &self.admin_actions {
-                let _ = writeln!(
-                    out,
-                    "  {}  {:<16} {:<18} {}",
-                    ticketing_protocol::when::utc(a.at),
-                    a.actor,
-                    a.action,
-                    a.detail
-                );
-            }
         }
+    }
+
+    /// Writes the verdict: clean, or every violation with where it was found.
+    fn render_violations(&self, out: &mut String) {
         if self.clean {
             let _ = writeln!(out, "\nCLEAN: no violation");
-        } else {
-            let _ = writeln!(out, "\n{} VIOLATION(S)", self.violations.len());
-            for v in &self.violations {
-                let mut at = Vec::new();
-                if let Some(n) = v.node {
-                    at.push(format!("node {n}"));
-                }
-                if let Some(k) = v.keyset_id {
-                    at.push(format!("keyset {k}"));
-                }
-                if let Some(s) = v.seq {
-                    at.push(format!("seq {s}"));
-                }
-                if let Some(r) = v.receipt_id {
-                    at.push(format!("receipt {r}"));
-                }
-                let at = if at.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", at.join(", "))
-                };
-                let _ = writeln!(out, "  {}{at}: {}", v.code, v.detail);
-            }
+            return;
         }
-        out
+        let _ = writeln!(out, "\n{} VIOLATION(S)", self.violations.len());
+        for v in &self.violations {
+            let at = location(v);
+            let _ = writeln!(out, "  {}{at}: {}", v.code, v.detail);
+        }
+    }
+}
+
+/// Where a violation was found, as ` [node 1, keyset .., seq .., receipt ..]` (empty if nowhere).
+fn location(v: &Violation) -> String {
+    let mut at = Vec::new();
+    if let Some(n) = v.node {
+        at.push(format!("node {n}"));
+    }
+    if let Some(k) = v.keyset_id {
+        at.push(format!("keyset {k}"));
+    }
+    if let Some(s) = v.seq {
+        at.push(format!("seq {s}"));
+    }
+    if let Some(r) = v.receipt_id {
+        at.push(format!("receipt {r}"));
+    }
+    if at.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", at.join(", "))
     }
 }
