@@ -24,12 +24,9 @@ use ticketing_local::{Databases, LocalCluster};
 /// A minted ticket with its holder secret.
 type Minted = (Ticket, HolderSecret);
 
+/// `ticketing bench redeem`.
 pub(super) async fn run(settings: &Settings, args: &RedeemArgs) -> Result<()> {
-    let mut log = settings.log.clone();
-    if log.filter == ticketing_config::LogSettings::default().filter {
-        log.filter = "warn".into();
-    }
-    ticketing_service::init_tracing(&log);
+    super::init_quiet_tracing(settings);
     let mut settings = settings.clone();
     settings.coordinator.max_scans_per_request =
         u32::try_from(args.batch.max(1)).unwrap_or(u32::MAX);
