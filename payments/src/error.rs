@@ -92,9 +92,6 @@ pub enum PaymentsError {
     /// The database URL names no supported backend.
     #[error("unsupported database URL (expected sqlite:, postgres:// or postgresql://)")]
     UnsupportedDatabase,
-    /// A stored row does not decode (wrong length, out of range).
-    #[error("corrupt stored {0}")]
-    Corrupt(&'static str),
     /// The database failed (nothing of the operation was kept).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -127,7 +124,6 @@ impl PaymentsError {
             | Self::TaskFailed(_)
             | Self::KeyMismatch
             | Self::UnsupportedDatabase
-            | Self::Corrupt(_)
             | Self::Store(_)
             | Self::Config(_) => ErrorCode::Internal,
         }

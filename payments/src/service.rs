@@ -6,11 +6,11 @@
 //!
 //! 1. **Reserve** the digest: one upsert stores a `paying` row (receipt id, keyset, count,
 //!    amount, currency, a random lease token) unless the digest already has a row
-//!    ([`PaymentsStore::reserve`]). Two concurrent requests cannot both reserve.
+//!    ([`Receipts::reserve`](crate::store::Receipts::reserve)). Two concurrent requests cannot both reserve.
 //! 2. **Charge** the card with the digest as the processor's idempotency key, so charging the
 //!    same digest again never moves money twice. A decline releases the reservation (the
 //!    wallet may retry the same points with another card).
-//! 3. **Issue**: sign the receipt and turn the `paying` row into it ([`PaymentsStore::issue`]).
+//! 3. **Issue**: sign the receipt and turn the `paying` row into it ([`Receipts::issue`](crate::store::Receipts::issue)).
 //!
 //! The three steps run in a spawned task: a wallet hanging up (which drops the request
 //! handler) cannot stop them half-way. A request that finds the digest:
