@@ -603,12 +603,28 @@ fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
     })
 }
 
+/// Which database a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:...`
+    Sqlite,
+    /// `postgres://...` or `postgresql://...`
+    Postgres,
+}
+
+/// The backend a database URL names, if any: the one rule every service and check uses.
+pub fn backend_of(url: &str) -> Option<Backend> {
+    if url.starts_with("sqlite:") {
+        Some(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(Backend::Postgres)
+    } else {
+        None
+    }
+}
+
 fn check_database_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
-    if url.is_empty()
-        || url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
+    if url.is_empty() || backend_of(url).is_some() {
         Ok(())
     } else {
         Err(ConfigError::Invalid {

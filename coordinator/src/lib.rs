@@ -152,11 +152,9 @@ impl Coordinator {
         );
         let manifest = Arc::new(manifest);
         let store: Arc<dyn Store> = Arc::from(store);
-        let writers = if settings.coordinator_database_url().starts_with("postgres") {
-            4
-        } else {
-            1
-        };
+        let postgres = ticketing_service::db::backend_of(&settings.coordinator_database_url())
+            == Some(ticketing_service::db::Backend::Postgres);
+        let writers = if postgres { 4 } else { 1 };
         let pipeline = pipeline::Pipeline::start(manifest.clone(), &store, writers);
         let coordinator = Self {
             inner: Arc::new(Inner {

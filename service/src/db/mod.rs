@@ -17,15 +17,7 @@ mod sql;
 
 pub use error::{StoreError, to_i64, to_u64};
 pub use sql::{Conn, Database, Executor, Migrations, Query, Row, Tx, Value, query};
-
-/// Which backend a URL selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `sqlite:...`
-    Sqlite,
-    /// `postgres://...` or `postgresql://...`
-    Postgres,
-}
+pub use ticketing_config::{Backend, backend_of};
 
 /// What the stores' SQL differs in between the two databases, as data: a store asks its
 /// database's dialect, never compares strings.
@@ -60,17 +52,6 @@ impl Dialect {
     /// Whether this is Postgres (for the few statements only it has).
     pub fn is_postgres(&self) -> bool {
         self.backend == Backend::Postgres
-    }
-}
-
-/// The backend a database URL names, if any.
-pub fn backend_of(url: &str) -> Option<Backend> {
-    if url.starts_with("sqlite:") {
-        Some(Backend::Sqlite)
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Some(Backend::Postgres)
-    } else {
-        None
     }
 }
 
