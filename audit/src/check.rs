@@ -553,6 +553,10 @@ struct Logged {
     receipts: u64,
     tickets: u64,
     amount: u64,
+    /// Tickets of the receipts that may have been issued: logged by at least t nodes once the
+    /// nodes whose logs could not be read are counted as having logged every receipt seen.
+    /// `None` when t or more logs could not be read (any number could have been issued).
+    possible_tickets: Option<u64>,
 }
 
 /// Per keyset: issued (logged by at least t nodes) against redeemed and against what payments
@@ -566,11 +570,14 @@ fn check_keysets(
     let threshold = usize::from(manifest.threshold);
     let totals = verified_totals(manifest, inputs, violations);
     let redeemed = readable_redeemed(inputs, violations);
+    // A node that could not be read is already a violation; what it may have logged must not
+    // make the readable ones look like they issued too little.
+    let unread = inputs.nodes.iter().filter(|n| n.is_err()).count();
 
     let mut out = Vec::new();
     for k in &manifest.keysets {
-        let (mut s, logged) = tally_keyset(manifest, k, receipts, threshold, redeemed);
-        check_redeemed(&s, k.id, threshold, violations);
+        let (mut s, logged) = tally_keyset(manifest, k, receipts, threshold, unread, redeemed);
+        check_redeemed(&s, k.id, threshold, unread, &logged, violations);
         if let Some(totals) = totals {
             check_paid(&mut s, k.id, totals, &logged, violations);
         }
@@ -628,6 +635,7 @@ fn tally_keyset(
     k: &KeysetInfo,
     receipts: &Agreed,
     threshold: usize,
+    unread: usize,
     redeemed: Option<&HashMap<KeysetId, u64>>,
 ) -> (KeysetSummary, Logged) {
     let currency = manifest
@@ -646,11 +654,19 @@ fn tally_keyset(
         redeemed: redeemed.map(|r| r.get(&k.id).copied().unwrap_or(0)),
     };
     // Everything any node validly logged: payments must have signed at least that much.
-    let mut logged = Logged::default();
+    let mut logged = Logged {
+        possible_tickets: (unread < threshold).then_some(0),
+        ..Logged::default()
+    };
     for (receipt, by) in receipts.values().filter(|(t, _)| t.keyset_id == k.id) {
         logged.receipts += 1;
         logged.tickets += u64::from(receipt.count);
         logged.amount = logged.amount.saturating_add(receipt.amount);
+        if let Some(possible) = logged.possible_tickets.as_mut()
+            && by.len() + unread >= threshold
+        {
+            *possible += u64::from(receipt.count);
+        }
         if by.len() >= threshold {
             s.issued_receipts += 1;
             s.issued_tickets += u64::from(receipt.count);
@@ -662,28 +678,41 @@ fn tally_keyset(
     (s, logged)
 }
 
-/// Checks that no more distinct tickets of the keyset were redeemed than issued.
+/// Checks that no more distinct tickets of the keyset were redeemed than issued. With `unread`
+/// node logs missing, only more than could have been issued is a violation (with t or more
+/// missing, nothing can be concluded: the unreachable nodes are the violations then).
 fn check_redeemed(
     s: &KeysetSummary,
     keyset_id: KeysetId,
     threshold: usize,
+    unread: usize,
+    logged: &Logged,
     violations: &mut Vec<Violation>,
 ) {
-    if let Some(redeemed) = s.redeemed
-        && redeemed > s.issued_tickets
-    {
-        violations.push(
-            Violation::new(
-                ViolationCode::OverRedeemed,
-                format!(
-                    "{redeemed} distinct tickets redeemed, {} issued (receipts logged by at \
-                     least {threshold} nodes)",
-                    s.issued_tickets
-                ),
-            )
-            .keyset(keyset_id),
-        );
+    let (Some(redeemed), Some(possible)) = (s.redeemed, logged.possible_tickets) else {
+        return;
+    };
+    if redeemed <= possible {
+        return;
     }
+    let issued = if unread == 0 {
+        format!(
+            "{} issued (receipts logged by at least {threshold} nodes)",
+            s.issued_tickets
+        )
+    } else {
+        format!(
+            "at most {possible} issued even if the {unread} node(s) that could not be read \
+             logged every receipt seen"
+        )
+    };
+    violations.push(
+        Violation::new(
+            ViolationCode::OverRedeemed,
+            format!("{redeemed} distinct tickets redeemed, {issued}"),
+        )
+        .keyset(keyset_id),
+    );
 }
 
 /// Records what payments signed for the keyset and checks the nodes logged no more receipts,

@@ -396,3 +396,40 @@ fn a_state_file_not_signed_by_the_nodes_is_refused() {
     let (report, _) = audit(&w.cluster.manifest, &w.inputs(), &state, NOW + 200);
     assert!(has(&report, ViolationCode::RewrittenHistory, Some(1)));
 }
+
+/// An outage is not fraud: with node logs missing, a redemption counts against what the
+/// missing nodes could have logged; with t or more missing nothing is concluded; a count
+/// beyond even that bound is still named.
+#[test]
+fn missing_logs_do_not_make_redemptions_look_over_issued() {
+    let mut w = sales();
+    let keyset_id = w.cluster.manifest.keysets[0].id;
+    // a (2 tickets) is in logs 1-3, b (1 ticket) in logs 1-2: 3 issued at t = 2.
+    w.redeemed.insert(keyset_id, 3);
+    let over_keyset = |report: &Report| {
+        report
+            .violations
+            .iter()
+            .any(|v| v.code == ViolationCode::OverRedeemed && v.keyset_id == Some(keyset_id))
+    };
+
+    // Node 2 down: b is seen in one log only, below t, but node 2 may hold it.
+    let mut one_down = w.inputs();
+    one_down.nodes[1] = Err("connection refused".into());
+    let report = w.run(&one_down);
+    assert!(has(&report, ViolationCode::NodeUnreachable, Some(2)));
+    assert!(!over_keyset(&report), "{}", report.render());
+
+    // Nodes 1 and 2 down (t of 3): nothing about issuance can be concluded.
+    let mut two_down = w.inputs();
+    two_down.nodes[0] = Err("connection refused".into());
+    two_down.nodes[1] = Err("connection refused".into());
+    two_down.redeemed = Ok(HashMap::from([(keyset_id, 1000)]));
+    let report = w.run(&two_down);
+    assert!(!over_keyset(&report), "{}", report.render());
+
+    // One node down and more redeemed than every receipt seen: still over-redeemed.
+    one_down.redeemed = Ok(HashMap::from([(keyset_id, 4)]));
+    let report = w.run(&one_down);
+    assert!(over_keyset(&report), "{}", report.render());
+}
