@@ -704,10 +704,17 @@ fn print_registration(settings: &Settings, token: &str, png: Option<&Path>) -> R
     );
     outln!("{code}");
     if let Some(path) = png {
+        // It holds the device token: written like the other secrets (0600, never world-readable).
+        let mut png_bytes = Vec::new();
         qr.render::<image::Luma<u8>>()
             .min_dimensions(400, 400)
             .build()
-            .save(path)
+            .write_to(
+                &mut std::io::Cursor::new(&mut png_bytes),
+                image::ImageFormat::Png,
+            )
+            .context("encoding the registration QR")?;
+        ticketing_config::cluster::write_private(path, &png_bytes)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("registration QR written to {}", path.display());
     }

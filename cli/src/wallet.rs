@@ -251,8 +251,12 @@ async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
         }
         _ => bail!("pay with exactly one of --card or --voucher"),
     };
-    if args.count == 0 {
-        bail!("--count must be at least 1");
+    let most = ticketing_config::MAX_TICKETS_PER_REQUEST;
+    if !(1..=most).contains(&args.count) {
+        bail!(
+            "--count must be between 1 and {most} (the payments service's own limit, usually \
+             50, may be lower)"
+        );
     }
     let wallet = open(settings, &args.file).await?;
     let mut rng = rand::rng();

@@ -83,6 +83,50 @@ impl NodeBundle {
         })
     }
 
+    /// Check that this bundle is node `index`'s of `manifest`: its index, its identity key
+    /// (the manifest's), and a share of every keyset not yet over at `now`. A node started
+    /// with another node's bundle, an old bundle or a bundle of another cluster is refused
+    /// here, before it serves anything.
+    pub fn check_for(&self, manifest: &Manifest, index: u16, now: u64) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::BadFile {
+            path: PathBuf::from(node_bundle_name(index)),
+            reason,
+        };
+        if self.index.get() != index {
+            return Err(bad(format!(
+                "this is node {}'s bundle, not node {index}'s",
+                self.index.get()
+            )));
+        }
+        let listed = manifest
+            .nodes
+            .iter()
+            .find(|n| n.index == self.index)
+            .ok_or_else(|| bad(format!("the manifest has no node {index}")))?;
+        if self.identity()?.verify_key() != listed.identity_key {
+            return Err(bad(
+                "its identity key is not the manifest's for this node (a bundle of another \
+                 cluster or setup?)"
+                    .into(),
+            ));
+        }
+        let held: std::collections::HashSet<_> = self.shares.iter().map(|s| s.keyset_id).collect();
+        let missing: Vec<String> = manifest
+            .keysets
+            .iter()
+            .filter(|k| now < k.params.valid_until && !held.contains(&k.id))
+            .map(|k| k.id.to_string())
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(bad(format!(
+                "no share of {} keyset(s) of the manifest that are not over (first: {first}); \
+                 copy the bundle written with this manifest (`ticketing setup` or `keys extend`)",
+                missing.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Decode every share and check each against this node's PK_i in the manifest (Feldman:
     /// the manifest's PK_i are derived from the dealer's commitments).
     pub fn verified_shares(
@@ -119,6 +163,26 @@ pub struct ServiceBundle {
 }
 
 impl ServiceBundle {
+    /// The signing key, checked against the key the manifest names for this service
+    /// (`expected`), so a service started with another's bundle, or another cluster's, is
+    /// refused before it signs anything.
+    pub fn sign_key_for(
+        &self,
+        expected: &ticketing_protocol::keys::VerifyKey,
+        file: &str,
+    ) -> Result<SignKey, ConfigError> {
+        let key = self.sign_key()?;
+        if &key.verify_key() != expected {
+            return Err(ConfigError::BadFile {
+                path: PathBuf::from(file),
+                reason: "its key is not the one the manifest names for this service (a bundle \
+                         of another service or another cluster?)"
+                    .into(),
+            });
+        }
+        Ok(key)
+    }
+
     /// The signing key.
     pub fn sign_key(&self) -> Result<SignKey, ConfigError> {
         SignKey::from_bytes(self.key.expose()).map_err(|e| ConfigError::BadFile {
@@ -560,6 +624,48 @@ mod tests {
             clock_skew_seconds: 60,
             now: 1_795_266_000,
         }
+    }
+
+    /// A bundle is accepted only as the node it was dealt to, with the manifest's identity key
+    /// and a share of every keyset still to come; a service key only against its manifest key.
+    #[test]
+    fn bundles_are_checked_against_their_role_and_the_manifest() {
+        let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(9);
+        let s = spec(3, 2);
+        let c = generate(&s, &mut rng, &mut |_, _| {}).unwrap();
+        let m = &c.manifest;
+        let now = s.now;
+        c.nodes[0].check_for(m, 1, now).unwrap();
+        let err = c.nodes[1].check_for(m, 1, now).unwrap_err().to_string();
+        assert!(err.contains("node 2's bundle, not node 1's"), "{err}");
+
+        let mut foreign = c.nodes[0].clone();
+        foreign.identity_key = c.nodes[1].identity_key.clone();
+        let err = foreign.check_for(m, 1, now).unwrap_err().to_string();
+        assert!(err.contains("identity key"), "{err}");
+
+        let mut short = c.nodes[0].clone();
+        short.shares.truncate(1);
+        let err = short.check_for(m, 1, now).unwrap_err().to_string();
+        assert!(err.contains("no share of"), "{err}");
+        // Keysets already over need no share.
+        let last_end = m
+            .keysets
+            .iter()
+            .map(|k| k.params.valid_until)
+            .max()
+            .unwrap();
+        short.check_for(m, 1, last_end).unwrap();
+
+        c.coordinator
+            .sign_key_for(&m.coordinator.key, "coordinator.json")
+            .unwrap();
+        let err = c
+            .payments
+            .sign_key_for(&m.coordinator.key, "coordinator.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not the one the manifest names"), "{err}");
     }
 
     /// Out-of-range input is an error naming the flag, never an overflow or an endless loop.

@@ -435,7 +435,7 @@ impl Settings {
         if self.node.index == 0 {
             return invalid("node.index", "node indices start at 1");
         }
-        if !(1..=1000).contains(&self.node.max_tickets_per_request) {
+        if !(1..=MAX_TICKETS_PER_REQUEST).contains(&self.node.max_tickets_per_request) {
             return invalid("node.max_tickets_per_request", "must be between 1 and 1000");
         }
         if self.node.checkpoint_every == 0 {
@@ -602,6 +602,11 @@ fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
         reason: reason.to_owned(),
     })
 }
+
+/// The most tickets any node may be configured to sign in one request
+/// (`node.max_tickets_per_request`); a wallet asking for more is refused before it blinds
+/// anything.
+pub const MAX_TICKETS_PER_REQUEST: u32 = 1000;
 
 /// Which database a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ pub enum CoordinatorError {
     #[error("{1}")]
     Refused(ErrorCode, String),
     /// Storage failed; nothing was recorded.
-    #[error("storage unavailable: {0}")]
+    #[error("storage: {0}")]
     Store(StoreError),
     /// Loading the coordinator failed (startup only).
     #[error(transparent)]

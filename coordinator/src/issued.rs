@@ -52,6 +52,8 @@ pub(crate) struct IssuanceFollower {
 struct State {
     /// Next `after` per node.
     cursors: Vec<u64>,
+    /// Nodes whose log could not be read at the last pass (said once, not every pass).
+    unreachable: HashSet<u16>,
     /// Receipts not recorded yet: per receipt id, each distinct receipt body seen with the
     /// nodes that logged it.
     pending: HashMap<Id16, Pending>,
@@ -209,8 +211,18 @@ impl IssuanceFollower {
                     *c = after;
                 }
             }
+            let node = *index;
             if ok {
                 report.nodes_reached += 1;
+                if state.unreachable.remove(&node) {
+                    tracing::info!(node, "node log readable again");
+                }
+            } else if state.unreachable.insert(node) {
+                tracing::warn!(
+                    node,
+                    "node log could not be read; purchases it logged become issued events \
+                     once t logs are read"
+                );
             }
         }
         if report.bad_receipts > 0 {

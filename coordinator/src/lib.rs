@@ -195,7 +195,7 @@ impl Coordinator {
                 .secrets_in(cluster_dir)
                 .join(cluster::COORDINATOR_BUNDLE),
         )?;
-        let key = bundle.sign_key()?;
+        let key = bundle.sign_key_for(&manifest.coordinator.key, cluster::COORDINATOR_BUNDLE)?;
         let store = store::open(&settings.coordinator_database_url()).await?;
         Self::new(manifest, key, store, settings).await
     }

@@ -35,9 +35,10 @@ pub enum NodeError {
     /// The receipt was already honoured for other points.
     #[error("this receipt was already used for other blinded points")]
     ReceiptReused,
-    /// Storage failed; nothing was signed.
-    #[error("storage unavailable: {0}")]
-    Store(#[from] StoreError),
+    /// Storage failed; nothing was signed. (Not `#[from]`: the message already carries the
+    /// store's, which a source would repeat in every printed chain.)
+    #[error("storage: {0}")]
+    Store(StoreError),
     /// Loading the node failed (startup only).
     #[error(transparent)]
     Config(#[from] ticketing_config::ConfigError),
@@ -71,5 +72,11 @@ impl From<NodeError> for ApiError {
 impl axum::response::IntoResponse for NodeError {
     fn into_response(self) -> axum::response::Response {
         ApiError::from(self).into_response()
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
     }
 }

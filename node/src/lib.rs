@@ -112,9 +112,24 @@ impl Node {
                 .secrets_in(cluster_dir)
                 .join(cluster::node_bundle_name(index)),
         )?;
+        bundle.check_for(&manifest, index, ticketing_service::now())?;
         let shares = bundle.verified_shares(&manifest)?;
         let signatory = LocalSignatory::new(bundle.index, bundle.identity()?, shares);
         let store = store::open(&settings.node_database_url(index)).await?;
+        // A database that holds another node's log (a URL copied between nodes) is refused:
+        // this node would serve and extend that node's chain under its own key.
+        let checkpoints = store.checkpoints().await?;
+        if let Some(other) = checkpoints.iter().find(|c| c.node.get() != index) {
+            return Err(ticketing_config::ConfigError::Invalid {
+                key: "node.database_url",
+                reason: format!(
+                    "the database holds node {}'s log, not node {index}'s; give each node its \
+                     own database",
+                    other.node.get()
+                ),
+            }
+            .into());
+        }
         Ok(Self::new(manifest, Box::new(signatory), store, settings))
     }
 

@@ -13,7 +13,7 @@ pub enum StoreError {
     Unavailable(String),
     /// The database refused the statement: a constraint it breaks or SQL it cannot run. A
     /// retry gives the same answer: a bug, or a conflict the caller was prepared for.
-    #[error("database refused the statement: {0}")]
+    #[error("database refused: {0}")]
     Refused(String),
     /// A stored row does not decode (tampering or a bug): reported, never papered over.
     #[error("corrupt row: {0}")]
@@ -72,7 +72,29 @@ fn postgres_transient(code: Option<&str>) -> bool {
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
-        Self::Unavailable(format!("migrations: {e}"))
+        use sqlx::migrate::MigrateError as M;
+        match e {
+            // Tables this service's migrations did not make: another service's database, or
+            // another version's.
+            M::VersionMismatch(v) | M::VersionMissing(v) => Self::Refused(format!(
+                "migrations: this database's migration {v} is not this service's (is the URL \
+                 another service's database, or one written by another version?); give each \
+                 service its own database"
+            )),
+            other => Self::Unavailable(format!("migrations: {other}")),
+        }
+    }
+}
+
+impl StoreError {
+    /// The same error, its message prefixed with where it happened.
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            Self::Unavailable(m) => Self::Unavailable(format!("{what}: {m}")),
+            Self::Refused(m) => Self::Refused(format!("{what}: {m}")),
+            Self::Corrupt(m) => Self::Corrupt(format!("{what}: {m}")),
+            Self::Taken(m) => Self::Taken(m),
+        }
     }
 }
 

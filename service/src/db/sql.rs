@@ -297,7 +297,11 @@ impl Database {
                 PoolOf::Postgres(pool)
             }
             _ => {
-                let pool = super::sqlite(url).await?;
+                let pool = super::sqlite(url).await.map_err(|e| {
+                    let file = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                    let file = file.split('?').next().unwrap_or(file);
+                    StoreError::from(e).context(&format!("opening the SQLite database {file}"))
+                })?;
                 migrations.sqlite.run(&pool).await?;
                 PoolOf::Sqlite(pool)
             }
