@@ -307,6 +307,23 @@ async fn online_validation_accepts_once_then_says_spent() {
     let rig = Rig::start().await;
     let gate = rig.data().join("validator");
     rig.register("gate-1", &gate).await;
+    // The registration QR holds a device token: its PNG is written like every secret.
+    let png = rig.data().join("gate-2.png");
+    let o = rig
+        .run(&[
+            "validator",
+            "register",
+            "--name",
+            "gate-2",
+            "--qr",
+            "--png",
+            png.to_str().unwrap(),
+        ])
+        .await;
+    assert!(o.status.success(), "{}", text(&o));
+    #[cfg(unix)]
+    assert_eq!(mode(&png), 0o600);
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     rig.buy_singles("3").await;
 
     // A fresh presentation, as text: valid online.

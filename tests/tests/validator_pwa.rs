@@ -334,6 +334,24 @@ async fn the_validator_scans_decides_offline_queues_and_syncs_in_a_real_browser(
     b.screenshot("validator-9-registered-by-camera")
         .await
         .unwrap();
+    // "Register again" goes back to registration (the camera's hint says what to show it);
+    // the camera, still seeing the code, registers the device again.
+    b.click("#register-again").await.unwrap();
+    b.wait(
+        "registration again",
+        "return document.querySelector('#register') && document.body.innerText.includes('at the registration code')",
+        SECS,
+    )
+    .await
+    .unwrap();
+    b.screenshot("validator-9b-register-again").await.unwrap();
+    b.wait(
+        "the scanner after registering again",
+        "return document.querySelector('#diag-h')",
+        SECS,
+    )
+    .await
+    .unwrap();
 
     // Everything stops, the apps server too: the app shell comes from the service worker, the
     // manifest, token and spent list from IndexedDB, and a ticket is still decided (offline).

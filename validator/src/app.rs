@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use ticketing_client::validator::{Failure, Outcome, Validator, ValidatorStore, decode_qr};
+use ticketing_client::validator::{Failure, Mode, Outcome, Validator, ValidatorStore, decode_qr};
 use ticketing_client::{ClientError, Http};
 use ticketing_crypto::presentation::Presentation;
 use ticketing_protocol::manifest::Manifest;
@@ -30,6 +30,9 @@ const FRAME_MS: u64 = 150;
 const MAX_EDGE: u32 = 960;
 /// Sync the queue this often when there is one.
 const SYNC_EVERY: Duration = Duration::from_secs(60);
+/// How long a scan waits for the coordinator before deciding offline (the scan is queued with
+/// its id, so an answer that was only late is not counted twice at sync).
+const SCAN_TIMEOUT: Duration = Duration::from_secs(4);
 /// A spent list older than this is flagged.
 const OLD_FILTER_SECONDS: u64 = 15 * 60;
 
@@ -59,6 +62,14 @@ fn reason_words(code: ErrorCode) -> &'static str {
     }
 }
 
+/// Letters in the longest word of `text`: the verdict's headline is sized so it fits a phone.
+fn longest_word(text: &str) -> usize {
+    text.split_whitespace()
+        .map(|w| w.chars().count())
+        .max()
+        .unwrap_or(1)
+}
+
 fn minutes_left(until: u64) -> String {
     let left = until.saturating_sub(now());
     if left >= 2 * 3600 {
@@ -84,6 +95,9 @@ struct State {
     recent: StoredValue<Vec<(String, u64)>>,
     camera: RwSignal<Option<String>>,
     diag: RwSignal<Diag>,
+    /// When the coordinator last confirmed the stored spent list is its newest (this session):
+    /// an unchanged list is not old.
+    checked_at: StoredValue<Option<u64>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -119,7 +133,9 @@ impl State {
             d.refused = log.refused;
             d.last_sync = log.last_sync;
             d.filter_version = snap.as_ref().map(|s| s.raw.version);
-            d.filter_age = snap.map(|s| now().saturating_sub(s.raw.built_at));
+            let checked = self.checked_at.get_value();
+            d.filter_age =
+                snap.map(|s| now().saturating_sub(s.raw.built_at.max(checked.unwrap_or(0))));
             d.offset = ticketing_client::browser::offset();
         });
     }
@@ -166,7 +182,9 @@ fn show(state: State, manifest: &Manifest, payload: &str, outcome: &Result<Outco
         Err(Failure::Unauthorized) => Shown {
             class: "verdict check",
             word: "DEVICE NOT REGISTERED",
-            detail: "The coordinator refused this device's token: register it again".into(),
+            detail: "The coordinator refused this device's token: tap \"Register again\" \
+                     under Device and scan a new registration code"
+                .into(),
         },
         Err(e) => Shown {
             class: "verdict check",
@@ -224,11 +242,26 @@ fn decide(state: State, payload: String, again: bool) {
         state.decoded_at.set_value(Some(perf_ms()));
     }
     let Some(core) = state.core() else { return };
+    // A message about an earlier picture or code is not about this scan.
+    state.error.set(None);
     state.busy.set(true);
     spawn_local(async move {
         let id = Id16::random(&mut rand::rng());
         let decision = core.validate(&payload, now(), false, id).await;
         state.busy.set(false);
+        if matches!(
+            decision.outcome,
+            Ok(Outcome::Valid {
+                mode: Mode::Online,
+                ..
+            } | Outcome::Invalid {
+                mode: Mode::Online,
+                ..
+            })
+        ) {
+            // The coordinator answered, and the snapshot was fetched alongside.
+            state.checked_at.set_value(Some(now()));
+        }
         show(state, core.manifest(), &payload, &decision.outcome);
         state.refresh_diag().await;
     });
@@ -265,8 +298,15 @@ async fn sync(state: State) {
         let _ = store.note_sync(now(), &refused).await;
     }
     state.diag.update(|d| d.last_report = Some(text));
-    if let Ok((_, _)) = core.refresh().await {}
+    refresh_filter(state, &core).await;
     state.refresh_diag().await;
+}
+
+/// Ask the coordinator for a newer spent list; when it answers, the stored one is current.
+async fn refresh_filter(state: State, core: &Validator<IdbStore>) {
+    if core.refresh().await.is_ok() {
+        state.checked_at.set_value(Some(now()));
+    }
 }
 
 async fn open_core(state: State, store: IdbStore, manifest_json: &str) -> Result<(), String> {
@@ -275,12 +315,14 @@ async fn open_core(state: State, store: IdbStore, manifest_json: &str) -> Result
         store.pinned_manifest().await.ok().flatten().as_ref(),
     )
     .map_err(|e| e.to_string())?;
-    let http = Http::new(Duration::from_secs(8)).map_err(|e| e.to_string())?;
+    let http = Http::new(SCAN_TIMEOUT).map_err(|e| e.to_string())?;
     let core = Validator::open(manifest, store.clone(), http)
         .await
         .map_err(|e| e.to_string())?;
     measure_offset(&core.manifest().coordinator.url).await;
-    let _ = core.refresh().await;
+    if core.refresh().await.is_ok() {
+        state.checked_at.set_value(Some(now()));
+    }
     state.store.set_value(Some(store));
     state.core.set_value(Some(Rc::new(core)));
     state.registered.set(Some(true));
@@ -293,7 +335,12 @@ async fn open_core(state: State, store: IdbStore, manifest_json: &str) -> Result
 async fn register(state: State, code: String) {
     let result: Result<(), String> =
         async {
-            let reg = Registration::from_text(&code).map_err(|e| format!("{e}"))?;
+            let reg = Registration::from_text(code.trim()).map_err(|e| {
+                format!(
+                    "That is not a whole registration code ({e}): scan or paste the code your \
+                     operator gave you, it starts with TKR1:"
+                )
+            })?;
             let http = Http::new(Duration::from_secs(8)).map_err(|e| e.to_string())?;
             let url = format!("{}/v1/manifest", reg.coordinator_url);
             let bytes = http.get_bytes("coordinator", &url).await.map_err(|e| match e {
@@ -361,7 +408,7 @@ fn video() -> Option<HtmlVideoElement> {
         .ok()
 }
 
-async fn start_camera(state: State) {
+async fn start_camera(state: State, hint: &'static str) {
     let result: Result<(), String> = async {
         let devices = web_sys::window()
             .ok_or("no window")?
@@ -389,9 +436,7 @@ async fn start_camera(state: State) {
     }
     .await;
     match result {
-        Ok(()) => state
-            .camera
-            .set(Some("Point the camera at the ticket".into())),
+        Ok(()) => state.camera.set(Some(hint.into())),
         Err(e) => state.camera.set(Some(e)),
     }
 }
@@ -439,9 +484,9 @@ fn grab_frame(state: State, canvas: &HtmlCanvasElement) -> Option<String> {
 
 /// The camera view and its frame loop; each decoded text goes to `on_text`.
 #[component]
-fn Camera(state: State, on_text: fn(State, String)) -> impl IntoView {
+fn Camera(state: State, hint: &'static str, on_text: fn(State, String)) -> impl IntoView {
     let canvas = NodeRef::<leptos::html::Canvas>::new();
-    spawn_local(start_camera(state));
+    spawn_local(start_camera(state, hint));
     let handle = set_interval_with_handle(
         move || {
             if let Some(text) = canvas.get_untracked().and_then(|c| grab_frame(state, &c)) {
@@ -518,6 +563,7 @@ pub(crate) fn App() -> impl IntoView {
         decoded_at: StoredValue::new(None),
         camera: RwSignal::new(None),
         diag: RwSignal::new(Diag::default()),
+        checked_at: StoredValue::new(None),
     };
     spawn_local(boot(state));
     // Sync by itself: periodically, and as soon as the device is back online.
@@ -525,6 +571,12 @@ pub(crate) fn App() -> impl IntoView {
         move || {
             if state.diag.get_untracked().queued > 0 {
                 spawn_local(sync(state));
+            } else if let Some(core) = state.core() {
+                // Keep the spent list fresh while online, for the scans made offline later.
+                spawn_local(async move {
+                    refresh_filter(state, &core).await;
+                    state.refresh_diag().await;
+                });
             }
         },
         SYNC_EVERY,
@@ -546,7 +598,7 @@ pub(crate) fn App() -> impl IntoView {
         </main>
         {move || state.verdict.get().map(|v| view! {
             <div class=v.class id="verdict" role="alert" aria-live="assertive" on:click=move |_| state.verdict.set(None)>
-                <div class="word">{v.word}</div>
+                <div class="word" style=format!("--n: {}", longest_word(v.word))>{v.word}</div>
                 <div class="detail">{v.detail}</div>
                 <div class="small">"Next scan in a moment (tap to skip)"</div>
             </div>
@@ -560,8 +612,8 @@ fn Setup(state: State) -> impl IntoView {
     view! {
         <section aria-labelledby="setup-h">
             <h2 id="setup-h">"Register this device"</h2>
-            <p class="muted">"Show the camera the QR code that `ticketing validator register --qr` printed, or paste its text (it starts with TKR1:). The device token stays on this device."</p>
-            <Camera state=state on_text=|state, text| {
+            <p class="muted">"Show the camera the registration QR code your operator gave you, or paste its text (it starts with TKR1:). The device token it holds stays on this device."</p>
+            <Camera state=state hint="Point the camera at the registration code" on_text=|state, text| {
                 if text.starts_with(Registration::PREFIX) && !state.busy.get_untracked() {
                     state.busy.set(true);
                     spawn_local(async move {
@@ -574,8 +626,14 @@ fn Setup(state: State) -> impl IntoView {
             <textarea id="registration" prop:value=move || code.get()
                 on:input=move |ev| code.set(event_target_value(&ev))></textarea>
             <div class="row">
-                <button class="primary" id="register"
-                    on:click=move |_| spawn_local(register(state, code.get_untracked()))>"Register"</button>
+                <button class="primary" id="register" prop:disabled=move || state.busy.get()
+                    on:click=move |_| {
+                        state.busy.set(true);
+                        spawn_local(async move {
+                            register(state, code.get_untracked()).await;
+                            state.busy.set(false);
+                        });
+                    }>{move || if state.busy.get() { "Registering…" } else { "Register" }}</button>
             </div>
         </section>
     }
@@ -600,7 +658,7 @@ fn Scanner(state: State) -> impl IntoView {
     };
     let diag = move || state.diag.get();
     view! {
-        <Camera state=state on_text=|state, text| decide(state, text, false)/>
+        <Camera state=state hint="Point the camera at the ticket" on_text=|state, text| decide(state, text, false)/>
         <div class="row">
             <label for="picture" class="muted">"Or pick a picture of the code: "</label>
             <input type="file" id="picture" accept="image/*" on:change=on_file/>
@@ -609,12 +667,20 @@ fn Scanner(state: State) -> impl IntoView {
         <textarea id="payload" prop:value=move || pasted.get()
             on:input=move |ev| pasted.set(event_target_value(&ev))></textarea>
         <div class="row">
-            <button class="primary" id="check" on:click=move |_| {
-                decide(state, pasted.get_untracked(), true);
+            <button class="primary" id="check" prop:disabled=move || state.busy.get() on:click=move |_| {
+                let text = pasted.get_untracked();
+                if text.trim().is_empty() {
+                    state.error.set(Some("Paste a ticket's code first (or point the camera at it)".into()));
+                    return;
+                }
+                decide(state, text, true);
                 pasted.set(String::new());
-            }>"Check"</button>
+            }>{move || if state.busy.get() { "Checking…" } else { "Check" }}</button>
             <button id="sync" on:click=move |_| spawn_local(sync(state))>"Sync now"</button>
         </div>
+        <p class="checking" id="checking" role="status" aria-live="polite">
+            {move || if state.busy.get() { "Checking the ticket…" } else { "" }}
+        </p>
         <section class="diag" aria-labelledby="diag-h">
             <h2 id="diag-h">"Device"</h2>
             <dl>
@@ -651,6 +717,13 @@ fn Scanner(state: State) -> impl IntoView {
                 <dt>"Frame decode"</dt><dd id="decode">{move || diag().decode_ms.map_or("–".to_owned(), |m| format!("{m:.0} ms"))}</dd>
             </dl>
             <p class="muted" id="sync-report" aria-live="polite">{move || diag().last_report.unwrap_or_default()}</p>
+            <div class="row">
+                <button id="register-again" on:click=move |_| {
+                    // The queue and the seen set stay; a new code replaces the token.
+                    state.error.set(None);
+                    state.registered.set(Some(false));
+                }>"Register again"</button>
+            </div>
         </section>
     }
 }

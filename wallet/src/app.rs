@@ -8,7 +8,7 @@ use leptos::task::spawn_local;
 use ticketing_client::wallet::{
     Finished, PayOutcome, Recovered, StoredTicket, TicketStatus, Wallet, WalletStore, status,
 };
-use ticketing_client::{Client, ClientError, NodeEvent, NodeFailure};
+use ticketing_client::{Client, ClientError, NodeEvent};
 use ticketing_crypto::presentation::epoch_at;
 use ticketing_protocol::ErrorCode;
 use ticketing_protocol::manifest::{Manifest, ManifestError, ProductKind};
@@ -26,6 +26,9 @@ struct Core {
 }
 
 use ticketing_client::browser::{mark, now, perf_ms as performance_now};
+
+/// How often a waiting purchase is tried again while the page is open.
+const RESUME_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn online() -> bool {
     web_sys::window().is_none_or(|w| w.navigator().on_line())
@@ -164,11 +167,6 @@ impl State {
     }
 }
 
-/// What a failed node did, in plain words.
-fn node_words(f: &NodeFailure) -> String {
-    format!("node {} ({}): {}", f.node, f.url, f.reason)
-}
-
 fn refusal_words(code: ErrorCode, detail: &str) -> String {
     match code {
         ErrorCode::CardDeclined => {
@@ -190,15 +188,19 @@ fn not_enough_words(e: &ClientError) -> String {
             good,
             failures,
             ..
-        } => format!(
-            "Paid, but only {good} of the {needed} issuer nodes needed answered. Not reachable or \
-             refusing: {}. The purchase is kept on this device; retry when they are back.",
-            failures
+        } => {
+            // Which nodes, not every node's error text: the detail is for the operator.
+            let nodes = failures
                 .iter()
-                .map(node_words)
+                .map(|f| format!("node {}", f.node))
                 .collect::<Vec<_>>()
-                .join("; ")
-        ),
+                .join(", ");
+            format!(
+                "Paid: your tickets are being finished. Only {good} of the {needed} issuer \
+                 servers needed answered (not answering: {nodes}). The purchase is kept on \
+                 this device and finishes by itself when they are back; you will not pay twice."
+            )
+        }
         other => format!("{other}"),
     }
 }
@@ -398,6 +400,23 @@ async fn boot(state: State) {
     resume(state).await;
 }
 
+/// A purchase left waiting (paid but not finished, or its payment's outcome unknown) is tried
+/// again when the device comes back online and every half minute while one waits, so
+/// "finishes by itself" holds while the page stays open.
+fn resume_by_itself(state: State) {
+    let again = move || {
+        if state.waiting.get_untracked() > 0 && !state.busy.get_untracked() {
+            spawn_local(resume(state));
+        }
+    };
+    let _ = set_interval_with_handle(again, RESUME_EVERY);
+    if let Some(window) = web_sys::window() {
+        let online = Closure::<dyn FnMut()>::new(again);
+        let _ = window.add_event_listener_with_callback("online", online.as_ref().unchecked_ref());
+        online.forget();
+    }
+}
+
 fn listen_for_updates(state: State) {
     if let Some(window) = web_sys::window() {
         let on_update = Closure::<dyn FnMut()>::new(move || state.update_ready.set(true));
@@ -437,6 +456,7 @@ pub(crate) fn App() -> impl IntoView {
         clock: RwSignal::new(now()),
     };
     listen_for_updates(state);
+    resume_by_itself(state);
     let tick = set_interval_with_handle(
         move || state.clock.set(now()),
         std::time::Duration::from_millis(500),
@@ -463,6 +483,8 @@ pub(crate) fn App() -> impl IntoView {
                     class:active=move || state.screen.get() == Screen::Buy
                     on:click=move |_| {
                         state.banner.set(None);
+                        // The last purchase's per-node progress is not this one's.
+                        state.progress.set(Vec::new());
                         state.screen.set(Screen::Buy);
                     }
                 >"Buy"</button>
@@ -493,7 +515,8 @@ fn Ready(state: State) -> impl IntoView {
             <div class=if b.error { "banner error" } else { "banner" } role="alert" id="banner">
                 <span>{b.text}</span>
                 <Show when=move || b.retry>
-                    <button on:click=move |_| spawn_local(resume(state))>"Retry"</button>
+                    <button prop:disabled=move || state.busy.get()
+                        on:click=move |_| spawn_local(resume(state))>"Retry"</button>
                 </Show>
             </div>
         })}
@@ -551,7 +574,16 @@ fn TicketList(state: State) -> impl IntoView {
         <section aria-labelledby="current-h">
             <h2 id="current-h">"My tickets"</h2>
             <Show when=move || { state.waiting.get() > 0 }>
-                <p class="muted" id="waiting">{move || format!("{} purchase(s) waiting to finish.", state.waiting.get())}</p>
+                <p class="muted" id="waiting">
+                    {move || match state.waiting.get() {
+                        1 => "1 purchase is waiting to finish. ".to_owned(),
+                        n => format!("{n} purchases are waiting to finish. "),
+                    }}
+                    <button id="finish-now" prop:disabled=move || state.busy.get()
+                        on:click=move |_| spawn_local(resume(state))>
+                        {move || if state.busy.get() { "Finishing…" } else { "Finish now" }}
+                    </button>
+                </p>
             </Show>
             {move || {
                 let list = current();
@@ -824,8 +856,9 @@ async fn buy(
         Ok(PayOutcome::Refused(body)) => return Err(error(refusal_words(body.code, &body.detail))),
         Ok(PayOutcome::Unknown(e)) => {
             return Err(error(format!(
-                "The payment's outcome is unknown ({e}). The purchase is kept on this device and \
-                 resumes by itself; you will not pay twice."
+                "The payment service did not answer ({e}), so this device cannot tell yet \
+                 whether the payment went through. The purchase is kept here and finishes by \
+                 itself once the service answers; you will not pay twice."
             )));
         }
         Err(e) => return Err(error(format!("{e}"))),
