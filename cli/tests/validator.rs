@@ -308,13 +308,13 @@ async fn online_validation_accepts_once_then_says_spent() {
     let gate = rig.data().join("validator");
     rig.register("gate-1", &gate).await;
     // The registration QR holds a device token: its PNG is written like every secret.
-    let png = rig.data().join("gate-2.png");
+    let png = rig.data().join("qr-1.png");
     let o = rig
         .run(&[
             "validator",
             "register",
             "--name",
-            "gate-2",
+            "qr-1",
             "--qr",
             "--png",
             png.to_str().unwrap(),
