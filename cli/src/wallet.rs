@@ -283,6 +283,10 @@ async fn buy(settings: &Settings, args: BuyArgs) -> Result<ExitCode> {
         .await?;
     match wallet.pay(&digest, payment).await? {
         PayOutcome::Paid => {}
+        PayOutcome::Refused(body) if body.code == ErrorCode::Unavailable => {
+            // Never taken (no connection, or rate-limited): nothing was paid.
+            bail!("the payment was not made: {}", body.detail);
+        }
         PayOutcome::Refused(body) => {
             // A definite refusal: nothing was paid, the purchase is forgotten.
             bail!("payment refused: {} ({})", body.detail, body.code);

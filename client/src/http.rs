@@ -217,6 +217,16 @@ async fn read(service: &str, response: reqwest::Response) -> Result<Vec<u8>, Cli
 /// [`ClientError::Refused`] with the body's code (or one derived from the status).
 pub(crate) fn classify(service: &str, status: StatusCode, bytes: &[u8]) -> ClientError {
     let body = serde_json::from_slice::<ErrorBody>(bytes).ok();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // The rate limit answers before the request is looked at.
+        return ClientError::NotTaken {
+            service: service.to_owned(),
+            reason: match body {
+                Some(b) => format!("too many requests: {} ({})", b.detail, b.code),
+                None => "too many requests (HTTP 429)".to_owned(),
+            },
+        };
+    }
     if temporary(status) {
         return ClientError::Unavailable {
             service: service.to_owned(),
@@ -264,10 +274,15 @@ fn temporary(status: StatusCode) -> bool {
 }
 
 fn unreachable(service: &str, e: reqwest::Error) -> ClientError {
+    if is_connect(&e) && !e.is_timeout() {
+        // No connection: the request was never sent.
+        return ClientError::NotTaken {
+            service: service.to_owned(),
+            reason: format!("no connection: {}", e.without_url()),
+        };
+    }
     let kind = if e.is_timeout() {
         "timed out"
-    } else if is_connect(&e) {
-        "connection refused"
     } else {
         "request failed"
     };
@@ -298,7 +313,6 @@ mod tests {
         for status in [
             StatusCode::SERVICE_UNAVAILABLE,
             StatusCode::INTERNAL_SERVER_ERROR,
-            StatusCode::TOO_MANY_REQUESTS,
             StatusCode::REQUEST_TIMEOUT,
         ] {
             let e = classify("node 1", status, b"");
@@ -308,6 +322,11 @@ mod tests {
             );
             assert!(e.is_temporary());
         }
+        // A rate limit answers before the request is acted on: temporary, and certainly not
+        // taken (a payment was not charged).
+        let e = classify("payments", StatusCode::TOO_MANY_REQUESTS, b"");
+        assert!(matches!(e, ClientError::NotTaken { .. }), "{e:?}");
+        assert!(e.is_temporary());
         let body = br#"{"code":"card_declined","detail":"declined"}"#;
         let e = classify("payments", StatusCode::PAYMENT_REQUIRED, body);
         assert_eq!(e.code(), Some(ErrorCode::CardDeclined));

@@ -73,7 +73,17 @@ pub enum ClientError {
         /// What happened.
         reason: String,
     },
-    /// A service answered "not now" (5xx, 408, 429) or nonsense. Temporary.
+    /// The request was certainly not acted on: no connection could be made (native builds
+    /// can tell; a browser's fetch cannot), or the service answered 429 before looking at it.
+    /// Temporary; after a payment request, nothing was charged.
+    #[error("{service} did not take the request: {reason}")]
+    NotTaken {
+        /// Which service.
+        service: String,
+        /// What happened.
+        reason: String,
+    },
+    /// A service answered "not now" (5xx, 408) or nonsense. Temporary.
     #[error("{service} is unavailable: {reason}")]
     Unavailable {
         /// Which service.
@@ -111,7 +121,10 @@ pub enum ClientError {
 impl ClientError {
     /// Whether retrying later may succeed (unreachable or unavailable service).
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Unavailable { .. })
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::NotTaken { .. } | Self::Unavailable { .. }
+        )
     }
 
     /// The stable code of a refusal (or of a manifest problem).
@@ -591,7 +604,9 @@ impl Client {
                 Err(format!("refused: {} ({})", body.detail, body.code))
             }
             // The node is named by the caller; only what happened.
-            Err(ClientError::Unreachable { reason, .. }) => Err(format!("unreachable: {reason}")),
+            Err(ClientError::Unreachable { reason, .. } | ClientError::NotTaken { reason, .. }) => {
+                Err(format!("unreachable: {reason}"))
+            }
             Err(ClientError::Unavailable { reason, .. }) => Err(format!("unavailable: {reason}")),
             Err(e) => Err(e.to_string()),
             Ok(response) => check_response(node, request, response),

@@ -779,9 +779,9 @@ impl<S: ValidatorStore> Validator<S> {
 
 fn reason(e: &ClientError) -> String {
     match e {
-        ClientError::Unreachable { reason, .. } | ClientError::Unavailable { reason, .. } => {
-            reason.clone()
-        }
+        ClientError::Unreachable { reason, .. }
+        | ClientError::NotTaken { reason, .. }
+        | ClientError::Unavailable { reason, .. } => reason.clone(),
         other => other.to_string(),
     }
 }

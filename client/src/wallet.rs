@@ -552,6 +552,18 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
                 }
                 Ok(PayOutcome::Refused(body))
             }
+            Err(e @ ClientError::NotTaken { .. }) => {
+                // Certainly not acted on: nothing was charged; the purchase is forgotten like
+                // after a refusal, and buying again starts afresh.
+                let removed = self.store.update(|d| d.remove_purchase(digest)).await?;
+                for key in removed.iter().flat_map(|p| &p.keys) {
+                    let _ = self.keys.forget(key).await;
+                }
+                Ok(PayOutcome::Refused(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("{e}; nothing was charged, try again shortly"),
+                )))
+            }
             Err(e) => Ok(PayOutcome::Unknown(e)),
         }
     }

@@ -143,6 +143,21 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Stop the payments service (its address refuses connections until started again).
+    pub async fn stop_payments(&mut self) -> Result<()> {
+        if let Some(p) = self.payments.take() {
+            p.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Start the payments service again on its manifest address.
+    pub async fn start_payments(&mut self) -> Result<()> {
+        let url = self.cluster.manifest.payments.url.clone();
+        self.payments = Some(spawn_payments(&self.settings, bind(&url).await?).await?);
+        Ok(())
+    }
+
     /// Replace node `index` with a service of the caller's making on the same address (e.g. a
     /// misbehaving node in tests).
     pub async fn replace_node(&mut self, index: u16, node: Node) -> Result<()> {

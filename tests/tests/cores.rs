@@ -159,6 +159,19 @@ async fn a_purchase_interrupted_at_each_step_is_resumed() {
     assert!(completed.is_none());
     assert!(w.data().await.unwrap().purchases.is_empty());
 
+    // Payments not listening: the request was never sent, so nothing was charged; the
+    // purchase is not kept as "maybe paid".
+    c.stop_payments().await.unwrap();
+    let digest = w.prepare("single", 1, now(), rng).await.unwrap();
+    let paid = w.pay(&digest, card()).await.unwrap();
+    assert!(
+        matches!(&paid, PayOutcome::Refused(body) if body.code == ErrorCode::Unavailable
+            && body.detail.contains("nothing was charged")),
+        "{paid:?}"
+    );
+    assert!(w.data().await.unwrap().purchases.is_empty());
+    c.start_payments().await.unwrap();
+
     // Every stored ticket presents a payload the validators' checks accept.
     let manifest = &c.cluster.cluster.manifest;
     for i in 0..3 {

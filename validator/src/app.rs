@@ -344,7 +344,9 @@ async fn register(state: State, code: String) {
             let http = Http::new(Duration::from_secs(8)).map_err(|e| e.to_string())?;
             let url = format!("{}/v1/manifest", reg.coordinator_url);
             let bytes = http.get_bytes("coordinator", &url).await.map_err(|e| match e {
-            e @ (ClientError::Unreachable { .. } | ClientError::Unavailable { .. }) => {
+            e @ (ClientError::Unreachable { .. }
+            | ClientError::NotTaken { .. }
+            | ClientError::Unavailable { .. }) => {
                 format!("the coordinator cannot be reached ({e}); registration needs a connection")
             }
             other => other.to_string(),

@@ -501,7 +501,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6546(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6547(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -531,7 +531,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6546(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6547(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -803,22 +803,22 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 1006, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6528);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6529);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 943, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4497);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4498);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 648, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2634);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2635);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 943, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4497_15);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4498_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
@@ -828,12 +828,12 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 724, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2826);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2827);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 944, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4496);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4497);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0) {
@@ -861,38 +861,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_2826(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_2826(arg0, arg1);
+function __wasm_bindgen_func_elem_2827(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_2827(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4496(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4496(arg0, arg1);
+function __wasm_bindgen_func_elem_4497(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4497(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4497(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4497(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4498(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4498(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_2634(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_2634(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_2635(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_2635(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4497_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4497_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4498_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4498_15(arg0, arg1, arg2);
 }
 
 function __wasm_bindgen_func_elem_644(arg0, arg1, arg2) {
     wasm.__wasm_bindgen_func_elem_644(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_6546(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_6546(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_6547(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_6547(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_6528(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_6529(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_6528(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_6529(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

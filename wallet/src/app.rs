@@ -176,6 +176,11 @@ fn refusal_words(code: ErrorCode, detail: &str) -> String {
             "This voucher code is not valid for this product. Nothing was charged.".into()
         }
         ErrorCode::VoucherUsed => "This voucher was already used. Nothing was charged.".into(),
+        ErrorCode::Unavailable => {
+            "The payment service is busy or cannot be reached. Nothing was charged; try again \
+             in a moment."
+                .into()
+        }
         ErrorCode::Malformed => format!("The payment was refused: {detail}. Nothing was charged."),
         _ => format!("The payment was refused: {detail} ({code}). Nothing was charged."),
     }
