@@ -381,6 +381,10 @@ impl TicketStatus {
 /// has passed (a first scan that failed can be tried again within it).
 pub const USED_UP_GRACE_SECONDS: u64 = 600;
 
+/// How long after a shown single's transfer time the coordinator's spent list must have been
+/// built before this wallet trusts its absence there (the list is updated in the background).
+pub const SETTLE_MARGIN_SECONDS: u64 = 300;
+
 /// The status of `ticket` at unix time `now` under `manifest`. A single first shown inside
 /// its window stays active for its transfer time after that showing, past the window's end
 /// too (`verify::single_valid_until`, the rule the coordinator and validators apply).
@@ -733,6 +737,74 @@ impl<S: WalletStore, K: HolderKeys> Wallet<S, K> {
                 (t, s)
             })
             .collect())
+    }
+
+    /// Singles this wallet showed but that were never used: opening a ticket's code is not a
+    /// ride. For every single shown long enough ago that its use would be on the
+    /// coordinator's public spent list by now, fetch that list (signed; every wallet fetches
+    /// the same bytes, so nothing ties a passenger to a serial) and, where the serial is
+    /// certainly absent, forget the showing: the ticket is unused again. Returns how many.
+    /// A scan made offline and not yet synced is not on the list either; such a ticket shows
+    /// as unused until the sync, and the ledger still refuses a second ride.
+    pub async fn settle_shown(&self, now: u64) -> Result<usize, ClientError> {
+        let manifest = self.client.manifest();
+        let due = |t: &StoredTicket| match (
+            manifest.product(&t.product).map(|p| p.kind),
+            t.first_shown,
+        ) {
+            (Some(ProductKind::Single { transfer_minutes }), Some(shown)) => {
+                let transfer = u64::from(transfer_minutes).saturating_mul(60);
+                Some(
+                    shown
+                        .saturating_add(transfer)
+                        .saturating_add(SETTLE_MARGIN_SECONDS),
+                )
+                .filter(|&listed_by| listed_by <= now)
+            }
+            _ => None,
+        };
+        let data = self.data().await?;
+        if !data.tickets.iter().any(|t| due(t).is_some()) {
+            return Ok(0);
+        }
+        let coordinator = crate::coordinator::CoordinatorClient::with_http(
+            self.client.http().clone(),
+            &manifest.coordinator.url,
+            None,
+        );
+        let Some(raw) = coordinator.bloom(None).await? else {
+            return Ok(0);
+        };
+        let mut notes = Vec::new();
+        let list = crate::validator::Snapshot::check(raw, manifest, &mut notes).map_err(|e| {
+            ClientError::Unavailable {
+                service: "coordinator".into(),
+                reason: format!("its spent list does not verify ({e}); nothing changed"),
+            }
+        })?;
+        let unused: Vec<_> = data
+            .tickets
+            .iter()
+            .filter(|t| {
+                due(t).is_some_and(|listed_by| list.raw.built_at >= listed_by)
+                    && list.raw.keysets.contains(&t.ticket.keyset_id)
+                    && !list.may_contain(&t.ticket.serial())
+            })
+            .map(|t| t.ticket.serial())
+            .collect();
+        if unused.is_empty() {
+            return Ok(0);
+        }
+        self.store
+            .update(|d| {
+                for t in &mut d.tickets {
+                    if unused.contains(&t.ticket.serial()) {
+                        t.first_shown = None;
+                    }
+                }
+            })
+            .await?;
+        Ok(unused.len())
     }
 
     /// Show ticket number `index` (0-based) for the epoch of `now`: the holder key signs it.

@@ -224,6 +224,49 @@ async fn ticket_status_follows_the_window_and_a_singles_first_showing() {
         w.data().await.unwrap().tickets[0].first_shown,
         Some(shown_at)
     );
+    // Too recent to check against the spent list: nothing is asked, nothing changes.
+    assert_eq!(w.settle_shown(now()).await.unwrap(), 0);
+
+    // Opening a code is not a ride: two singles shown long ago (as far as the wallet is
+    // concerned), neither scanned; one of them revoked. Against the coordinator's signed
+    // list, the one absent from it is unused again; the revoked one stays used up.
+    let (_, _, done) = w
+        .buy("single", 2, card(), now(), &mut rand::rng(), &mut |_| {})
+        .await
+        .unwrap();
+    done.unwrap().unwrap();
+    let long_ago =
+        now() - transfer - wallet::USED_UP_GRACE_SECONDS - wallet::SETTLE_MARGIN_SECONDS - 60;
+    for i in [1, 2] {
+        w.present(i, long_ago).await.unwrap();
+    }
+    let tickets = w.data().await.unwrap().tickets;
+    assert_eq!(status(&tickets[1], now()), TicketStatus::UsedUp);
+    let admin = common::token(&c, "ops", TokenRole::Admin).await;
+    let base = &c.cluster.coordinator.as_ref().unwrap().url;
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/v1/admin/revoke",
+            serde_json::json!({ "keyset_id": tickets[2].ticket.keyset_id, "serial": tickets[2].ticket.serial() }),
+        ),
+        ("/v1/admin/bloom/rebuild", serde_json::json!({})),
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    assert_eq!(w.settle_shown(now()).await.unwrap(), 1);
+    let tickets = w.data().await.unwrap().tickets;
+    assert_eq!(tickets[1].first_shown, None);
+    assert_eq!(status(&tickets[1], now()), TicketStatus::Active);
+    assert_eq!(tickets[2].first_shown, Some(long_ago));
+    assert_eq!(status(&tickets[2], now()), TicketStatus::UsedUp);
     c.cluster.stop().await.unwrap();
 }
 

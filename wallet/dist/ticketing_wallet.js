@@ -501,7 +501,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6547(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6641(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -531,7 +531,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_6547(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_6641(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -802,38 +802,38 @@ function __wbg_get_imports() {
             return isLikeNone(ret) ? 0 : addToExternrefTable0(ret);
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 1006, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6529);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 1009, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_6623);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 943, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4498);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 946, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4592);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 648, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2635);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2656);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 943, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4498_15);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 946, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4592_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 5, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_644);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_648);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 724, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2827);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_2855);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 944, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4497);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 947, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_4591);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0) {
@@ -861,38 +861,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_2827(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_2827(arg0, arg1);
+function __wasm_bindgen_func_elem_2855(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_2855(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4497(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_4497(arg0, arg1);
+function __wasm_bindgen_func_elem_4591(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_4591(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_4498(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4498(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4592(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4592(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_2635(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_2635(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_2656(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_2656(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_4498_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_4498_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_4592_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_4592_15(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_644(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_644(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_648(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_648(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_6547(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_6547(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_6641(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_6641(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_6529(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_6623(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_6529(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_6623(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {

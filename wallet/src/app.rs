@@ -286,6 +286,15 @@ async fn resume(state: State) {
     }
 }
 
+/// Singles that were opened but never scanned are unused again (checked against the
+/// coordinator's public spent list; see `Wallet::settle_shown`). Quiet when offline.
+async fn settle_shown(state: State) {
+    let Some(core) = state.core() else { return };
+    if online() && core.wallet.settle_shown(now()).await.is_ok_and(|n| n > 0) {
+        state.refresh().await;
+    }
+}
+
 async fn load_manifest(
     store: &IdbStore,
     pinned: Option<&ticketing_protocol::Digest32>,
@@ -403,6 +412,7 @@ async fn boot(state: State) {
             .set(Some(persisted.is_ok_and(|v| v.as_bool() == Some(true))));
     }
     resume(state).await;
+    settle_shown(state).await;
 }
 
 /// A purchase left waiting (paid but not finished, or its payment's outcome unknown) is tried
@@ -950,7 +960,7 @@ fn ShowTicket(state: State, index: usize) -> impl IntoView {
                 {move || format!("New code in {} s", left())}
             </p>
             {move || failed.get().map(|e| view! { <p class="banner error" role="alert">{e}</p> })}
-            <p class="muted">"Show this code to the conductor. It renews itself; a screenshot stops working within a minute."</p>
+            <p class="muted">"Show this code to the conductor. It renews itself; a screenshot stops working within two minutes. A single ticket's time starts at its first scan, not when you open it."</p>
             <button on:click=move |_| state.screen.set(Screen::Tickets)>"Back to my tickets"</button>
         </section>
     }
