@@ -123,7 +123,15 @@ pub(crate) fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
                 "compose:  {} and cluster/secrets/*-db (a database role per service)",
                 dir.join(".env").display()
             );
-            outln!("next:     docker compose up -d   (in {})", dir.display());
+            if dir.join("docker-compose.yml").exists() {
+                outln!("next:     docker compose up -d   (in {})", dir.display());
+            } else {
+                outln!(
+                    "next:     copy docker-compose.yml and deploy/ from the repository into {}, then \
+                     docker compose up -d there",
+                    dir.display()
+                );
+            }
         }
         _ => {
             cluster.write(&out, args.force)?;
@@ -241,8 +249,9 @@ pub(crate) fn extend(settings: &Settings, args: &ExtendArgs) -> Result<()> {
     cluster.save(&dir)?;
     compose::keep_owner(&dir)?;
     outln!(
-        "added {added} keysets; restart the services (docker compose restart) so that they \
-         load the new manifest and shares"
+        "added {added} keysets; restart every service (e.g. `docker compose restart` for the \
+         compose deployment) so that they load the new manifest and shares; wallets accept the \
+         new manifest with `ticketing wallet pin`"
     );
     print_summary(&cluster, &dir);
     Ok(())

@@ -743,9 +743,14 @@ async fn register(
             path.display()
         );
     } else {
+        // Where a token of this role is used, so the advice fits it.
+        let use_it = match role {
+            TokenRole::Validator => format!("give it to the device (file <dir>/token, mode 0600, or {TOKEN_ENV})"),
+            TokenRole::Admin => "keep it for admin commands (TICKETING_ADMIN_TOKEN, e.g. `ticketing revoke`)".to_owned(),
+            TokenRole::Auditor => "give it to the auditor (`ticketing audit --coordinator-token`, or TICKETING_AUDIT_TOKEN)".to_owned(),
+        };
         eprintln!(
-            "registered {kind} `{}` (device {}); the token below is shown once: give it to the device \
-             (file <dir>/token, mode 0600, or {TOKEN_ENV})",
+            "registered {kind} `{}` (device {}); the token below is shown once: {use_it}",
             device.name, device.id
         );
     }
