@@ -973,6 +973,7 @@ mod tests {
             epoch: 7,
             until,
             at: 40,
+            refused: None,
         };
         state.write_record(entry(1, 100), None, 50).unwrap();
         state.write_record(entry(2, 1000), None, 50).unwrap();

@@ -636,6 +636,21 @@ async fn offline_scans_are_queued_then_synced() {
         "{}",
         text(&o)
     );
+    let refused_online = stdout(&o);
+    // The device remembers: offline, the same ticket is refused the same way, not accepted
+    // until the next spent list says so.
+    let offline_again = rig.payload("3").await;
+    let o = rig
+        .run(&[
+            "validate",
+            &offline_again,
+            "--offline",
+            "--dir",
+            other.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(stdout(&o), refused_online, "{}", text(&o));
 
     rig.assert_nothing_identifying(&[first, second, again, third, copy, later]);
     rig.stop().await;

@@ -29,7 +29,8 @@ use crate::{ClientError, CoordinatorClient, Http};
 /// Most scans per `POST /v1/sync` (the coordinator's default `max_scans_per_request`).
 pub const SYNC_CHUNK: usize = 1000;
 
-/// One (serial, epoch) this device accepted.
+/// One (serial, epoch) this device accepted, or (with `refused`) a ticket the coordinator
+/// refused for good when this device asked online.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenEntry {
     /// The ticket's serial.
@@ -42,6 +43,10 @@ pub struct SeenEntry {
     /// When this device accepted it (unix seconds; 0 in entries written before it was kept).
     #[serde(default)]
     pub at: u64,
+    /// Set when the coordinator refused the ticket for good (`revoked`, `spent`): this device
+    /// refuses it from then on, offline too, without waiting for the next spent list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<ErrorCode>,
 }
 
 /// The seen set's rules, for every store: the entries that hold `serial`...
@@ -483,10 +488,22 @@ impl<S: ValidatorStore> Validator<S> {
                         mode: Mode::Online,
                     })
                 }
-                CoordinatorVerdict::Rejected { code } => Ok(Outcome::Invalid {
-                    code,
-                    mode: Mode::Online,
-                }),
+                CoordinatorVerdict::Rejected { code } => {
+                    if matches!(code, ErrorCode::Revoked | ErrorCode::Spent) {
+                        let refused = SeenEntry {
+                            refused: Some(code),
+                            ..seen_entry(&screened, now)
+                        };
+                        self.store
+                            .record(refused, None, now)
+                            .await
+                            .map_err(Failure::Store)?;
+                    }
+                    Ok(Outcome::Invalid {
+                        code,
+                        mode: Mode::Online,
+                    })
+                }
             },
             Err(e) if e.code() == Some(ErrorCode::Unauthorized) => Err(Failure::Unauthorized),
             Err(e) if e.is_temporary() => {
@@ -567,14 +584,14 @@ impl<S: ValidatorStore> Validator<S> {
                 mode: Mode::Offline,
             }));
         }
-        if self
-            .store
-            .seen(&s.serial)
-            .await
-            .map_err(Failure::Store)?
-            .iter()
-            .any(|e| e.epoch == s.presentation.epoch)
-        {
+        let seen = self.store.seen(&s.serial).await.map_err(Failure::Store)?;
+        if let Some(code) = seen.iter().find_map(|e| e.refused) {
+            return Ok(Some(Outcome::Invalid {
+                code,
+                mode: Mode::Offline,
+            }));
+        }
+        if seen.iter().any(|e| e.epoch == s.presentation.epoch) {
             return Ok(Some(Outcome::Invalid {
                 // Paper has no transfer time: the coordinator says spent, and so does this.
                 code: if s.presentation.is_printed() {
@@ -796,6 +813,7 @@ fn seen_entry(s: &Screened<'_>, now: u64) -> SeenEntry {
         epoch: s.presentation.epoch,
         until: s.keyset.params.valid_until.saturating_add(transfer),
         at: now,
+        refused: None,
     }
 }
 

@@ -458,6 +458,7 @@ async fn a_scan_is_decided_offline_queued_synced_and_resynced() {
                     epoch: 0,
                     until: u64::MAX,
                     at: s.scanned_at,
+                    refused: None,
                 },
                 Some(s.clone()),
                 now(),

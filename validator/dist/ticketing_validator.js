@@ -568,7 +568,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5606(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5610(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -594,7 +594,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return __wasm_bindgen_func_elem_5606(a, state0.b, arg0, arg1);
+                        return __wasm_bindgen_func_elem_5610(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -860,37 +860,37 @@ function __wbg_get_imports() {
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 642, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3560);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3564);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 703, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5588);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_5592);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 335, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1658);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1662);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("Event")], shim_idx: 642, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3560_15);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3564_15);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [NamedExternref("IDBVersionChangeEvent")], shim_idx: 7, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_539);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_542);
             return ret;
         },
         __wbindgen_generic_0000000000000006: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 423, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1988);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_1992);
             return ret;
         },
         __wbindgen_generic_0000000000000007: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 643, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3559);
+            const ret = makeMutClosure(arg0, arg1, __wasm_bindgen_func_elem_3563);
             return ret;
         },
         __wbindgen_generic_0000000000000008: function(arg0, arg1) {
@@ -913,38 +913,38 @@ function __wbg_get_imports() {
     };
 }
 
-function __wasm_bindgen_func_elem_1988(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_1988(arg0, arg1);
+function __wasm_bindgen_func_elem_1992(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_1992(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3559(arg0, arg1) {
-    wasm.__wasm_bindgen_func_elem_3559(arg0, arg1);
+function __wasm_bindgen_func_elem_3563(arg0, arg1) {
+    wasm.__wasm_bindgen_func_elem_3563(arg0, arg1);
 }
 
-function __wasm_bindgen_func_elem_3560(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3560(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3564(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3564(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_1658(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_1658(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_1662(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_1662(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_3560_15(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_3560_15(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_3564_15(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_3564_15(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_539(arg0, arg1, arg2) {
-    wasm.__wasm_bindgen_func_elem_539(arg0, arg1, arg2);
+function __wasm_bindgen_func_elem_542(arg0, arg1, arg2) {
+    wasm.__wasm_bindgen_func_elem_542(arg0, arg1, arg2);
 }
 
-function __wasm_bindgen_func_elem_5606(arg0, arg1, arg2, arg3) {
-    wasm.__wasm_bindgen_func_elem_5606(arg0, arg1, arg2, arg3);
+function __wasm_bindgen_func_elem_5610(arg0, arg1, arg2, arg3) {
+    wasm.__wasm_bindgen_func_elem_5610(arg0, arg1, arg2, arg3);
 }
 
-function __wasm_bindgen_func_elem_5588(arg0, arg1, arg2) {
+function __wasm_bindgen_func_elem_5592(arg0, arg1, arg2) {
     try {
         const retptr = wasm.__wbindgen_add_to_stack_pointer(-16) >>> 0;
-        wasm.__wasm_bindgen_func_elem_5588(retptr, arg0, arg1, arg2);
+        wasm.__wasm_bindgen_func_elem_5592(retptr, arg0, arg1, arg2);
         var r0 = getDataViewMemory0().getInt32(retptr + 4 * 0, true);
         var r1 = getDataViewMemory0().getInt32(retptr + 4 * 1, true);
         if (r1) {
