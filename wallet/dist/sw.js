@@ -1,6 +1,6 @@
 // The app shell, cached per build: VERSION is the hash of the sources this bundle was built
 // from (scripts/wasm writes it), so each deployment is a new worker and a new cache.
-const VERSION = 'be6410fd7a23ed1a';
+const VERSION = '7dd8d399e98e7eeb';
 const CACHE = 'ticketing-wallet-' + VERSION;
 const SHELL = ['./', 'index.html', 'boot.js', 'ticketing_wallet.js', 'ticketing_wallet_bg.wasm',
   'style.css', 'manifest.webmanifest', 'icon-192.png', 'icon-512.png'];

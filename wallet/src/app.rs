@@ -169,9 +169,8 @@ impl State {
 
 fn refusal_words(code: ErrorCode, detail: &str) -> String {
     match code {
-        ErrorCode::CardDeclined => {
-            format!("The card was declined ({detail}). Nothing was charged.")
-        }
+        // The detail only repeats the code ("card declined: the card was declined").
+        ErrorCode::CardDeclined => "The card was declined. Nothing was charged.".into(),
         ErrorCode::InvalidVoucher => {
             "This voucher code is not valid for this product. Nothing was charged.".into()
         }
@@ -733,7 +732,10 @@ fn BuyForm(state: State) -> impl IntoView {
                     code: code.to_string(),
                 },
                 Err(e) => {
-                    state.say(true, format!("The voucher code is mistyped: {e}"));
+                    state.say(
+                        true,
+                        format!("Check the voucher code: {e}. Nothing was charged."),
+                    );
                     return;
                 }
             },
