@@ -589,6 +589,35 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigE
     })
 }
 
+/// Read a service's secret bundle, like [`read_json`]; a bundle other users may read (group or
+/// world permission bits) is used but warned about, once per start: the key is as exposed as
+/// the file. (Refusing would break secrets mounted read-only by an orchestrator.)
+pub fn read_secret_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    if let Some(mode) = exposed_mode(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "a secret bundle is readable by other users; `chmod 600` it"
+        );
+    }
+    read_json(path)
+}
+
+/// The permission bits of `path` when group or others may read or write it (Unix).
+fn exposed_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Read and check a manifest: every keyset id matches its key and window, and every keyset's
 /// PK_i match its Feldman commitments (so any t nodes' partials combine under PK).
 pub fn read_manifest(path: &Path) -> Result<Manifest, ConfigError> {
@@ -624,6 +653,22 @@ mod tests {
             clock_skew_seconds: 60,
             now: 1_795_266_000,
         }
+    }
+
+    /// Written bundles are private; a bundle opened up is still read, and flagged.
+    #[cfg(unix)]
+    #[test]
+    fn exposed_secret_bundles_are_flagged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("bundle-mode-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
+        let path = dir.join("b.json");
+        write_private(&path, b"{}").unwrap();
+        assert_eq!(exposed_mode(&path), None);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(exposed_mode(&path), Some(0o644));
+        let _: serde_json::Value = read_secret_json(&path).unwrap();
+        let _ = fs::remove_dir_all(&dir);
     }
 
     /// A bundle is accepted only as the node it was dealt to, with the manifest's identity key

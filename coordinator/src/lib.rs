@@ -190,7 +190,7 @@ impl Coordinator {
     /// Load from a cluster directory: manifest, publication key, store (migrated).
     pub async fn open(settings: &Settings, cluster_dir: &Path) -> Result<Self, CoordinatorError> {
         let manifest = cluster::read_manifest(&cluster::manifest_path(cluster_dir))?;
-        let bundle: ServiceBundle = cluster::read_json(
+        let bundle: ServiceBundle = cluster::read_secret_json(
             &settings
                 .secrets_in(cluster_dir)
                 .join(cluster::COORDINATOR_BUNDLE),

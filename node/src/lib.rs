@@ -107,7 +107,7 @@ impl Node {
         index: u16,
     ) -> Result<Self, NodeError> {
         let manifest = cluster::read_manifest(&cluster::manifest_path(cluster_dir))?;
-        let bundle: NodeBundle = cluster::read_json(
+        let bundle: NodeBundle = cluster::read_secret_json(
             &settings
                 .secrets_in(cluster_dir)
                 .join(cluster::node_bundle_name(index)),

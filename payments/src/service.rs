@@ -42,7 +42,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{self, State};
 use prometheus_client::metrics::counter::Counter;
 use ticketing_config::cluster::{
-    PAYMENTS_BUNDLE, ServiceBundle, manifest_path, read_json, read_manifest,
+    PAYMENTS_BUNDLE, ServiceBundle, manifest_path, read_manifest, read_secret_json,
 };
 use ticketing_config::{HttpSettings, PaymentsSettings, Settings};
 use ticketing_crypto::keyset::KeysetId;
@@ -160,7 +160,8 @@ impl Payments {
     pub async fn load(settings: &Settings) -> Result<Self, PaymentsError> {
         let dir: &Path = &settings.data_dir;
         let manifest = read_manifest(&manifest_path(dir))?;
-        let bundle: ServiceBundle = read_json(&settings.secrets_in(dir).join(PAYMENTS_BUNDLE))?;
+        let bundle: ServiceBundle =
+            read_secret_json(&settings.secrets_in(dir).join(PAYMENTS_BUNDLE))?;
         let key = bundle.sign_key()?;
         let store = open_store(&settings.payments_database_url()).await?;
         Self::new(manifest, key, store, settings)
