@@ -172,3 +172,16 @@ pub(crate) async fn cluster(
     };
     start(db, nodes, threshold).await
 }
+
+/// `POST path` with `body` to the coordinator under an admin `token`; it must succeed.
+pub(crate) async fn admin_post(c: &TestCluster, token: &str, path: &str, body: serde_json::Value) {
+    let base = &c.cluster.coordinator.as_ref().unwrap().url;
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+}

@@ -243,24 +243,12 @@ async fn ticket_status_follows_the_window_and_a_singles_first_showing() {
     let tickets = w.data().await.unwrap().tickets;
     assert_eq!(status(&tickets[1], now()), TicketStatus::UsedUp);
     let admin = common::token(&c, "ops", TokenRole::Admin).await;
-    let base = &c.cluster.coordinator.as_ref().unwrap().url;
-    let http = reqwest::Client::new();
-    for (path, body) in [
-        (
-            "/v1/admin/revoke",
-            serde_json::json!({ "keyset_id": tickets[2].ticket.keyset_id, "serial": tickets[2].ticket.serial() }),
-        ),
-        ("/v1/admin/bloom/rebuild", serde_json::json!({})),
-    ] {
-        let r = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(&admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-    }
+    let revoke = serde_json::json!({
+        "keyset_id": tickets[2].ticket.keyset_id,
+        "serial": tickets[2].ticket.serial(),
+    });
+    common::admin_post(&c, &admin, "/v1/admin/revoke", revoke).await;
+    common::admin_post(&c, &admin, "/v1/admin/bloom/rebuild", serde_json::json!({})).await;
     assert_eq!(w.settle_shown(now()).await.unwrap(), 1);
     let tickets = w.data().await.unwrap().tickets;
     assert_eq!(tickets[1].first_shown, None);

@@ -637,22 +637,9 @@ async fn admin_actions_are_kept_with_who_and_when_and_auditors_read_them() {
     let t = buy(&c, "single", 1).await;
     let base = &c.cluster.coordinator.as_ref().unwrap().url;
     let http = reqwest::Client::new();
-    for (path, body) in [
-        (
-            "/v1/admin/revoke",
-            json!({ "keyset_id": t[0].0.keyset_id, "serial": t[0].0.serial() }),
-        ),
-        ("/v1/admin/bloom/rebuild", json!({})),
-    ] {
-        let r = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(&admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-    }
+    let revoke = json!({ "keyset_id": t[0].0.keyset_id, "serial": t[0].0.serial() });
+    common::admin_post(&c, &admin, "/v1/admin/revoke", revoke).await;
+    common::admin_post(&c, &admin, "/v1/admin/bloom/rebuild", json!({})).await;
     // Auditors (and admins) read it; a device token does not.
     let device = token(&c, "gate-10", TokenRole::Validator).await;
     let read = |token: String| {

@@ -414,14 +414,14 @@ fn to_i64(v: u64, what: &'static str) -> Result<i64, PaymentsError> {
 fn receipt_row(r: &SignedReceipt) -> Result<ReceiptRow, PaymentsError> {
     let b = &r.receipt;
     Ok((
-        (
-            b.receipt_id.0.to_vec(),
-            b.keyset_id.0.to_vec(),
-            i64::from(b.count),
-            b.digest.0.to_vec(),
-            to_i64(b.amount, "amount")?,
-            b.currency.clone(),
-        ),
+        shared_row(
+            &b.receipt_id,
+            &b.keyset_id,
+            b.count,
+            &b.digest,
+            b.amount,
+            &b.currency,
+        )?,
         to_i64(b.issued_at, "issued_at")?,
         to_i64(b.expires_at, "expires_at")?,
         r.signature.0.to_vec(),
@@ -430,13 +430,32 @@ fn receipt_row(r: &SignedReceipt) -> Result<ReceiptRow, PaymentsError> {
 
 /// The values to bind for a pending receipt, in [`PendingRow`] order.
 fn pending_row(p: &PendingReceipt) -> Result<PendingRow, PaymentsError> {
+    shared_row(
+        &p.receipt_id,
+        &p.keyset_id,
+        p.count,
+        &p.digest,
+        p.amount,
+        &p.currency,
+    )
+}
+
+/// The six columns a pending and an issued receipt share, in [`PendingRow`] order.
+fn shared_row(
+    receipt_id: &Id16,
+    keyset_id: &KeysetId,
+    count: u32,
+    digest: &Digest32,
+    amount: u64,
+    currency: &str,
+) -> Result<PendingRow, PaymentsError> {
     Ok((
-        p.receipt_id.0.to_vec(),
-        p.keyset_id.0.to_vec(),
-        i64::from(p.count),
-        p.digest.0.to_vec(),
-        to_i64(p.amount, "amount")?,
-        p.currency.clone(),
+        receipt_id.0.to_vec(),
+        keyset_id.0.to_vec(),
+        i64::from(count),
+        digest.0.to_vec(),
+        to_i64(amount, "amount")?,
+        currency.to_owned(),
     ))
 }
 
