@@ -1,6 +1,6 @@
 // The app shell, cached per build: VERSION is the hash of the sources this bundle was built
 // from (scripts/wasm writes it), so each deployment is a new worker and a new cache.
-const VERSION = '3c48c26a74d114a8';
+const VERSION = '6dae15e787aa4e11';
 const CACHE = 'ticketing-validator-' + VERSION;
 const SHELL = ['./', 'index.html', 'boot.js', 'ticketing_validator.js', 'ticketing_validator_bg.wasm',
   'style.css', 'manifest.webmanifest', 'icon-192.png', 'icon-512.png'];

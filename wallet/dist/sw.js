@@ -1,6 +1,6 @@
 // The app shell, cached per build: VERSION is the hash of the sources this bundle was built
 // from (scripts/wasm writes it), so each deployment is a new worker and a new cache.
-const VERSION = '7dd8d399e98e7eeb';
+const VERSION = '31ee901f8076b83e';
 const CACHE = 'ticketing-wallet-' + VERSION;
 const SHELL = ['./', 'index.html', 'boot.js', 'ticketing_wallet.js', 'ticketing_wallet_bg.wasm',
   'style.css', 'manifest.webmanifest', 'icon-192.png', 'icon-512.png'];
